@@ -1,0 +1,20 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "prefect-worker",
+    products: [
+        .executable(name: "prefect-worker", targets: ["prefect-worker"]),
+    ],
+    targets: [
+        // All logic lives in the library so it can be tested without a server.
+        .target(name: "PrefectWorker", dependencies: ["CLinux"]),
+        // A few Linux/GNU calls the Glibc module does not import (pipe2, posix_spawn *_np, prctl, pidfd_open).
+        .target(name: "CLinux"),
+        // Thin entry point: parse arguments, run the worker, map errors to exit codes.
+        .executableTarget(name: "prefect-worker", dependencies: ["PrefectWorker"]),
+        .testTarget(name: "PrefectWorkerTests", dependencies: ["PrefectWorker"]),
+        // Runs the built binary against a real Prefect server started by scripts/test.
+        .testTarget(name: "EndToEndTests", dependencies: ["PrefectWorker"]),
+    ]
+)

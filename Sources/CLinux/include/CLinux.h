@@ -1,0 +1,19 @@
+// Linux and GNU calls that Swift's Glibc module does not expose (it is imported without _GNU_SOURCE).
+#ifndef PREFECT_WORKER_CLINUX_H
+#define PREFECT_WORKER_CLINUX_H
+
+#include <spawn.h>
+#include <sys/types.h>
+
+/// pipe2(fds, O_CLOEXEC): both ends close on exec, with no window in which another thread's spawn inherits them.
+int cl_pipe_cloexec(int fds[2]);
+/// posix_spawn_file_actions_addchdir_np (glibc 2.29).
+int cl_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): close every descriptor >= from in the child.
+int cl_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+/// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are re-parented to us, not to init.
+int cl_set_child_subreaper(void);
+/// pidfd_open(pid, 0): a descriptor that becomes readable when the process exits.
+int cl_pidfd_open(pid_t pid);
+
+#endif

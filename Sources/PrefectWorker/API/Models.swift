@@ -1,0 +1,230 @@
+import Foundation
+
+/// The Prefect state types a flow run can be in. Unknown types decode as `.unknown` so a newer server
+/// cannot break the worker.
+public enum StateType: Sendable, Equatable, Hashable, Codable {
+    case scheduled, pending, running, completed, failed, cancelled, crashed, paused, cancelling
+    case unknown(String)
+
+    public init(rawValue: String) {
+        switch rawValue {
+        case "SCHEDULED": self = .scheduled
+        case "PENDING": self = .pending
+        case "RUNNING": self = .running
+        case "COMPLETED": self = .completed
+        case "FAILED": self = .failed
+        case "CANCELLED": self = .cancelled
+        case "CRASHED": self = .crashed
+        case "PAUSED": self = .paused
+        case "CANCELLING": self = .cancelling
+        default: self = .unknown(rawValue)
+        }
+    }
+
+    public var rawValue: String {
+        switch self {
+        case .scheduled: "SCHEDULED"
+        case .pending: "PENDING"
+        case .running: "RUNNING"
+        case .completed: "COMPLETED"
+        case .failed: "FAILED"
+        case .cancelled: "CANCELLED"
+        case .crashed: "CRASHED"
+        case .paused: "PAUSED"
+        case .cancelling: "CANCELLING"
+        case .unknown(let raw): raw
+        }
+    }
+
+    /// The name Prefect gives a state of this type by default.
+    public var defaultName: String {
+        switch self {
+        case .unknown(let raw): raw.capitalized
+        default: rawValue.prefix(1) + rawValue.dropFirst().lowercased()
+        }
+    }
+
+    public var isTerminal: Bool {
+        switch self {
+        case .completed, .failed, .cancelled, .crashed: true
+        default: false
+        }
+    }
+
+    public init(from decoder: Decoder) throws {
+        self.init(rawValue: try decoder.singleValueContainer().decode(String.self))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(rawValue)
+    }
+}
+
+/// A flow run state as the server returns it.
+public struct FlowRunState: Sendable, Decodable, Equatable {
+    public var type: StateType
+    public var name: String?
+    public var message: String?
+    public var timestamp: String?
+    public var stateDetails: JSON?
+
+    enum CodingKeys: String, CodingKey {
+        case type, name, message, timestamp
+        case stateDetails = "state_details"
+    }
+
+    public init(type: StateType, name: String? = nil, message: String? = nil, stateDetails: JSON? = nil) {
+        self.type = type
+        self.name = name
+        self.message = message
+        self.stateDetails = stateDetails
+    }
+
+    public var transitionID: String? { stateDetails?["transition_id"]?.stringValue }
+}
+
+/// A state the worker proposes through `set_state`.
+public struct StateProposal: Sendable, Equatable {
+    public var type: StateType
+    public var name: String
+    public var message: String?
+    /// Reused when the same proposal is retried, so the server recognises a duplicate.
+    public var transitionID: String
+    public var force: Bool
+
+    public init(_ type: StateType, name: String? = nil, message: String? = nil, force: Bool = false) {
+        self.type = type
+        self.name = name ?? type.defaultName
+        self.message = message
+        self.transitionID = UUID().uuidString.lowercased()
+        self.force = force
+    }
+
+    var body: JSON {
+        .object([
+            "state": .object([
+                "type": .string(type.rawValue),
+                "name": .string(name),
+                "message": message.map(JSON.string) ?? .null,
+                "state_details": .object(["transition_id": .string(transitionID)]),
+            ]),
+            "force": .bool(force),
+        ])
+    }
+}
+
+/// What the server's orchestration rules decided about a proposal.
+public struct OrchestrationResult: Sendable, Decodable {
+    public enum Status: String, Sendable, Decodable {
+        case accept = "ACCEPT", reject = "REJECT", abort = "ABORT", wait = "WAIT"
+    }
+    public struct Details: Sendable, Decodable {
+        public var type: String?
+        public var reason: String?
+        public var delaySeconds: Double?
+        enum CodingKeys: String, CodingKey {
+            case type, reason
+            case delaySeconds = "delay_seconds"
+        }
+    }
+    public var status: Status
+    public var state: FlowRunState?
+    public var details: Details?
+}
+
+/// A flow run, with the fields the worker uses.
+public struct FlowRun: Sendable, Decodable, Identifiable {
+    public var id: String
+    public var name: String?
+    public var flowID: String?
+    public var deploymentID: String?
+    public var parameters: JSON?
+    public var jobVariables: JSON?
+    public var state: FlowRunState?
+    public var stateID: String?
+    public var stateType: StateType?
+    public var stateName: String?
+    public var nextScheduledStartTime: String?
+    public var expectedStartTime: String?
+    public var infrastructurePID: String?
+    public var labels: JSON?
+    public var tags: [String]?
+    public var workQueueName: String?
+    public var runCount: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, parameters, state, labels, tags
+        case flowID = "flow_id"
+        case deploymentID = "deployment_id"
+        case jobVariables = "job_variables"
+        case stateID = "state_id"
+        case stateType = "state_type"
+        case stateName = "state_name"
+        case nextScheduledStartTime = "next_scheduled_start_time"
+        case expectedStartTime = "expected_start_time"
+        case infrastructurePID = "infrastructure_pid"
+        case workQueueName = "work_queue_name"
+        case runCount = "run_count"
+    }
+
+    /// The current state type: from the state when loaded (it is null in poll results), else `state_type`.
+    public var currentStateType: StateType? { state?.type ?? stateType }
+
+    /// When the run should start.
+    public var scheduledStart: Date? {
+        (nextScheduledStartTime ?? expectedStartTime).flatMap(Timestamp.parse)
+    }
+}
+
+/// One entry of `get_scheduled_flow_runs`.
+public struct WorkerFlowRunResponse: Sendable, Decodable {
+    public var workPoolID: String?
+    public var workQueueID: String?
+    public var flowRun: FlowRun
+    enum CodingKeys: String, CodingKey {
+        case workPoolID = "work_pool_id"
+        case workQueueID = "work_queue_id"
+        case flowRun = "flow_run"
+    }
+}
+
+/// A work pool, with the fields the worker uses.
+public struct WorkPool: Sendable, Decodable {
+    public var id: String
+    public var name: String
+    public var type: String
+    public var baseJobTemplate: JSON?
+    public var isPaused: Bool?
+    public var status: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, type, status
+        case baseJobTemplate = "base_job_template"
+        case isPaused = "is_paused"
+    }
+
+    /// True when the template is missing or `{}`: Prefect then installs the worker's default template.
+    public var hasEmptyTemplate: Bool {
+        guard let template = baseJobTemplate, let fields = template.objectValue else { return true }
+        return fields.isEmpty
+    }
+}
+
+/// A deployment, with the fields the worker uses.
+public struct Deployment: Sendable, Decodable {
+    public var id: String
+    public var name: String?
+    public var jobVariables: JSON?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name
+        case jobVariables = "job_variables"
+    }
+}
+
+/// A Prefect variable (`{{ prefect.variables.NAME }}`).
+public struct PrefectVariable: Sendable, Decodable {
+    public var name: String
+    public var value: JSON?
+}

@@ -1,0 +1,225 @@
+import Foundation
+
+/// The worker's version, printed by `--version` and sent in the User-Agent.
+public enum WorkerVersion {
+    public static let current = "0.1.0"
+}
+
+/// Everything the worker needs to know, from flags and `PREFECT_*` environment variables (a flag wins).
+public struct Settings: Sendable, Equatable {
+    public var apiURL: URL
+    public var apiKey: String?
+    public var authString: String?
+    public var pool: String
+    public var workerName: String
+    public var workQueues: [String] = []
+    public var heartbeatSeconds: Double = 30
+    public var querySeconds: Double = 10
+    public var prefetchSeconds: Double = 10
+    /// At most this many runs in flight; nil = no limit.
+    public var limit: Int?
+    public var runOnce = false
+    /// How long a job may take to exit after SIGTERM before it gets SIGKILL.
+    public var killGraceSeconds: Double = 30
+    /// On shutdown, how long to wait for in-flight runs before terminating them; nil = wait for them.
+    public var drainTimeout: Double?
+    public var createPoolIfNotFound = true
+    public var logLevel: Log.Level = .info
+    public var logFormat: Log.Format = .text
+    /// The worker's own environment, handed to jobs.
+    public var environment: [String: String] = [:]
+
+    public init(apiURL: URL, pool: String, workerName: String) {
+        self.apiURL = apiURL
+        self.pool = pool
+        self.workerName = workerName
+    }
+
+    /// `ProcessWorker <8 hex digits>`: unique per process and recognisable, like Prefect's `ProcessWorker <uuid>`.
+    public static func defaultWorkerName() -> String {
+        "ProcessWorker " + UUID().uuidString.lowercased().prefix(8)
+    }
+}
+
+/// What the command line asks for.
+public enum Invocation: Sendable, Equatable {
+    case help
+    case version
+    case start(Settings)
+}
+
+/// A bad command line or setting: printed as one line with a usage hint, exit code 2.
+public struct UsageError: Error, Equatable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public enum CommandLineParser {
+    public static let usage = """
+    Usage: prefect-worker start --pool NAME [options]
+           prefect-worker --help | --version
+
+    Runs Prefect flow runs from a `process` work pool as local subprocesses,
+    like `prefect worker start --type process`.
+
+    Options for `start` (a flag beats the environment variable in brackets):
+      -p, --pool NAME              work pool to serve (created as type `process` if missing)
+      -n, --name NAME              worker name (default: "ProcessWorker <random hex>")
+      -q, --work-queue NAME        serve only this queue; repeat for several (default: all queues)
+      -t, --type process           worker type; only `process` is supported
+      -l, --limit N                at most N flow runs at once [PREFECT_WORKER_LIMIT]
+          --prefetch-seconds S     claim runs scheduled up to S seconds ahead [PREFECT_WORKER_PREFETCH_SECONDS=10]
+          --heartbeat-seconds S    heartbeat interval [PREFECT_WORKER_HEARTBEAT_SECONDS=30]
+          --query-seconds S        poll interval [PREFECT_WORKER_QUERY_SECONDS=10]
+          --kill-grace-seconds S   SIGTERM-to-SIGKILL grace for jobs [PREFECT_WORKER_KILL_GRACE_SECONDS=30]
+          --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
+          --run-once               claim what is due now, run it to the end, exit
+          --no-create-pool-if-not-found
+                                   wait for a missing pool instead of creating it
+          --log-format text|json   worker log format (default text); level from PREFECT_LOGGING_LEVEL
+
+    Environment:
+      PREFECT_API_URL              API base URL, e.g. http://127.0.0.1:4200/api (required)
+      PREFECT_API_KEY              sent as `Authorization: Bearer` (Prefect Cloud)
+      PREFECT_API_AUTH_STRING      sent as HTTP basic auth, "user:password" (self-hosted servers)
+    """
+
+    /// Parses `arguments` (without the program name) with `environment` as the fallback for settings.
+    public static func parse(_ arguments: [String], environment: [String: String]) throws -> Invocation {
+        var args = arguments[...]
+        guard let first = args.first else { throw UsageError("missing command; expected `start`") }
+        switch first {
+        case "-h", "--help", "help": return .help
+        case "-V", "--version", "version": return .version
+        case "start": args = args.dropFirst()
+        default:
+            if first.hasPrefix("-") { throw UsageError("unknown option '\(first)' before the command; expected `start`") }
+            throw UsageError("unknown command '\(first)'; expected `start`")
+        }
+
+        var pool = environment["PREFECT_WORKER_POOL"].flatMap { $0.isEmpty ? nil : $0 }
+        var name: String?
+        var queues: [String] = []
+        var flags: [String: String] = [:]
+        var runOnce = false
+        var createPool = true
+
+        while let arg = args.popFirst() {
+            var option = arg
+            var inlineValue: String?
+            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+                option = String(arg[..<eq])
+                inlineValue = String(arg[arg.index(after: eq)...])
+            }
+            func value() throws -> String {
+                if let inlineValue { return inlineValue }
+                guard let next = args.popFirst(), !(next.hasPrefix("-") && next.count > 1 && Double(next) == nil) else {
+                    throw UsageError("option '\(option)' needs a value")
+                }
+                return next
+            }
+            func noValue() throws {
+                if inlineValue != nil { throw UsageError("option '\(option)' takes no value") }
+            }
+            switch option {
+            case "-h", "--help": return .help
+            case "-V", "--version": return .version
+            case "-p", "--pool": pool = try value()
+            case "-n", "--name": name = try value()
+            case "-q", "--work-queue": queues.append(try value())
+            case "-t", "--type":
+                let type = try value()
+                guard type == "process" else {
+                    throw UsageError("option '\(option)': worker type '\(type)' is not supported; only 'process' is")
+                }
+            case "-l", "--limit": flags["limit"] = try value()
+            case "--prefetch-seconds", "--heartbeat-seconds", "--query-seconds", "--kill-grace-seconds",
+                 "--drain-timeout", "--log-format":
+                flags[String(option.dropFirst(2))] = try value()
+            case "--run-once": try noValue(); runOnce = true
+            case "--create-pool-if-not-found": try noValue(); createPool = true
+            case "--no-create-pool-if-not-found": try noValue(); createPool = false
+            default:
+                if option.hasPrefix("-") { throw UsageError("unknown option '\(option)'") }
+                throw UsageError("unexpected argument '\(arg)'")
+            }
+        }
+
+        guard let pool, !pool.isEmpty else { throw UsageError("option '--pool' is required") }
+        guard let rawURL = environment["PREFECT_API_URL"], !rawURL.isEmpty else {
+            throw UsageError("PREFECT_API_URL is not set; set it to your Prefect API, e.g. http://127.0.0.1:4200/api")
+        }
+        let apiURL = try parseAPIURL(rawURL)
+
+        let workerName = name ?? Settings.defaultWorkerName()
+        if workerName.isEmpty { throw UsageError("option '--name' must not be empty") }
+        if workerName.contains("/") || workerName.contains("%") {
+            throw UsageError("option '--name': worker names may not contain '/' or '%'")
+        }
+        for queue in queues where queue.isEmpty { throw UsageError("option '--work-queue' must not be empty") }
+
+        var settings = Settings(apiURL: apiURL, pool: pool, workerName: workerName)
+        settings.workQueues = queues
+        settings.apiKey = environment["PREFECT_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        settings.authString = environment["PREFECT_API_AUTH_STRING"].flatMap { $0.isEmpty ? nil : $0 }
+        settings.runOnce = runOnce
+        settings.createPoolIfNotFound = createPool
+        settings.environment = environment
+
+        func seconds(_ flag: String, _ env: String, minimum: Double) throws -> Double? {
+            let (raw, source) = flags[flag].map { ($0, "--\(flag)") } ?? (environment[env].map { ($0, env) } ?? (nil, ""))
+            guard let raw, !raw.isEmpty else { return nil }
+            guard let value = Double(raw), value.isFinite, value >= minimum else {
+                throw UsageError("\(source): '\(raw)' is not a number of seconds >= \(String(format: "%g", minimum))")
+            }
+            return value
+        }
+        if let v = try seconds("heartbeat-seconds", "PREFECT_WORKER_HEARTBEAT_SECONDS", minimum: 1) { settings.heartbeatSeconds = v }
+        if let v = try seconds("query-seconds", "PREFECT_WORKER_QUERY_SECONDS", minimum: 0.1) { settings.querySeconds = v }
+        if let v = try seconds("prefetch-seconds", "PREFECT_WORKER_PREFETCH_SECONDS", minimum: 0) { settings.prefetchSeconds = v }
+        if let v = try seconds("kill-grace-seconds", "PREFECT_WORKER_KILL_GRACE_SECONDS", minimum: 0) { settings.killGraceSeconds = v }
+        settings.drainTimeout = try seconds("drain-timeout", "PREFECT_WORKER_DRAIN_TIMEOUT", minimum: 0)
+
+        let (rawLimit, limitSource) = flags["limit"].map { ($0, "--limit") } ?? (environment["PREFECT_WORKER_LIMIT"].map { ($0, "PREFECT_WORKER_LIMIT") } ?? (nil, ""))
+        if let rawLimit, !rawLimit.isEmpty {
+            guard let limit = Int(rawLimit), limit >= 1 else {
+                throw UsageError("\(limitSource): '\(rawLimit)' is not a whole number >= 1")
+            }
+            settings.limit = limit
+        }
+
+        if let rawLevel = environment["PREFECT_LOGGING_LEVEL"], !rawLevel.isEmpty {
+            guard let level = Log.Level(name: rawLevel) else {
+                throw UsageError("PREFECT_LOGGING_LEVEL: '\(rawLevel)' is not one of DEBUG, INFO, WARNING, ERROR")
+            }
+            settings.logLevel = level
+        }
+        if let rawFormat = flags["log-format"] {
+            guard let format = Log.Format(rawValue: rawFormat) else {
+                throw UsageError("--log-format: '\(rawFormat)' is not one of text, json")
+            }
+            settings.logFormat = format
+        }
+        return .start(settings)
+    }
+
+    /// Accepts `http(s)://host[:port][/path]`; anything else is a configuration error, not something to retry.
+    public static func parseAPIURL(_ raw: String) throws -> URL {
+        let trimmed = raw.trimmingCharacters(in: .whitespaces)
+        guard let components = URLComponents(string: trimmed),
+              let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = components.host, !host.isEmpty,
+              let url = components.url
+        else {
+            // Never echo credentials that may be embedded in the value.
+            let shown = trimmed.contains("@") ? "<redacted>" : "'\(trimmed)'"
+            throw UsageError("PREFECT_API_URL \(shown) is not a valid http(s) URL, e.g. http://127.0.0.1:4200/api")
+        }
+        if components.port == nil, trimmed.range(of: #"^[a-zA-Z]+://[^/]*:[^/@]*$"#, options: .regularExpression) != nil,
+           !trimmed.contains("@") {
+            throw UsageError("PREFECT_API_URL '\(trimmed)' has an invalid port")
+        }
+        return url
+    }
+}

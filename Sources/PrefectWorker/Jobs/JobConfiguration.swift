@@ -1,0 +1,135 @@
+import Foundation
+
+/// Who reports a run's RUNNING and final states.
+public enum StateOwner: String, Sendable, Equatable {
+    /// The job is a Prefect engine (`python -m prefect.engine`), which reports its own states.
+    case engine
+    /// The job is a plain program; the worker reports RUNNING, then COMPLETED/FAILED/CRASHED from its exit.
+    case worker
+}
+
+/// One flow run's job, typed and validated: what the launcher needs.
+public struct JobConfiguration: Sendable, Equatable {
+    /// Prefect's default for process workers when `command` is null.
+    public static let defaultCommand = "python -m prefect.engine"
+
+    /// The command as configured; nil means the engine default.
+    public var command: String?
+    /// The program and its arguments, split without a shell.
+    public var arguments: [String]
+    /// Variables to add to the worker's environment (null values were dropped: they add nothing).
+    public var environment: [String: String]
+    /// nil means a fresh temporary directory, removed after the run.
+    public var workingDirectory: String?
+    public var name: String?
+    public var labels: [String: String]
+    public var streamOutput: Bool
+    public var stateOwner: StateOwner
+
+    /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
+    /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
+    public init(_ rendered: RenderedJob) throws(JobConfigurationError) {
+        let config = rendered.configuration
+
+        switch config["command"] ?? .null {
+        case .null: command = nil
+        case .string(let s): command = s.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ? nil : s
+        case let other: throw JobConfigurationError("job variable 'command' must be a string, got \(other.typeName)")
+        }
+        do {
+            arguments = try CommandLineSplitter.split(command ?? Self.defaultCommand)
+        } catch {
+            throw JobConfigurationError("cannot parse command \(Self.quoted(command ?? "")): \(error)")
+        }
+        if arguments.isEmpty { throw JobConfigurationError("command \(Self.quoted(command ?? "")) is empty") }
+
+        switch config["env"] ?? .null {
+        case .null: environment = [:]
+        case .object(let fields):
+            var env: [String: String] = [:]
+            for (key, value) in fields {
+                switch value {
+                case .null: continue
+                case .string(let s): env[key] = s
+                case .int, .double, .bool: env[key] = value.pythonString
+                case .array, .object:
+                    throw JobConfigurationError("job variable 'env': value of \(key) must be a string, number or boolean, got \(value.typeName)")
+                }
+                if key.isEmpty || key.contains("=") || key.contains("\0") {
+                    throw JobConfigurationError("job variable 'env': \(Self.quoted(key)) is not a valid environment variable name")
+                }
+            }
+            environment = env
+        case let other: throw JobConfigurationError("job variable 'env' must be an object, got \(other.typeName)")
+        }
+
+        switch config["working_dir"] ?? .null {
+        case .null: workingDirectory = nil
+        case .string(let s): workingDirectory = s.isEmpty ? nil : s
+        case let other: throw JobConfigurationError("job variable 'working_dir' must be a path string, got \(other.typeName)")
+        }
+
+        switch config["name"] ?? .null {
+        case .null: name = nil
+        case .string(let s): name = s
+        case let other: throw JobConfigurationError("job variable 'name' must be a string, got \(other.typeName)")
+        }
+
+        switch config["labels"] ?? .null {
+        case .null: labels = [:]
+        case .object(let fields):
+            var strings: [String: String] = [:]
+            for (key, value) in fields {
+                guard case .string(let s) = value else {
+                    throw JobConfigurationError("job variable 'labels': value of \(key) must be a string, got \(value.typeName)")
+                }
+                strings[key] = s
+            }
+            labels = strings
+        case let other: throw JobConfigurationError("job variable 'labels' must be an object, got \(other.typeName)")
+        }
+
+        streamOutput = try Self.boolean(config["stream_output"] ?? .bool(true), name: "stream_output")
+
+        // `state_owner` is ours: read it from the configuration if the pool's template maps it, else from the variables.
+        switch config["state_owner"] ?? rendered.variables["state_owner"] ?? .null {
+        case .null: stateOwner = Self.defaultOwner(arguments: arguments, commandIsDefault: command == nil)
+        case .string(let s):
+            guard let owner = StateOwner(rawValue: s.lowercased()) else {
+                throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(Self.quoted(s))")
+            }
+            stateOwner = owner
+        case let other: throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(other.typeName)")
+        }
+    }
+
+    /// The engine owns states when the command is the default or runs `prefect.engine` /
+    /// `prefect flow-run execute`; any other program is a plain command the worker reports for.
+    public static func defaultOwner(arguments: [String], commandIsDefault: Bool) -> StateOwner {
+        if commandIsDefault { return .engine }
+        if arguments.contains("prefect.engine") { return .engine }
+        if let i = arguments.firstIndex(where: { $0 == "prefect" || $0.hasSuffix("/prefect") }),
+           arguments.count > i + 2, arguments[i + 1] == "flow-run", arguments[i + 2] == "execute" {
+            return .engine
+        }
+        return .worker
+    }
+
+    static func boolean(_ value: JSON, name: String) throws(JobConfigurationError) -> Bool {
+        switch value {
+        case .bool(let b): return b
+        case .int(0): return false
+        case .int(1): return true
+        case .string(let s):
+            switch s.lowercased() {
+            case "true", "t", "yes", "y", "on", "1": return true
+            case "false", "f", "no", "n", "off", "0": return false
+            default: break
+            }
+        default: break
+        }
+        throw JobConfigurationError("job variable '\(name)' must be a boolean, got \(value.typeName) \(value.encoded())")
+    }
+
+    static func quoted(_ s: String) -> String { JSON.string(s).encoded() }
+}

@@ -1,0 +1,82 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Worker log lines on stderr: one line per event, with a UTC timestamp and a level.
+public enum Log {
+    public enum Level: Int, Sendable, Comparable {
+        case debug = 10, info = 20, warning = 30, error = 40
+
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+
+        /// Accepts Python logging names (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`).
+        public init?(name: String) {
+            switch name.uppercased() {
+            case "DEBUG": self = .debug
+            case "INFO": self = .info
+            case "WARNING", "WARN": self = .warning
+            case "ERROR", "CRITICAL": self = .error
+            default: return nil
+            }
+        }
+
+        var label: String {
+            switch self {
+            case .debug: "DEBUG"
+            case .info: "INFO"
+            case .warning: "WARNING"
+            case .error: "ERROR"
+            }
+        }
+    }
+
+    public enum Format: String, Sendable { case text, json }
+
+    private struct Config { var level = Level.info; var format = Format.text }
+    private static let config = Mutex(Config())
+
+    public static func configure(level: Level, format: Format) {
+        config.withLock { $0 = Config(level: level, format: format) }
+    }
+
+    public static func debug(_ message: @autoclosure () -> String, run: String? = nil) { write(.debug, message, run) }
+    public static func info(_ message: @autoclosure () -> String, run: String? = nil) { write(.info, message, run) }
+    public static func warning(_ message: @autoclosure () -> String, run: String? = nil) { write(.warning, message, run) }
+    public static func error(_ message: @autoclosure () -> String, run: String? = nil) { write(.error, message, run) }
+
+    private static func write(_ level: Level, _ message: () -> String, _ run: String?) {
+        let current = config.withLock { $0 }
+        guard level >= current.level else { return }
+        let time = Timestamp.format(Date())
+        let text = message()
+        var line: String
+        switch current.format {
+        case .text:
+            line = "\(time) \(level.label) " + (run.map { "flow run \($0): " } ?? "") + text
+        case .json:
+            var fields: [String: JSON] = ["time": .string(time), "level": .string(level.label), "message": .string(text)]
+            if let run { fields["flow_run_id"] = .string(run) }
+            line = JSON.object(fields).encoded()
+        }
+        line += "\n"
+        writeAll(STDERR_FILENO, line)
+    }
+
+    /// Writes a whole string with as few `write(2)` calls as the kernel allows, so lines do not interleave.
+    static func writeAll(_ fd: Int32, _ text: String) {
+        var text = text
+        text.withUTF8 { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let n = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                offset += n
+            }
+        }
+    }
+}

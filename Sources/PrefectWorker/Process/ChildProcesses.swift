@@ -1,0 +1,192 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import CLinux
+
+/// What to start: a program (already resolved to a path), its arguments, environment and directory.
+public struct SpawnRequest: Sendable {
+    public var executable: String
+    public var arguments: [String]
+    public var environment: [String: String]
+    public var workingDirectory: String
+    /// Pipe stdout and stderr back to the worker; otherwise they go to /dev/null.
+    public var captureOutput: Bool
+
+    public init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
+        self.executable = executable
+        self.arguments = arguments
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.captureOutput = captureOutput
+    }
+}
+
+/// A started job: its pid (also its process group id) and the read ends of its output pipes.
+public struct SpawnedProcess: Sendable {
+    public var pid: pid_t
+    public var stdout: Int32?
+    public var stderr: Int32?
+}
+
+/// A job that could not be started.
+public struct SpawnError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Starts jobs and reaps them. Each job is the leader of a new process group, with stdin from /dev/null,
+/// default signal dispositions, an empty signal mask and no inherited file descriptors but 0-2.
+///
+/// One thread waits for any child to exit (`waitid` with `WNOWAIT`) and then reaps with `waitpid(-1)`, so
+/// descendants re-parented to us as a subreaper are reaped too and no zombie stays behind. Spawning and
+/// reaping share a lock, so a child cannot be reaped before it is registered.
+public final class ChildProcesses: Sendable {
+    public static let shared = ChildProcesses()
+
+    private enum Entry {
+        case running(waiter: CheckedContinuation<ExitStatus, Never>?)
+        case exited(ExitStatus)
+    }
+
+    private let table = Mutex<[pid_t: Entry]>([:])
+    private let spawned = DispatchSemaphore(value: 0)
+
+    private init() {
+        let thread = Thread { [self] in reapLoop() }
+        thread.name = "prefect-worker-reaper"
+        thread.stackSize = 64 * 1024
+        thread.start()
+    }
+
+    /// Starts a job in its own process group.
+    public func spawn(_ request: SpawnRequest) throws(SpawnError) -> SpawnedProcess {
+        var outPipe: [Int32] = [-1, -1]
+        var errPipe: [Int32] = [-1, -1]
+        if request.captureOutput {
+            guard cl_pipe_cloexec(&outPipe) == 0 else { throw SpawnError(message: "cannot create pipe: \(errnoText())") }
+            guard cl_pipe_cloexec(&errPipe) == 0 else {
+                close(outPipe[0]); close(outPipe[1])
+                throw SpawnError(message: "cannot create pipe: \(errnoText())")
+            }
+        }
+        func closePipes(readEnds: Bool) {
+            for fd in [outPipe[1], errPipe[1]] + (readEnds ? [outPipe[0], errPipe[0]] : []) where fd >= 0 { close(fd) }
+        }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if request.captureOutput {
+            posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+            posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        cl_spawn_addclosefrom(&actions, 3)
+        cl_spawn_addchdir(&actions, request.workingDirectory)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        sigdelset(&defaults, SIGKILL)
+        sigdelset(&defaults, SIGSTOP)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = CStringArray(request.arguments)
+        let envp = CStringArray(request.environment.map { "\($0.key)=\($0.value)" }.sorted())
+        defer { argv.free(); envp.free() }
+
+        var pid: pid_t = 0
+        let result: Int32 = table.withLock { table in
+            let rc = posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
+            if rc == 0 { table[pid] = .running(waiter: nil) }
+            return rc
+        }
+        guard result == 0 else {
+            closePipes(readEnds: true)
+            throw SpawnError(message: "cannot start \(request.executable): \(String(cString: strerror(result)))")
+        }
+        spawned.signal()
+        closePipes(readEnds: false)
+        return SpawnedProcess(pid: pid, stdout: request.captureOutput ? outPipe[0] : nil,
+                              stderr: request.captureOutput ? errPipe[0] : nil)
+    }
+
+    /// Waits until the job with this pid exits (returns at once if it already has).
+    public func waitForExit(_ pid: pid_t) async -> ExitStatus {
+        await withCheckedContinuation { continuation in
+            let status: ExitStatus? = table.withLock { table in
+                switch table[pid] {
+                case .exited(let status)?:
+                    table[pid] = nil
+                    return status
+                case .running?, nil:
+                    table[pid] = .running(waiter: continuation)
+                    return nil
+                }
+            }
+            if let status { continuation.resume(returning: status) }
+        }
+    }
+
+    /// The pids of jobs started here that have not been reaped.
+    public var runningPIDs: [pid_t] {
+        table.withLock { table in table.compactMap { if case .running = $0.value { $0.key } else { nil } } }
+    }
+
+    private func reapLoop() {
+        while true {
+            var info = siginfo_t()
+            let rc = waitid(P_ALL, 0, &info, WEXITED | WNOWAIT)
+            if rc == 0 {
+                reapExited()
+            } else if errno == ECHILD {
+                spawned.wait()
+            } else if errno != EINTR {
+                usleep(100_000)
+            }
+        }
+    }
+
+    private func reapExited() {
+        var resumes: [(CheckedContinuation<ExitStatus, Never>, ExitStatus)] = []
+        table.withLock { table in
+            while true {
+                var status: Int32 = 0
+                let pid = waitpid(-1, &status, WNOHANG)
+                if pid <= 0 { break }
+                let exit = ExitStatus(waitStatus: status)
+                switch table[pid] {
+                case .running(let waiter?)?:
+                    table[pid] = nil
+                    resumes.append((waiter, exit))
+                case .running(nil)?:
+                    table[pid] = .exited(exit)
+                default:
+                    break // a re-parented descendant: reaped, nothing to report
+                }
+            }
+        }
+        for (continuation, status) in resumes { continuation.resume(returning: status) }
+    }
+}
+
+/// A NULL-terminated `char *[]` for exec-family calls.
+struct CStringArray {
+    let pointers: [UnsafeMutablePointer<CChar>?]
+    init(_ strings: [String]) { pointers = strings.map { strdup($0) } + [nil] }
+    func free() { for p in pointers { Glibc.free(p) } }
+}
+
+func errnoText() -> String { String(cString: strerror(errno)) }

@@ -1,0 +1,102 @@
+@preconcurrency import Dispatch
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Copies a job's output pipe to the worker's own stdout or stderr, line by line, each line prefixed with
+/// the flow run id, so output of concurrent jobs does not interleave mid-line.
+public final class OutputPump: Sendable {
+    /// All pumps share one serial queue: output is I/O bound and ordering per pipe is what matters.
+    private static let queue = DispatchQueue(label: "prefect-worker.output")
+    private static let maxLineBytes = 64 * 1024
+
+    private let source: DispatchSourceRead
+    private let done = Completion()
+
+    /// Starts pumping `fd` (which the pump then owns and closes) to `destination`.
+    public init(fd: Int32, prefix: String, destination: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: Self.queue)
+        self.source = source
+        // The buffer is only touched on `queue`, by the handlers below.
+        let buffer = Box()
+        source.setEventHandler { [source] in
+            var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+            while true {
+                let n = read(fd, &chunk, chunk.count)
+                if n > 0 {
+                    buffer.bytes.append(contentsOf: chunk[0..<n])
+                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, flush: false)
+                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, flush: true)
+                    source.cancel()
+                    return
+                } else if errno == EAGAIN {
+                    return
+                }
+            }
+        }
+        source.setCancelHandler { [done] in
+            close(fd)
+            done.complete()
+        }
+        source.activate()
+    }
+
+    /// Waits until the pipe is closed by every writer (the job and anything it left running), or at most
+    /// `timeout` seconds: a descendant may hold the pipe open forever, and then we stop reading it.
+    public func finish(timeout: Double) async {
+        let source = self.source
+        let timer = Task {
+            try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000))
+            if !Task.isCancelled { source.cancel() }
+        }
+        await done.wait()
+        timer.cancel()
+    }
+
+    private static func emitLines(_ bytes: inout [UInt8], prefix: String, destination: Int32, flush: Bool) {
+        var out = ""
+        var start = 0
+        for (i, byte) in bytes.enumerated() where byte == UInt8(ascii: "\n") {
+            out += prefix + String(decoding: bytes[start..<i], as: UTF8.self) + "\n"
+            start = i + 1
+        }
+        if flush || bytes.count - start > maxLineBytes, start < bytes.count {
+            out += prefix + String(decoding: bytes[start...], as: UTF8.self) + "\n"
+            start = bytes.count
+        }
+        bytes.removeFirst(start)
+        if !out.isEmpty { Log.writeAll(destination, out) }
+    }
+
+    /// Set once the pipe is closed; wakes whoever waits for it.
+    private final class Completion: Sendable {
+        private let state = Mutex<(finished: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+        func complete() {
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.finished = true
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+
+        func wait() async {
+            await withCheckedContinuation { continuation in
+                let finished = state.withLock { state in
+                    if !state.finished { state.waiters.append(continuation) }
+                    return state.finished
+                }
+                if finished { continuation.resume() }
+            }
+        }
+    }
+
+    private final class Box: @unchecked Sendable { // confined to `OutputPump.queue`
+        var bytes: [UInt8] = []
+    }
+}

@@ -1,0 +1,308 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Takes one scheduled flow run from claim to final state: claim with PENDING, render the job
+/// configuration, start the job at its scheduled time, watch it, and report how it ended.
+struct FlowRunSupervisor: Sendable {
+    let context: WorkerContext
+    var client: PrefectClient { context.client }
+    var settings: Settings { context.settings }
+
+    /// Environment variables a job must not inherit from a systemd-managed worker.
+    static let serviceVariables: Set<String> = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
+
+    func run(_ run: FlowRun) async {
+        let id = run.id
+        var deployment: Deployment?
+        if let deploymentID = run.deploymentID {
+            do {
+                deployment = try await client.readDeployment(deploymentID)
+            } catch {
+                Log.warning("cannot read deployment \(deploymentID): \(error); leaving the run for the next poll", run: id)
+                return
+            }
+            if deployment == nil {
+                Log.warning("deployment \(deploymentID) no longer exists; cancelling the run", run: id)
+                await report(id, FinalState(type: .cancelled, message: "Deployment \(deploymentID) no longer exists, cancelled run."), force: true)
+                return
+            }
+        }
+        guard let pool = context.pool, await claim(id) else { return }
+        Log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it", run: id)
+
+        // Labels are informative: a failure to set them must not hold up the run.
+        do {
+            try await client.addLabels(id, [
+                "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
+                "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
+            ])
+        } catch {
+            Log.warning("could not label the run: \(error); continuing", run: id)
+        }
+
+        let job: JobConfiguration
+        do {
+            job = try await configuration(for: run, deployment: deployment, pool: pool)
+        } catch let error as JobConfigurationError {
+            Log.error("bad job configuration: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        } catch {
+            Log.error("cannot build the job configuration: \(error); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error)"))
+            return
+        }
+
+        if let start = run.scheduledStart, start.timeIntervalSinceNow > 0.05 {
+            Log.info("scheduled for \(Timestamp.format(start)); starting it then", run: id)
+            guard await context.shutdown.sleep(start.timeIntervalSinceNow) else {
+                await handBack(id)
+                return
+            }
+        }
+        await launch(run, job: job)
+    }
+
+    // MARK: - Claiming
+
+    /// Proposes PENDING. Only ACCEPT (or a REJECT that returns our own PENDING after a retried request) makes
+    /// the run ours; ABORT or REJECT mean another worker has it or it is no longer scheduled.
+    func claim(_ id: String) async -> Bool {
+        for _ in 0..<20 {
+            let proposal = StateProposal(.pending)
+            let result: OrchestrationResult
+            do {
+                result = try await client.setState(id, proposal)
+            } catch {
+                // The proposal may have landed and only the answer was lost: the run then carries our transition id.
+                if let current = try? await client.readFlowRun(id), current.state?.transitionID == proposal.transitionID {
+                    return true
+                }
+                Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
+                return false
+            }
+            switch result.status {
+            case .accept:
+                return true
+            case .reject where result.state?.type == .pending:
+                return true
+            case .reject, .abort:
+                let now = result.state.map { " (run is \($0.type.rawValue))" } ?? ""
+                Log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
+                return false
+            case .wait:
+                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+                Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
+                guard await context.shutdown.sleep(delay) else { return false }
+            }
+        }
+        return false
+    }
+
+    /// Gives a claimed run that has not started back to the pool, so another worker can take it.
+    func handBack(_ id: String) async {
+        do {
+            let result = try await client.setState(id, StateProposal(.scheduled, message: "Worker '\(settings.workerName)' shut down before the run started."))
+            Log.info("handed back to the pool (\(result.status.rawValue))", run: id)
+        } catch {
+            Log.error("could not hand the run back: \(error)", run: id)
+        }
+    }
+
+    // MARK: - Job configuration
+
+    func configuration(for run: FlowRun, deployment: Deployment?, pool: WorkPool) async throws -> JobConfiguration {
+        let template = try JobTemplate(pool.hasEmptyTemplate ? JobTemplate.defaultProcessTemplate : pool.baseJobTemplate!)
+        let values = JobTemplate.mergeJobVariables(deployment: deployment?.jobVariables, flowRun: run.jobVariables)
+        var rendered = try template.render(values: values, environment: settings.environment)
+        let names = Templating.variableNames(in: .object(rendered.configuration))
+        if !names.isEmpty {
+            var variables: [String: JSON?] = [:]
+            for name in names { variables[name] = try await client.readVariable(name)?.value }
+            rendered.configuration = Templating.resolveVariables(.object(rendered.configuration), variables).objectValue ?? [:]
+        }
+        return try JobConfiguration(rendered)
+    }
+
+    /// The job's environment: the worker's, then the job's `env`, then what identifies the run.
+    func environment(for run: FlowRun, job: JobConfiguration, parameters: String, parametersFile: String) -> [String: String] {
+        var env = settings.environment.filter { !Self.serviceVariables.contains($0.key) }
+        env.merge(job.environment) { $1 }
+        env["PREFECT__FLOW_RUN_ID"] = run.id
+        env["PREFECT_API_URL"] = settings.apiURL.absoluteString
+        if let key = settings.apiKey { env["PREFECT_API_KEY"] = key }
+        if let auth = settings.authString { env["PREFECT_API_AUTH_STRING"] = auth }
+        env["PREFECT__WORKER_NAME"] = settings.workerName
+        if let flowID = run.flowID { env["PREFECT__FLOW_ID"] = flowID }
+        if let deploymentID = run.deploymentID { env["PREFECT__DEPLOYMENT_ID"] = deploymentID }
+        env["PREFECT_FLOW_RUN_PARAMETERS_FILE"] = parametersFile
+        // Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN); the file always has them.
+        let entryBytes = "PREFECT_FLOW_RUN_PARAMETERS=".utf8.count + parameters.utf8.count + 1
+        if entryBytes <= 128 * 1024 {
+            env["PREFECT_FLOW_RUN_PARAMETERS"] = parameters
+        } else {
+            env["PREFECT_FLOW_RUN_PARAMETERS"] = nil
+            Log.warning("parameters are \(parameters.utf8.count) bytes, too large for one environment variable; the job gets them only through PREFECT_FLOW_RUN_PARAMETERS_FILE", run: run.id)
+        }
+        return env
+    }
+
+    // MARK: - Running
+
+    func launch(_ run: FlowRun, job: JobConfiguration) async {
+        let id = run.id
+        let parameters = (run.parameters ?? .object([:])).encoded()
+        let workspace: JobWorkspace
+        do {
+            workspace = try JobWorkspace.create(parameters: parameters, workingDirectory: job.workingDirectory,
+                                                environment: settings.environment)
+        } catch {
+            Log.error("cannot prepare the job: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        }
+        defer { workspace.remove() }
+
+        let env = environment(for: run, job: job, parameters: parameters, parametersFile: workspace.parametersFile)
+        var arguments = job.arguments
+        let executable: String
+        do {
+            executable = try resolveProgram(&arguments, commandIsDefault: job.command == nil, env: env, directory: workspace.workingDirectory)
+        } catch {
+            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        }
+
+        if job.stateOwner == .worker {
+            guard await proposeRunning(id) else { return }
+        }
+
+        let process: SpawnedProcess
+        do {
+            process = try ChildProcesses.shared.spawn(SpawnRequest(
+                executable: executable, arguments: arguments, environment: env,
+                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput))
+        } catch {
+            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        }
+        await context.registry.setPID(id, process.pid)
+        let pumps = [
+            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDOUT_FILENO) },
+            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDERR_FILENO) },
+        ].compactMap { $0 }
+        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
+
+        do {
+            try await client.setInfrastructurePID(id, pid: process.pid)
+        } catch {
+            Log.warning("could not record infrastructure pid \(process.pid): \(error)", run: id)
+        }
+
+        let exit = await ChildProcesses.shared.waitForExit(process.pid)
+        let stopReason = await context.registry.entry(id)?.stopReason
+        await context.registry.setPID(id, nil)
+        for pump in pumps { await pump.finish(timeout: 2) }
+        Log.info("job \(exit)", run: id)
+
+        if let stopReason {
+            await report(id, FinalState(type: .crashed, message: "\(stopReason); the job \(exit)."))
+        } else if let final = FinalState.decide(owner: job.stateOwner, exit: exit) {
+            await report(id, final)
+        }
+    }
+
+    /// Resolves the program with the job's PATH. The default engine command falls back from `python` to
+    /// `python3`, since many Linux hosts have only the latter.
+    func resolveProgram(_ arguments: inout [String], commandIsDefault: Bool, env: [String: String], directory: String) throws(SpawnError) -> String {
+        do {
+            return try ExecutableLookup.resolve(arguments[0], path: env["PATH"], workingDirectory: directory)
+        } catch {
+            guard commandIsDefault, arguments[0] == "python",
+                  let python3 = try? ExecutableLookup.resolve("python3", path: env["PATH"], workingDirectory: directory)
+            else { throw error }
+            arguments[0] = "python3"
+            return python3
+        }
+    }
+
+    /// For worker-owned runs: RUNNING before the job starts. A run the server will not let run is not started.
+    func proposeRunning(_ id: String) async -> Bool {
+        while true {
+            let result: OrchestrationResult
+            do {
+                result = try await client.setState(id, StateProposal(.running), policy: .persistent)
+            } catch {
+                Log.error("could not propose RUNNING: \(error); reporting CRASHED", run: id)
+                await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
+                return false
+            }
+            switch result.status {
+            case .accept:
+                return true
+            case .reject where result.state?.type == .running:
+                return true
+            case .wait:
+                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+                guard await context.shutdown.sleep(delay) else { await handBack(id); return false }
+            case .reject, .abort:
+                let state = result.state?.type
+                Log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job", run: id)
+                if state == .cancelling {
+                    await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."), force: true)
+                }
+                return false
+            }
+        }
+    }
+
+    // MARK: - Reporting
+
+    /// Reports a final state, unless the run already has one (reading first: COMPLETED or FAILED after a
+    /// terminal state would be accepted and overwrite it). A run being cancelled is reported CANCELLED.
+    func report(_ id: String, _ final: FinalState, force: Bool = false) async {
+        var final = final
+        var force = force
+        do {
+            let current = try await client.readFlowRun(id, policy: .persistent)
+            if let type = current.currentStateType {
+                if type.isTerminal {
+                    Log.info("not reporting \(final.type.rawValue): the run is already \(type.rawValue)", run: id)
+                    return
+                }
+                if type == .cancelling {
+                    final = FinalState(type: .cancelled, message: "Flow run was cancelled. \(final.message)")
+                    force = true
+                }
+            }
+        } catch {
+            Log.warning("cannot read the run before reporting \(final.type.rawValue): \(error)", run: id)
+        }
+        let proposal = StateProposal(final.type, message: final.message, force: force)
+        do {
+            for _ in 0..<20 {
+                let result = try await client.setState(id, proposal, policy: .persistent)
+                switch result.status {
+                case .accept:
+                    Log.info("reported \(final.type.rawValue): \(final.message)", run: id)
+                    return
+                case .reject where result.state?.type == final.type:
+                    Log.info("reported \(final.type.rawValue) (already recorded)", run: id)
+                    return
+                case .wait:
+                    try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
+                case .reject, .abort:
+                    let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
+                    Log.warning("server did not accept \(final.type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
+                    return
+                }
+            }
+        } catch {
+            Log.error("could not report \(final.type.rawValue): \(error)", run: id)
+        }
+    }
+}

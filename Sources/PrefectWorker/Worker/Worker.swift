@@ -1,0 +1,257 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fatal problem the worker cannot ride out (wrong pool type, rejected credentials): exit 1.
+public struct WorkerError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// The worker: sync the pool, then heartbeat and poll until shutdown, supervising each claimed run.
+public final class Worker: Sendable {
+    public let context: WorkerContext
+    var settings: Settings { context.settings }
+    var client: PrefectClient { context.client }
+
+    public init(settings: Settings) {
+        let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString)
+        self.context = WorkerContext(settings: settings, client: client)
+    }
+
+    /// Called for SIGTERM/SIGINT: the first drains, the second terminates the jobs.
+    public func handleSignal(_ signal: Int32) {
+        guard signal == SIGTERM || signal == SIGINT else { return }
+        let phase = context.shutdown.advance()
+        let name = ExitStatus.signalName(signal)
+        switch phase {
+        case .draining:
+            Log.info("received \(name): no longer claiming runs; waiting for runs in flight (send \(name) again to stop them now)")
+        case .terminating:
+            Log.info("received \(name) again: stopping runs in flight")
+        case .running:
+            break
+        }
+    }
+
+    /// Runs until shutdown; returns the process exit code.
+    public func run() async -> Int32 {
+        Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))")
+        let started = await firstOf({ () async -> Result<Bool, WorkerError> in
+            do { try await self.startUp(); return .success(true) } catch let error as WorkerError { return .failure(error) } catch { return .success(false) }
+        }, { () async -> Result<Bool, WorkerError> in
+            await self.context.shutdown.wait(for: .draining); return .success(false)
+        })
+        switch started {
+        case .failure(let error):
+            Log.error(error.message)
+            return 1
+        case .success(false):
+            Log.info("stopped before the work pool was ready")
+            return 0
+        case .success(true):
+            break
+        }
+
+        let heartbeat = Task { await self.heartbeatLoop() }
+        let poller = Task { await self.pollLoop() }
+        if settings.runOnce {
+            await firstOf({ await poller.value }, { await self.context.shutdown.wait(for: .draining) })
+            context.shutdown.advance(to: .draining)
+        } else {
+            await context.shutdown.wait(for: .draining)
+        }
+        poller.cancel()
+        await poller.value
+        await drain()
+        heartbeat.cancel()
+        await heartbeat.value
+        Log.info("worker '\(settings.workerName)' stopped")
+        return 0
+    }
+
+    // MARK: - Start-up and pool sync
+
+    /// Reads (or creates) the pool until the server answers, then sends the first heartbeat.
+    func startUp() async throws {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                try await syncPool()
+                if context.pool != nil { break }
+            } catch let error as APIError where !error.isRetryable && error.status != 404 {
+                if error.status == 401 || error.status == 403 {
+                    throw WorkerError(message: "the Prefect API at \(redactedURL(settings.apiURL)) refused our credentials (\(error)); check PREFECT_API_KEY / PREFECT_API_AUTH_STRING")
+                }
+                throw WorkerError(message: "cannot set up work pool '\(settings.pool)': \(error)")
+            } catch let error as APIError {
+                let delay = RetryPolicy(maxAttempts: .max, maxDelay: 30).delay(afterAttempt: attempt, retryAfter: error.retryAfter)
+                Log.warning("cannot reach the Prefect API at \(redactedURL(settings.apiURL)): \(error); retrying in \(String(format: "%.1f", delay)) s")
+                try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
+                continue
+            }
+            // Pool missing and not to be created.
+            try await Task.sleep(nanoseconds: UInt64(settings.querySeconds * 1_000_000_000))
+        }
+        try await ensureQueues()
+        await sendHeartbeat()
+        Log.info("serving work pool '\(settings.pool)'" + (settings.workQueues.isEmpty ? "" : " queues \(settings.workQueues)")
+                 + "; polling every \(settings.querySeconds) s, heartbeat every \(settings.heartbeatSeconds) s")
+    }
+
+    /// Reads the pool into the shared snapshot, creating it (type `process`, Prefect's default template) when
+    /// missing, and installing the default template when it is empty.
+    func syncPool() async throws {
+        var pool = try await client.readWorkPool(settings.pool, policy: .once)
+        if pool == nil {
+            guard settings.createPoolIfNotFound else {
+                Log.warning("work pool '\(settings.pool)' not found; waiting for it to be created")
+                context.pool = nil
+                return
+            }
+            do {
+                pool = try await client.createWorkPool(name: settings.pool, type: "process", baseJobTemplate: JobTemplate.defaultProcessTemplate)
+                Log.info("created work pool '\(settings.pool)' of type 'process'")
+            } catch let error as APIError where error.status == 409 {
+                pool = try await client.readWorkPool(settings.pool, policy: .once) // created by another worker meanwhile
+            }
+        }
+        guard var pool else { return }
+        guard pool.type == "process" else {
+            throw WorkerError(message: "work pool '\(pool.name)' has type '\(pool.type)', but prefect-worker runs only 'process' pools; use a process pool, or Prefect's own worker for '\(pool.type)'")
+        }
+        if pool.hasEmptyTemplate {
+            try await client.updateWorkPoolTemplate(name: pool.name, baseJobTemplate: JobTemplate.defaultProcessTemplate)
+            pool.baseJobTemplate = JobTemplate.defaultProcessTemplate
+            Log.info("installed the default process job template on work pool '\(pool.name)'")
+        }
+        if context.pool == nil, pool.isPaused == true {
+            Log.warning("work pool '\(pool.name)' is paused; no runs will be claimed until it is resumed")
+        }
+        context.pool = pool
+    }
+
+    /// Creates the `--work-queue`s that do not exist yet, so polling them does not fail.
+    func ensureQueues() async throws {
+        for queue in settings.workQueues where try await client.readWorkQueue(pool: settings.pool, name: queue) == nil {
+            do {
+                try await client.createWorkQueue(pool: settings.pool, name: queue)
+                Log.info("created work queue '\(queue)' in work pool '\(settings.pool)'")
+            } catch let error as APIError where error.status == 409 {
+                continue
+            }
+        }
+    }
+
+    func sendHeartbeat() async {
+        do {
+            try await client.heartbeat(pool: settings.pool, worker: settings.workerName,
+                                       intervalSeconds: max(1, Int(settings.heartbeatSeconds.rounded())))
+            context.status.heartbeatSucceeded()
+        } catch {
+            let last = context.status.lastHeartbeat.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
+            Log.warning("heartbeat failed: \(error); retrying in \(String(format: "%.0f", settings.heartbeatSeconds)) s\(last)")
+        }
+    }
+
+    /// Every interval: re-read the pool (template edits apply to later runs; a deleted pool is recreated),
+    /// then heartbeat. Runs until cancelled, through the drain, so the worker stays ONLINE while runs finish.
+    func heartbeatLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(settings.heartbeatSeconds * 1_000_000_000))
+            if Task.isCancelled { return }
+            do {
+                try await syncPool()
+            } catch let error as WorkerError {
+                Log.error("\(error.message); not claiming new runs")
+                context.pool = nil
+            } catch {
+                Log.warning("cannot read work pool '\(settings.pool)': \(error); using the last known copy")
+            }
+            await sendHeartbeat()
+        }
+    }
+
+    // MARK: - Polling
+
+    /// Polls for scheduled runs and hands each new one to a supervisor, within `--limit`.
+    func pollLoop() async {
+        let supervisor = FlowRunSupervisor(context: context)
+        while !Task.isCancelled {
+            let free = await context.registry.freeSlots
+            if free == 0 {
+                await context.registry.waitForRelease()
+                continue
+            }
+            let batchLimit = min(free ?? 200, 200)
+            var runs: [FlowRun] = []
+            if context.pool != nil {
+                do {
+                    let horizon = settings.runOnce ? 0 : settings.prefetchSeconds
+                    runs = try await client.scheduledFlowRuns(pool: settings.pool, queues: settings.workQueues,
+                                                              before: Date().addingTimeInterval(horizon),
+                                                              limit: settings.limit == nil ? nil : batchLimit)
+                    context.status.pollSucceeded()
+                } catch is CancellationError {
+                    return
+                } catch {
+                    Log.warning("polling for flow runs failed: \(error); next poll in \(settings.querySeconds) s")
+                }
+            }
+            var taken = 0
+            for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
+                guard await context.registry.reserve(run) else { continue }
+                taken += 1
+                let registry = context.registry
+                Task {
+                    await supervisor.run(run)
+                    await registry.release(run.id)
+                }
+            }
+            if settings.runOnce { return }
+            // A full batch means more may be waiting: poll again as soon as there is room.
+            if runs.count >= batchLimit, taken > 0 { continue }
+            try? await Task.sleep(nanoseconds: UInt64(settings.querySeconds * 1_000_000_000))
+        }
+    }
+
+    // MARK: - Shutdown
+
+    /// Waits for runs in flight; on a second signal or when `--drain-timeout` passes, stops them
+    /// (SIGTERM to each job's process group, grace, SIGKILL) and waits for their final reports.
+    func drain() async {
+        let registry = context.registry
+        var inFlight = await registry.count
+        if inFlight > 0 {
+            let ids = await registry.runIDs.joined(separator: ", ")
+            Log.info("draining: \(inFlight) run(s) in flight: \(ids)"
+                     + (settings.drainTimeout.map { "; stopping them in \($0) s" } ?? "; waiting for them to finish"))
+            let timeout = settings.drainTimeout
+            let finished = await firstOf({ await registry.waitUntilEmpty(); return true }, {
+                if let timeout {
+                    _ = await self.context.shutdown.sleep(timeout, unless: .terminating)
+                } else {
+                    await self.context.shutdown.wait(for: .terminating)
+                }
+                return false
+            })
+            if !finished {
+                inFlight = await registry.count
+                let reason = context.shutdown.phase == .terminating
+                    ? "Worker '\(settings.workerName)' was stopped a second time and stopped the job"
+                    : "Worker '\(settings.workerName)' shut down and the drain timeout passed"
+                Log.info("stopping \(inFlight) run(s) in flight")
+                for (runID, pid) in await registry.markAllStopped(reason: reason) {
+                    Task {
+                        let outcome = await Teardown.terminate(grace: self.settings.killGraceSeconds)
+                            .run(processGroup: pid) { await registry.entry(runID)?.pid == nil }
+                        Log.info("job (pid \(pid)) \(outcome)", run: runID)
+                    }
+                }
+                await registry.waitUntilEmpty()
+            }
+        }
+    }
+}
