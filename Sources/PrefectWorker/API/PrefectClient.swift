@@ -194,7 +194,7 @@ extension PrefectClient {
     }
 
     /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE.
-    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, policy: RetryPolicy = .once) async throws {
+    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, policy: RetryPolicy = .quick) async throws {
         let body = JSON.object(["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)])
         try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: body,
                        what: "heartbeat", policy: policy)
@@ -202,7 +202,7 @@ extension PrefectClient {
 
     /// `POST /work_pools/{pool}/get_scheduled_flow_runs`.
     public func scheduledFlowRuns(pool: String, queues: [String], before: Date, limit: Int?,
-                                  policy: RetryPolicy = .once) async throws -> [FlowRun] {
+                                  policy: RetryPolicy = .quick) async throws -> [FlowRun] {
         var body: [String: JSON] = [
             "work_queue_names": .array(queues.map(JSON.string)),
             "scheduled_before": .string(Timestamp.format(before)),

@@ -21,7 +21,10 @@ public struct RetryPolicy: Sendable, Equatable {
     public static let standard = RetryPolicy(maxAttempts: 7)
     /// For calls whose loss would lose a run (final states): retry until it lands.
     public static let persistent = RetryPolicy(maxAttempts: .max)
-    /// For calls that are repeated anyway on the next tick (heartbeat, poll).
+    /// For calls that are repeated anyway on the next tick (heartbeat, poll): a few quick retries, so one
+    /// 503 from a busy server does not cost a whole interval.
+    public static let quick = RetryPolicy(maxAttempts: 4, baseDelay: 0.5, maxDelay: 5)
+    /// A single attempt.
     public static let once = RetryPolicy(maxAttempts: 1)
 
     /// Delay before attempt `attempt + 1`, after `attempt` failed attempts (1-based). `retryAfter` is the

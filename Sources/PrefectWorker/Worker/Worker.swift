@@ -104,7 +104,7 @@ public final class Worker: Sendable {
     /// Reads the pool into the shared snapshot, creating it (type `process`, Prefect's default template) when
     /// missing, and installing the default template when it is empty.
     func syncPool() async throws {
-        var pool = try await client.readWorkPool(settings.pool, policy: .once)
+        var pool = try await client.readWorkPool(settings.pool, policy: .quick)
         if pool == nil {
             guard settings.createPoolIfNotFound else {
                 Log.warning("work pool '\(settings.pool)' not found; waiting for it to be created")
@@ -115,7 +115,7 @@ public final class Worker: Sendable {
                 pool = try await client.createWorkPool(name: settings.pool, type: "process", baseJobTemplate: JobTemplate.defaultProcessTemplate)
                 Log.info("created work pool '\(settings.pool)' of type 'process'")
             } catch let error as APIError where error.status == 409 {
-                pool = try await client.readWorkPool(settings.pool, policy: .once) // created by another worker meanwhile
+                pool = try await client.readWorkPool(settings.pool, policy: .quick) // created by another worker meanwhile
             }
         }
         guard var pool else { return }
