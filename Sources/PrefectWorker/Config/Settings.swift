@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The worker's version, printed by `--version` and sent in the User-Agent.
 public enum WorkerVersion {
@@ -24,6 +27,10 @@ public struct Settings: Sendable, Equatable {
     /// On shutdown, how long to wait for in-flight runs before terminating them; nil = wait for them.
     public var drainTimeout: Double?
     public var createPoolIfNotFound = true
+    /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
+    public var cancellationPollSeconds: Double = 2
+    /// Where the journal of launched runs lives (see `StateDirectory`).
+    public var stateDirectory: String = "/tmp/prefect-worker"
     public var logLevel: Log.Level = .info
     public var logFormat: Log.Format = .text
     /// The worker's own environment, handed to jobs.
@@ -75,6 +82,8 @@ public enum CommandLineParser {
           --kill-grace-seconds S   SIGTERM-to-SIGKILL grace for jobs [PREFECT_WORKER_KILL_GRACE_SECONDS=30]
           --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
           --run-once               claim what is due now, run it to the end, exit
+          --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
+                                   else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
           --no-create-pool-if-not-found
                                    wait for a missing pool instead of creating it
           --log-format text|json   worker log format (default text); level from PREFECT_LOGGING_LEVEL
@@ -135,7 +144,7 @@ public enum CommandLineParser {
                 }
             case "-l", "--limit": flags["limit"] = try value()
             case "--prefetch-seconds", "--heartbeat-seconds", "--query-seconds", "--kill-grace-seconds",
-                 "--drain-timeout", "--log-format":
+                 "--drain-timeout", "--log-format", "--state-dir", "--cancellation-poll-seconds":
                 flags[String(option.dropFirst(2))] = try value()
             case "--run-once": try noValue(); runOnce = true
             case "--create-pool-if-not-found": try noValue(); createPool = true
@@ -180,6 +189,10 @@ public enum CommandLineParser {
         if let v = try seconds("prefetch-seconds", "PREFECT_WORKER_PREFETCH_SECONDS", minimum: 0) { settings.prefetchSeconds = v }
         if let v = try seconds("kill-grace-seconds", "PREFECT_WORKER_KILL_GRACE_SECONDS", minimum: 0) { settings.killGraceSeconds = v }
         settings.drainTimeout = try seconds("drain-timeout", "PREFECT_WORKER_DRAIN_TIMEOUT", minimum: 0)
+        if let v = try seconds("cancellation-poll-seconds", "PREFECT_WORKER_CANCELLATION_POLL_SECONDS", minimum: 0.1) {
+            settings.cancellationPollSeconds = v
+        }
+        settings.stateDirectory = try stateDirectory(flag: flags["state-dir"], environment: environment)
 
         let (rawLimit, limitSource) = flags["limit"].map { ($0, "--limit") } ?? (environment["PREFECT_WORKER_LIMIT"].map { ($0, "PREFECT_WORKER_LIMIT") } ?? (nil, ""))
         if let rawLimit, !rawLimit.isEmpty {
@@ -202,6 +215,21 @@ public enum CommandLineParser {
             settings.logFormat = format
         }
         return .start(settings)
+    }
+
+    /// `--state-dir`, else `PREFECT_WORKER_STATE_DIR`, else systemd's `$STATE_DIRECTORY` (first entry),
+    /// else `$XDG_STATE_HOME/prefect-worker`, else `$HOME/.local/state/prefect-worker`, else `/tmp/prefect-worker-<uid>`.
+    static func stateDirectory(flag: String?, environment: [String: String]) throws -> String {
+        func nonEmpty(_ key: String) -> String? { environment[key].flatMap { $0.isEmpty ? nil : $0 } }
+        if let flag {
+            guard !flag.isEmpty else { throw UsageError("option '--state-dir' must not be empty") }
+            return flag
+        }
+        if let dir = nonEmpty("PREFECT_WORKER_STATE_DIR") { return dir }
+        if let dirs = nonEmpty("STATE_DIRECTORY"), let first = dirs.split(separator: ":").first { return String(first) }
+        if let xdg = nonEmpty("XDG_STATE_HOME") { return xdg + "/prefect-worker" }
+        if let home = nonEmpty("HOME"), home != "/" { return home + "/.local/state/prefect-worker" }
+        return "/tmp/prefect-worker-\(getuid())"
     }
 
     /// Accepts `http(s)://host[:port][/path]`; anything else is a configuration error, not something to retry.

@@ -33,20 +33,38 @@ public struct Teardown: Sendable, Equatable {
         }
     }
 
-    /// Runs the steps against process group `pgid` until `exited` reports the leader gone.
-    /// `exited` is polled (cheaply) every 50 ms during each grace period.
-    public func run(processGroup pgid: pid_t, exited: @Sendable () async -> Bool) async -> Outcome {
-        if await exited() { return .alreadyExited }
+    /// Runs the steps against process group `pgid` and against every process carrying the run's marker
+    /// (descendants that left the group), until `leaderExited` reports the job gone and no marked process
+    /// is left. The leader is checked every 50 ms, /proc every 500 ms.
+    public func run(processGroup pgid: pid_t, runID: String?, leaderExited: @Sendable () async -> Bool) async -> Outcome {
+        func stragglers() -> [pid_t] { runID.map(ProcFS.processes(ofRun:)) ?? [] }
+        func send(_ signal: Int32) {
+            _ = kill(-pgid, signal)
+            for pid in stragglers() { _ = kill(pid, signal) }
+        }
+        if await leaderExited(), stragglers().isEmpty { return .alreadyExited }
         for step in steps {
-            _ = kill(-pgid, step.signal)
+            send(step.signal)
             let deadline = Date().addingTimeInterval(step.grace)
+            var nextScan = Date()
             while Date() < deadline {
-                if await exited() { return .exitedAfter(signal: step.signal) }
+                if await leaderExited() {
+                    if Date() >= nextScan {
+                        if stragglers().isEmpty { return .exitedAfter(signal: step.signal) }
+                        nextScan = Date().addingTimeInterval(0.5)
+                    }
+                }
                 try? await Task.sleep(nanoseconds: 50_000_000)
             }
-            if await exited() { return .exitedAfter(signal: step.signal) }
+            if await leaderExited(), stragglers().isEmpty { return .exitedAfter(signal: step.signal) }
         }
-        _ = kill(-pgid, SIGKILL)
+        send(SIGKILL)
+        // SIGKILL cannot be ignored; wait (bounded) until the tree is gone and reaped.
+        for _ in 0..<100 {
+            if await leaderExited(), stragglers().isEmpty { break }
+            try? await Task.sleep(nanoseconds: 50_000_000)
+            send(SIGKILL)
+        }
         return .killed
     }
 }

@@ -57,7 +57,12 @@ struct FlowRunSupervisor: Sendable {
 
         if let start = run.scheduledStart, start.timeIntervalSinceNow > 0.05 {
             Log.info("scheduled for \(Timestamp.format(start)); starting it then", run: id)
-            guard await context.shutdown.sleep(start.timeIntervalSinceNow) else {
+            let registry = context.registry
+            let slept = await firstOf({ await self.context.shutdown.sleep(start.timeIntervalSinceNow) }, {
+                await registry.waitForStopRequest(id)
+                return false
+            })
+            if !slept, await !registry.isCancelRequested(id) {
                 await handBack(id)
                 return
             }
@@ -176,6 +181,8 @@ struct FlowRunSupervisor: Sendable {
             return
         }
 
+        // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
+        guard await startAllowed(id) else { return }
         if job.stateOwner == .worker {
             guard await proposeRunning(id) else { return }
         }
@@ -191,6 +198,9 @@ struct FlowRunSupervisor: Sendable {
             return
         }
         await context.registry.setPID(id, process.pid)
+        context.journal.record(JournalEntry(
+            runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
+            workerName: settings.workerName, workerPID: context.identity.pid, workerStart: context.identity.start))
         let pumps = [
             process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDOUT_FILENO) },
             process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDERR_FILENO) },
@@ -203,16 +213,76 @@ struct FlowRunSupervisor: Sendable {
             Log.warning("could not record infrastructure pid \(process.pid): \(error)", run: id)
         }
 
-        let exit = await ChildProcesses.shared.waitForExit(process.pid)
-        let stopReason = await context.registry.entry(id)?.stopReason
-        await context.registry.setPID(id, nil)
-        for pump in pumps { await pump.finish(timeout: 2) }
-        Log.info("job \(exit)", run: id)
+        await watch(id, pid: process.pid, owner: job.stateOwner) {
+            let exit = await ChildProcesses.shared.waitForExit(process.pid)
+            for pump in pumps { await pump.finish(timeout: 2) }
+            return exit
+        }
+    }
 
-        if let stopReason {
-            await report(id, FinalState(type: .crashed, message: "\(stopReason); the job \(exit)."))
-        } else if let final = FinalState.decide(owner: job.stateOwner, exit: exit) {
-            await report(id, final)
+    /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
+    func startAllowed(_ id: String) async -> Bool {
+        if await context.registry.isCancelRequested(id) {
+            Log.info("cancelled before it started; not starting it", run: id)
+            await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+            return false
+        }
+        if context.shutdown.phase >= .draining {
+            await handBack(id)
+            return false
+        }
+        return true
+    }
+
+    /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled or
+    /// the worker shuts down, then reports the final state and clears the journal entry. `exitStatus` is nil
+    /// for an adopted job, whose status cannot be known.
+    func watch(_ id: String, pid: pid_t, owner: StateOwner, exitStatus: @escaping @Sendable () async -> ExitStatus?) async {
+        let registry = context.registry
+        let grace = settings.killGraceSeconds
+        let stopper = Task { () -> Teardown.Outcome? in
+            await registry.waitForStopRequest(id)
+            if Task.isCancelled { return nil }
+            let why = await registry.isCancelRequested(id) ? "the run is being cancelled" : "the worker is shutting down"
+            Log.info("\(why): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s", run: id)
+            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id) {
+                await registry.entry(id)?.pid == nil
+            }
+            Log.info("job (pid \(pid)) \(outcome)", run: id)
+            return outcome
+        }
+        let exit = await exitStatus()
+        await registry.setPID(id, nil)
+        Log.info("job (pid \(pid)) " + (exit.map { "\($0)" } ?? "exited"), run: id)
+
+        let entry = await registry.entry(id)
+        if entry?.cancelRequested == true || entry?.stopReason != nil {
+            let outcome = await stopper.value
+            let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
+            if entry?.cancelRequested == true {
+                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."))
+            } else {
+                await report(id, FinalState(type: .crashed, message: "\(entry?.stopReason ?? "Worker shut down"): \(how)."))
+            }
+        } else {
+            stopper.cancel()
+            if let exit {
+                if let final = FinalState.decide(owner: owner, exit: exit) { await report(id, final) }
+            } else {
+                await reportAdoptedExit(id, owner: owner)
+            }
+        }
+        context.journal.remove(id)
+    }
+
+    /// An adopted job exited with a status we cannot know: a worker-owned run is CRASHED (saying why), an
+    /// engine-owned run is left to the engine unless it is still not final.
+    func reportAdoptedExit(_ id: String, owner: StateOwner) async {
+        switch owner {
+        case .worker:
+            await report(id, FinalState(type: .crashed, message: "The worker restarted while the job ran; the job has exited, but its exit status could not be observed."))
+        case .engine:
+            await report(id, FinalState(type: .crashed, message: "The worker restarted while the flow run process ran; the process exited before the flow run reached a final state."))
         }
     }
 
@@ -275,7 +345,9 @@ struct FlowRunSupervisor: Sendable {
                     return
                 }
                 if type == .cancelling {
-                    final = FinalState(type: .cancelled, message: "Flow run was cancelled. \(final.message)")
+                    if final.type != .cancelled {
+                        final = FinalState(type: .cancelled, message: "Flow run was cancelled. \(final.message)")
+                    }
                     force = true
                 }
             }

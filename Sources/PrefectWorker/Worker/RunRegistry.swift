@@ -12,6 +12,8 @@ public actor RunRegistry {
         public var pid: pid_t?
         /// Why the worker stopped this job, if it did (the final state message says so).
         public var stopReason: String?
+        /// The run was seen CANCELLING (or CANCELLED): do not start it, or stop it, and report CANCELLED.
+        public var cancelRequested = false
     }
 
     private let limit: Int?
@@ -21,6 +23,7 @@ public actor RunRegistry {
     private var submitted: [String: Date] = [:]
     private var emptyWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
     private var slotWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    private var stopWaiters: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
     private var nextWaiterID = 0
 
     public init(limit: Int?) {
@@ -47,8 +50,14 @@ public actor RunRegistry {
         return true
     }
 
+    /// Registers a run that is already running (adopted after a worker restart).
+    public func adopt(_ runID: String, pid: pid_t) {
+        entries[runID] = Entry(runID: runID, pid: pid)
+    }
+
     public func release(_ runID: String) {
         entries[runID] = nil
+        wakeStopWaiters(runID)
         let slots = slotWaiters.values
         slotWaiters = [:]
         for waiter in slots { waiter.resume() }
@@ -65,15 +74,47 @@ public actor RunRegistry {
 
     public func entry(_ runID: String) -> Entry? { entries[runID] }
 
-    /// Marks every running job as stopped for `reason` and returns their process groups.
-    public func markAllStopped(reason: String) -> [(runID: String, pid: pid_t)] {
-        var stopped: [(String, pid_t)] = []
-        for (id, entry) in entries {
-            guard let pid = entry.pid else { continue }
-            if entries[id]?.stopReason == nil { entries[id]?.stopReason = reason }
-            stopped.append((id, pid))
+    /// Records that the run is to be cancelled and wakes its supervisor, which stops the job (or does not
+    /// start it) and reports CANCELLED. Returns false if the run is unknown or was already being cancelled.
+    @discardableResult
+    public func requestCancel(_ runID: String) -> Bool {
+        guard let entry = entries[runID], !entry.cancelRequested else { return false }
+        entries[runID]?.cancelRequested = true
+        wakeStopWaiters(runID)
+        return true
+    }
+
+    /// Records that every run in flight is to be stopped because the worker shuts down, and wakes their
+    /// supervisors. Returns the runs that have a job process.
+    @discardableResult
+    public func requestStopAll(reason: String) -> [String] {
+        for id in entries.keys where entries[id]?.stopReason == nil {
+            entries[id]?.stopReason = reason
+            wakeStopWaiters(id)
         }
-        return stopped
+        return entries.values.filter { $0.pid != nil }.map(\.runID).sorted()
+    }
+
+    private func wakeStopWaiters(_ runID: String) {
+        for waiter in (stopWaiters.removeValue(forKey: runID) ?? [:]).values { waiter.resume() }
+    }
+
+    public func isCancelRequested(_ runID: String) -> Bool { entries[runID]?.cancelRequested ?? false }
+
+    /// Returns when the run is to be cancelled or stopped (or is gone), or when the calling task is cancelled.
+    public func waitForStopRequest(_ runID: String) async {
+        func requested() -> Bool { entries[runID].map { $0.cancelRequested || $0.stopReason != nil } ?? true }
+        if requested() { return }
+        nextWaiterID += 1
+        let id = nextWaiterID
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if Task.isCancelled || requested() { continuation.resume() }
+                else { stopWaiters[runID, default: [:]][id] = continuation }
+            }
+        } onCancel: {
+            Task { await self.cancelWaiter(id) }
+        }
     }
 
     /// Returns when no run is in flight, or when the calling task is cancelled.
@@ -106,5 +147,6 @@ public actor RunRegistry {
     private func cancelWaiter(_ id: Int) {
         slotWaiters.removeValue(forKey: id)?.resume()
         emptyWaiters.removeValue(forKey: id)?.resume()
+        for runID in stopWaiters.keys { stopWaiters[runID]?.removeValue(forKey: id)?.resume() }
     }
 }

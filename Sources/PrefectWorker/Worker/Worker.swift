@@ -38,6 +38,13 @@ public final class Worker: Sendable {
     /// Runs until shutdown; returns the process exit code.
     public func run() async -> Int32 {
         Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))")
+        do {
+            try context.journal.prepare()
+        } catch {
+            Log.error("\(error)")
+            return 1
+        }
+        ProcFS.becomeSubreaper()
         let started = await firstOf({ () async -> Result<Bool, WorkerError> in
             do { try await self.startUp(); return .success(true) } catch let error as WorkerError { return .failure(error) } catch { return .success(false) }
         }, { () async -> Result<Bool, WorkerError> in
@@ -54,7 +61,9 @@ public final class Worker: Sendable {
             break
         }
 
+        await Recovery(context: context).run()
         let heartbeat = Task { await self.heartbeatLoop() }
+        let cancellations = Task { await self.cancellationLoop() }
         let poller = Task { await self.pollLoop() }
         if settings.runOnce {
             await firstOf({ await poller.value }, { await self.context.shutdown.wait(for: .draining) })
@@ -66,7 +75,9 @@ public final class Worker: Sendable {
         await poller.value
         await drain()
         heartbeat.cancel()
+        cancellations.cancel()
         await heartbeat.value
+        await cancellations.value
         Log.info("worker '\(settings.workerName)' stopped")
         return 0
     }
@@ -217,6 +228,31 @@ public final class Worker: Sendable {
         }
     }
 
+    // MARK: - Cancellation
+
+    /// While runs are in flight, asks the server which of them are CANCELLING (or were CANCELLED) and has
+    /// their supervisors stop them. An idle worker makes no request.
+    func cancellationLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(settings.cancellationPollSeconds * 1_000_000_000))
+            let ids = await context.registry.runIDs
+            for start in stride(from: 0, to: ids.count, by: 200) {
+                let chunk = Array(ids[start..<min(start + 200, ids.count)])
+                let filter = JSON.object([
+                    "flow_runs": .object([
+                        "id": .object(["any_": .array(chunk.map(JSON.string))]),
+                        "state": .object(["type": .object(["any_": .array(["CANCELLING", "CANCELLED"])])]),
+                    ]),
+                    "limit": .int(chunk.count),
+                ])
+                guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else { continue }
+                for run in runs where await context.registry.requestCancel(run.id) {
+                    Log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
+                }
+            }
+        }
+    }
+
     // MARK: - Shutdown
 
     /// Waits for runs in flight; on a second signal or when `--drain-timeout` passes, stops them
@@ -229,6 +265,16 @@ public final class Worker: Sendable {
             Log.info("draining: \(inFlight) run(s) in flight: \(ids)"
                      + (settings.drainTimeout.map { "; stopping them in \($0) s" } ?? "; waiting for them to finish"))
             let timeout = settings.drainTimeout
+            let progress = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: 15_000_000_000)
+                    let ids = await registry.runIDs
+                    if Task.isCancelled || ids.isEmpty { return }
+                    Log.info("still draining: \(ids.count) run(s) in flight: \(ids.joined(separator: ", ")); "
+                             + (timeout == nil ? "waiting for them (signal again to stop them now)" : "they will be stopped when the drain timeout passes"))
+                }
+            }
+            defer { progress.cancel() }
             let finished = await firstOf({ await registry.waitUntilEmpty(); return true }, {
                 if let timeout {
                     _ = await self.context.shutdown.sleep(timeout, unless: .terminating)
@@ -243,13 +289,7 @@ public final class Worker: Sendable {
                     ? "Worker '\(settings.workerName)' was stopped a second time and stopped the job"
                     : "Worker '\(settings.workerName)' shut down and the drain timeout passed"
                 Log.info("stopping \(inFlight) run(s) in flight")
-                for (runID, pid) in await registry.markAllStopped(reason: reason) {
-                    Task {
-                        let outcome = await Teardown.terminate(grace: self.settings.killGraceSeconds)
-                            .run(processGroup: pid) { await registry.entry(runID)?.pid == nil }
-                        Log.info("job (pid \(pid)) \(outcome)", run: runID)
-                    }
-                }
+                await registry.requestStopAll(reason: reason)
                 await registry.waitUntilEmpty()
             }
         }

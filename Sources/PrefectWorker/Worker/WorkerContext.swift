@@ -8,6 +8,9 @@ public final class WorkerContext: Sendable {
     public let registry: RunRegistry
     public let shutdown: Shutdown
     public let status: WorkerStatus
+    public let journal: RunJournal
+    /// This worker process, as recorded in journal entries.
+    public let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
 
     public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
@@ -16,6 +19,7 @@ public final class WorkerContext: Sendable {
         self.registry = RunRegistry(limit: settings.limit)
         self.shutdown = shutdown
         self.status = WorkerStatus()
+        self.journal = RunJournal(stateDirectory: settings.stateDirectory)
     }
 
     /// The work pool as last read; each run freezes a copy when it is submitted.

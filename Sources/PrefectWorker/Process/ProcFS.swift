@@ -1,0 +1,74 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+
+/// What /proc says about processes: identity across pid reuse, and which processes belong to a job.
+public enum ProcFS {
+    /// The process's start time in clock ticks since boot (`/proc/PID/stat` field 22), which together with
+    /// the pid identifies a process even after the pid is reused.
+    public static func startTime(of pid: pid_t) -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let paren = stat.lastIndex(of: ")") else { return nil }
+        // Fields after the command name start at field 3 (state); field 22 is index 19.
+        let fields = stat[stat.index(after: paren)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// The process state letter (R, S, Z, ...) from `/proc/PID/stat`.
+    public static func state(of pid: pid_t) -> Character? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let paren = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: paren)...].split(separator: " ").first?.first
+    }
+
+    /// True if `pid` is alive and, when given, started at `startTime` (so a reused pid does not count).
+    public static func isAlive(_ pid: pid_t, startTime: UInt64?) -> Bool {
+        guard pid > 0, let actual = self.startTime(of: pid), state(of: pid) != "Z" else { return false }
+        return startTime == nil || startTime == actual
+    }
+
+    /// True if the process's environment holds `NAME=value` (readable for our own user's processes).
+    public static func environment(of pid: pid_t, contains entry: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+        let needle = Array(entry.utf8)
+        return data.split(separator: 0, omittingEmptySubsequences: true).contains { $0.elementsEqual(needle) }
+    }
+
+    /// Every live process (but us) whose environment carries `PREFECT__FLOW_RUN_ID=runID`: a job and all its
+    /// descendants, including those that left its process group (setsid, double fork).
+    public static func processes(ofRun runID: String) -> [pid_t] {
+        let me = getpid()
+        let marker = "PREFECT__FLOW_RUN_ID=" + runID
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return names.compactMap { pid_t($0) }.filter { $0 != me && state(of: $0) != "Z" && environment(of: $0, contains: marker) }
+    }
+
+    /// Makes this process a child subreaper: orphaned descendants of its jobs are re-parented to it (and
+    /// reaped by `ChildProcesses`) instead of escaping to init.
+    public static func becomeSubreaper() {
+        if cl_set_child_subreaper() != 0 {
+            Log.warning("cannot become a child subreaper (\(errnoText())); descendants that leave a job's process group may outlive it")
+        }
+    }
+
+    /// Waits until a process that is not our child exits (pidfd), or polls when pidfds are unavailable.
+    public static func waitForExit(of pid: pid_t, startTime: UInt64?) async {
+        let fd = cl_pidfd_open(pid)
+        if fd < 0 {
+            while isAlive(pid, startTime: startTime) { try? await Task.sleep(nanoseconds: 500_000_000) }
+            return
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: .global())
+            source.setEventHandler { source.cancel() }
+            source.setCancelHandler {
+                close(fd)
+                continuation.resume()
+            }
+            source.activate()
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One launched job, as recorded in the journal.
+public struct JournalEntry: Codable, Sendable, Equatable {
+    public var runID: String
+    public var pid: Int32
+    /// The job's start time from /proc, so a reused pid is not mistaken for the job.
+    public var processStart: UInt64?
+    public var owner: String
+    public var workerName: String
+    public var workerPID: Int32
+    public var workerStart: UInt64?
+
+    enum CodingKeys: String, CodingKey {
+        case runID = "run_id", pid, owner
+        case processStart = "process_start"
+        case workerName = "worker_name"
+        case workerPID = "worker_pid"
+        case workerStart = "worker_start"
+    }
+
+    public var stateOwner: StateOwner { StateOwner(rawValue: owner) ?? .engine }
+}
+
+/// The runs this host's workers launched and have not finished reporting: one small JSON file per run in
+/// `<state dir>/journal/`, written atomically after the spawn and removed after the final report. A worker
+/// that starts after a crash finds the entries of workers that are gone and recovers their runs.
+public final class RunJournal: Sendable {
+    public let directory: String
+
+    public init(stateDirectory: String) {
+        directory = stateDirectory + "/journal"
+    }
+
+    /// Creates the directory (mode 0700). Throws a message naming the path.
+    public func prepare() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw WorkerError(message: "cannot create the state directory \(directory): \(error.localizedDescription); set --state-dir or PREFECT_WORKER_STATE_DIR to a writable directory")
+        }
+    }
+
+    func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
+
+    public func record(_ entry: JournalEntry) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(entry) else { return }
+        let temporary = path(entry.runID) + ".tmp-\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            Log.warning("cannot write journal entry \(temporary): \(errnoText())", run: entry.runID)
+            return
+        }
+        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        if rename(temporary, path(entry.runID)) != 0 {
+            Log.warning("cannot write journal entry \(path(entry.runID)): \(errnoText())", run: entry.runID)
+            unlink(temporary)
+        }
+    }
+
+    public func remove(_ runID: String) {
+        unlink(path(runID))
+    }
+
+    /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
+    /// of ours), so two workers starting at once never recover the same run.
+    public func takeOverOrphans(me: JournalEntry.Identity) -> [JournalEntry] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        var taken: [JournalEntry] = []
+        for name in names where name.hasSuffix(".json") {
+            let file = directory + "/" + name
+            guard let data = FileManager.default.contents(atPath: file),
+                  let entry = try? JSONDecoder().decode(JournalEntry.self, from: data) else {
+                if !name.contains(".tmp-") { Log.warning("ignoring unreadable journal entry \(file)") }
+                continue
+            }
+            if entry.workerPID == me.pid && entry.workerStart == me.start { continue }
+            if ProcFS.isAlive(entry.workerPID, startTime: entry.workerStart) { continue }
+            let claimed = file + ".recovering-\(me.pid)"
+            guard rename(file, claimed) == 0 else { continue }
+            // From here on we own it: put it back under the run's name, as ours.
+            var mine = entry
+            mine.workerPID = me.pid
+            mine.workerStart = me.start
+            record(mine)
+            unlink(claimed)
+            taken.append(entry)
+        }
+        return taken
+    }
+}
+
+extension JournalEntry {
+    /// A worker process, identified across pid reuse.
+    public struct Identity: Sendable {
+        public var pid: Int32
+        public var start: UInt64?
+        public static var current: Identity { Identity(pid: getpid(), start: ProcFS.startTime(of: getpid())) }
+    }
+}
