@@ -25,10 +25,10 @@ case .version:
 case .start(let settings):
     Log.configure(level: settings.logLevel, format: settings.logFormat)
     let worker = Worker(settings: settings)
-    SignalListener.start { worker.handleSignal($0) }
-    Task {
+    Task.detached {
         let code = await worker.run()
         exit(code)
     }
-    dispatchMain()
+    // The main thread does nothing but wait for signals.
+    SignalListener.run { worker.handleSignal($0) }
 }

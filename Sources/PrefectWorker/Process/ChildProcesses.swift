@@ -54,7 +54,11 @@ public final class ChildProcesses: Sendable {
     private let spawned = DispatchSemaphore(value: 0)
 
     private init() {
-        let thread = Thread { [self] in reapLoop() }
+        let thread = Thread { [self] in
+            var signals = SignalListener.signalSet()
+            pthread_sigmask(SIG_BLOCK, &signals, nil)
+            reapLoop()
+        }
         thread.name = "prefect-worker-reaper"
         thread.stackSize = 64 * 1024
         thread.start()

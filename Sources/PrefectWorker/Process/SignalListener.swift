@@ -3,9 +3,10 @@ import Foundation
 import Glibc
 #endif
 
-/// Turns SIGTERM, SIGINT and SIGHUP into calls on a dedicated thread (`sigwaitinfo`), so no async-signal-safety
-/// rules apply to what the handler does. `blockSignals()` must run before any other thread starts, so that
-/// every thread inherits the blocked mask and only the listener receives them.
+/// Turns SIGTERM, SIGINT and SIGHUP into calls from an ordinary thread (`sigwaitinfo`), so no
+/// async-signal-safety rules apply to what the handler does. `blockSignals()` must run first thing in `main`,
+/// so every thread started later inherits the blocked mask; the main thread then waits for the signals in
+/// `run`, and no other thread ever receives them.
 public enum SignalListener {
     static let handled: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 
@@ -16,22 +17,18 @@ public enum SignalListener {
         signal(SIGPIPE, SIG_IGN)
     }
 
-    /// Starts the listener thread; `handler` gets each signal number as it arrives.
-    public static func start(_ handler: @escaping @Sendable (Int32) -> Void) {
-        let thread = Thread {
-            var set = signalSet()
-            while true {
-                var info = siginfo_t()
-                let signo = sigwaitinfo(&set, &info)
-                if signo > 0 { handler(signo) }
-            }
+    /// Waits for the handled signals on the calling thread forever, calling `handler` for each.
+    public static func run(_ handler: @Sendable (Int32) -> Void) -> Never {
+        var set = signalSet()
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        while true {
+            var info = siginfo_t()
+            let signo = sigwaitinfo(&set, &info)
+            if signo > 0 { handler(signo) }
         }
-        thread.name = "prefect-worker-signals"
-        thread.stackSize = 64 * 1024
-        thread.start()
     }
 
-    private static func signalSet() -> sigset_t {
+    static func signalSet() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
