@@ -23,16 +23,14 @@ public final class Worker: Sendable {
     /// Called for SIGTERM/SIGINT: the first drains, the second terminates the jobs.
     public func handleSignal(_ signal: Int32) {
         guard signal == SIGTERM || signal == SIGINT else { return }
-        let phase = context.shutdown.advance()
         let name = ExitStatus.signalName(signal)
-        switch phase {
-        case .draining:
-            Log.info("received \(name): no longer claiming runs; waiting for runs in flight (send \(name) again to stop them now)")
-        case .terminating:
-            Log.info("received \(name) again: stopping runs in flight")
+        switch context.shutdown.phase {
         case .running:
-            break
+            Log.info("received \(name): no longer claiming runs; waiting for runs in flight (send \(name) again to stop them now)")
+        case .draining, .terminating:
+            Log.info("received \(name) again: stopping runs in flight")
         }
+        context.shutdown.advance()
     }
 
     /// Runs until shutdown; returns the process exit code.
