@@ -33,6 +33,10 @@ public struct Settings: Sendable, Equatable {
     public var stateDirectory: String = "/tmp/prefect-worker"
     public var logLevel: Log.Level = .info
     public var logFormat: Log.Format = .text
+    /// Serve `/health` and `/metrics` on `webserverHost:webserverPort`.
+    public var withHealthcheck = false
+    public var webserverHost = "127.0.0.1"
+    public var webserverPort: UInt16 = 8080
     /// The worker's own environment, handed to jobs.
     public var environment: [String: String] = [:]
 
@@ -45,6 +49,17 @@ public struct Settings: Sendable, Equatable {
     /// `ProcessWorker <8 hex digits>`: unique per process and recognisable, like Prefect's `ProcessWorker <uuid>`.
     public static func defaultWorkerName() -> String {
         "ProcessWorker " + UUID().uuidString.lowercased().prefix(8)
+    }
+}
+
+/// Booleans as Prefect's settings accept them.
+enum JSONBoolean {
+    static func parse(_ raw: String) -> Bool? {
+        switch raw.lowercased() {
+        case "1", "true", "yes", "on", "t", "y": true
+        case "0", "false", "no", "off", "f", "n": false
+        default: nil
+        }
     }
 }
 
@@ -71,9 +86,10 @@ public enum CommandLineParser {
     like `prefect worker start --type process`.
 
     Options for `start` (a flag beats the environment variable in brackets):
-      -p, --pool NAME              work pool to serve (created as type `process` if missing)
-      -n, --name NAME              worker name (default: "ProcessWorker <random hex>")
+      -p, --pool NAME              work pool to serve, created as type `process` if missing [PREFECT_WORKER_POOL]
+      -n, --name NAME              worker name [PREFECT_WORKER_NAME] (default: "ProcessWorker <random hex>")
       -q, --work-queue NAME        serve only this queue; repeat for several (default: all queues)
+                                   [PREFECT_WORKER_WORK_QUEUES, comma-separated]
       -t, --type process           worker type; only `process` is supported
       -l, --limit N                at most N flow runs at once [PREFECT_WORKER_LIMIT]
           --prefetch-seconds S     claim runs scheduled up to S seconds ahead [PREFECT_WORKER_PREFETCH_SECONDS=10]
@@ -81,12 +97,17 @@ public enum CommandLineParser {
           --query-seconds S        poll interval [PREFECT_WORKER_QUERY_SECONDS=10]
           --kill-grace-seconds S   SIGTERM-to-SIGKILL grace for jobs [PREFECT_WORKER_KILL_GRACE_SECONDS=30]
           --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
-          --run-once               claim what is due now, run it to the end, exit
+          --cancellation-poll-seconds S
+                               how often to check in-flight runs for CANCELLING
+                               [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=2]
+      --run-once               claim what is due now, run it to the end, exit
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
           --no-create-pool-if-not-found
                                    wait for a missing pool instead of creating it
-          --log-format text|json   worker log format (default text); level from PREFECT_LOGGING_LEVEL
+          --with-healthcheck       serve GET /health and /metrics [PREFECT_WORKER_WITH_HEALTHCHECK] on
+                                   PREFECT_WORKER_WEBSERVER_HOST (127.0.0.1) : PREFECT_WORKER_WEBSERVER_PORT (8080)
+          --log-format text|json   worker log format [PREFECT_WORKER_LOG_FORMAT=text]; level from PREFECT_LOGGING_LEVEL
 
     Environment:
       PREFECT_API_URL              API base URL, e.g. http://127.0.0.1:4200/api (required)
@@ -108,8 +129,8 @@ public enum CommandLineParser {
         }
 
         var pool = environment["PREFECT_WORKER_POOL"].flatMap { $0.isEmpty ? nil : $0 }
-        var name: String?
-        var queues: [String] = []
+        var name = environment["PREFECT_WORKER_NAME"].flatMap { $0.isEmpty ? nil : $0 }
+        var queuesFromFlags: [String] = []
         var flags: [String: String] = [:]
         var runOnce = false
         var createPool = true
@@ -136,7 +157,7 @@ public enum CommandLineParser {
             case "-V", "--version": return .version
             case "-p", "--pool": pool = try value()
             case "-n", "--name": name = try value()
-            case "-q", "--work-queue": queues.append(try value())
+            case "-q", "--work-queue": queuesFromFlags.append(try value())
             case "-t", "--type":
                 let type = try value()
                 guard type == "process" else {
@@ -147,6 +168,7 @@ public enum CommandLineParser {
                  "--drain-timeout", "--log-format", "--state-dir", "--cancellation-poll-seconds":
                 flags[String(option.dropFirst(2))] = try value()
             case "--run-once": try noValue(); runOnce = true
+            case "--with-healthcheck": try noValue(); flags["with-healthcheck"] = "true"
             case "--create-pool-if-not-found": try noValue(); createPool = true
             case "--no-create-pool-if-not-found": try noValue(); createPool = false
             default:
@@ -156,6 +178,9 @@ public enum CommandLineParser {
         }
 
         guard let pool, !pool.isEmpty else { throw UsageError("option '--pool' is required") }
+        let queues = queuesFromFlags.isEmpty
+            ? (environment["PREFECT_WORKER_WORK_QUEUES"] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            : queuesFromFlags
         guard let rawURL = environment["PREFECT_API_URL"], !rawURL.isEmpty else {
             throw UsageError("PREFECT_API_URL is not set; set it to your Prefect API, e.g. http://127.0.0.1:4200/api")
         }
@@ -208,9 +233,24 @@ public enum CommandLineParser {
             }
             settings.logLevel = level
         }
-        if let rawFormat = flags["log-format"] {
+        if flags["with-healthcheck"] != nil {
+            settings.withHealthcheck = true
+        } else if let raw = environment["PREFECT_WORKER_WITH_HEALTHCHECK"], !raw.isEmpty {
+            guard let enabled = JSONBoolean.parse(raw) else {
+                throw UsageError("PREFECT_WORKER_WITH_HEALTHCHECK: '\(raw)' is not true or false")
+            }
+            settings.withHealthcheck = enabled
+        }
+        if let host = environment["PREFECT_WORKER_WEBSERVER_HOST"], !host.isEmpty { settings.webserverHost = host }
+        if let rawPort = environment["PREFECT_WORKER_WEBSERVER_PORT"], !rawPort.isEmpty {
+            guard let port = UInt16(rawPort) else {
+                throw UsageError("PREFECT_WORKER_WEBSERVER_PORT: '\(rawPort)' is not a port number (0-65535)")
+            }
+            settings.webserverPort = port
+        }
+        if let rawFormat = flags["log-format"] ?? environment["PREFECT_WORKER_LOG_FORMAT"].flatMap({ $0.isEmpty ? nil : $0 }) {
             guard let format = Log.Format(rawValue: rawFormat) else {
-                throw UsageError("--log-format: '\(rawFormat)' is not one of text, json")
+                throw UsageError("--log-format / PREFECT_WORKER_LOG_FORMAT: '\(rawFormat)' is not one of text, json")
             }
             settings.logFormat = format
         }
