@@ -216,9 +216,10 @@ public struct Deployment: Sendable, Decodable {
     public var id: String
     public var name: String?
     public var jobVariables: JSON?
+    public var tags: [String]?
 
     enum CodingKeys: String, CodingKey {
-        case id, name
+        case id, name, tags
         case jobVariables = "job_variables"
     }
 }

@@ -83,14 +83,18 @@ public final class PrefectClient: Sendable {
         }
         let data: Data
         let response: URLResponse
+        let endpointClass = Metrics.endpointClass(method: method, path: path)
         do {
             (data, response) = try await session.data(for: request)
         } catch is CancellationError {
             throw CancellationError()
         } catch {
             if Task.isCancelled { throw CancellationError() }
+            Metrics.shared.request(endpointClass, failed: true)
             throw APIError.transport(endpoint: endpoint, reason: Self.describe(error))
         }
+        let ok = (response as? HTTPURLResponse).map { (200..<300).contains($0.statusCode) } ?? false
+        Metrics.shared.request(endpointClass, failed: !ok)
         guard let http = response as? HTTPURLResponse else {
             throw APIError.badResponse(endpoint: endpoint, reason: "not an HTTP response")
         }
@@ -233,6 +237,12 @@ extension PrefectClient {
         } catch let error as APIError where error.status == 404 {
             return nil
         }
+    }
+
+    /// `GET /flows/{id}`: the flow's name (for events).
+    public func readFlowName(_ id: String) async throws -> String? {
+        let data = try await send("GET", "/flows/\(Self.pathComponent(id))", what: "reading flow \(id)", policy: .quick)
+        return try decode(JSON.self, from: data, what: "GET /flows/\(id)")["name"]?.stringValue
     }
 
     /// `GET /variables/name/{name}`; nil when the variable does not exist.

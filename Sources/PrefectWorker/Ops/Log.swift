@@ -36,6 +36,12 @@ public enum Log {
 
     private struct Config { var level = Level.info; var format = Format.text }
     private static let config = Mutex(Config())
+    /// Receives every line about a flow run, so it can be shipped to the run's logs in Prefect.
+    private static let runSink = Mutex<(@Sendable (Level, String, String) -> Void)?>(nil)
+
+    public static func setRunSink(_ sink: (@Sendable (_ level: Level, _ runID: String, _ message: String) -> Void)?) {
+        runSink.withLock { $0 = sink }
+    }
 
     public static func configure(level: Level, format: Format) {
         config.withLock { $0 = Config(level: level, format: format) }
@@ -48,9 +54,12 @@ public enum Log {
 
     private static func write(_ level: Level, _ message: () -> String, _ run: String?) {
         let current = config.withLock { $0 }
+        let sink = run == nil ? nil : runSink.withLock { $0 }
+        guard level >= current.level || (sink != nil && level >= .info) else { return }
+        let text = message()
+        if let run, let sink, level >= .info { sink(level, run, text) }
         guard level >= current.level else { return }
         let time = Timestamp.format(Date())
-        let text = message()
         var line: String
         switch current.format {
         case .text:

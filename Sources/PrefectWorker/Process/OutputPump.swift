@@ -15,8 +15,9 @@ public final class OutputPump: Sendable {
     private let source: DispatchSourceRead
     private let done = Completion()
 
-    /// Starts pumping `fd` (which the pump then owns and closes) to `destination`.
-    public init(fd: Int32, prefix: String, destination: Int32) {
+    /// Starts pumping `fd` (which the pump then owns and closes) to `destination` (or nowhere, if nil), giving
+    /// each line also to `onLine`, in order.
+    public init(fd: Int32, prefix: String, destination: Int32?, onLine: (@Sendable (String) -> Void)? = nil) {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: Self.queue)
         self.source = source
@@ -28,9 +29,9 @@ public final class OutputPump: Sendable {
                 let n = read(fd, &chunk, chunk.count)
                 if n > 0 {
                     buffer.bytes.append(contentsOf: chunk[0..<n])
-                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, flush: false)
+                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, onLine: onLine, flush: false)
                 } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, flush: true)
+                    Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, onLine: onLine, flush: true)
                     source.cancel()
                     return
                 } else if errno == EAGAIN {
@@ -57,19 +58,24 @@ public final class OutputPump: Sendable {
         timer.cancel()
     }
 
-    private static func emitLines(_ bytes: inout [UInt8], prefix: String, destination: Int32, flush: Bool) {
+    private static func emitLines(_ bytes: inout [UInt8], prefix: String, destination: Int32?,
+                                  onLine: (@Sendable (String) -> Void)?, flush: Bool) {
         var out = ""
         var start = 0
+        func emit(_ line: String) {
+            if destination != nil { out += prefix + line + "\n" }
+            onLine?(line)
+        }
         for (i, byte) in bytes.enumerated() where byte == UInt8(ascii: "\n") {
-            out += prefix + String(decoding: bytes[start..<i], as: UTF8.self) + "\n"
+            emit(String(decoding: bytes[start..<i], as: UTF8.self))
             start = i + 1
         }
         if flush || bytes.count - start > maxLineBytes, start < bytes.count {
-            out += prefix + String(decoding: bytes[start...], as: UTF8.self) + "\n"
+            emit(String(decoding: bytes[start...], as: UTF8.self))
             start = bytes.count
         }
         bytes.removeFirst(start)
-        if !out.isEmpty { Log.writeAll(destination, out) }
+        if let destination, !out.isEmpty { Log.writeAll(destination, out) }
     }
 
     /// Set once the pipe is closed; wakes whoever waits for it.

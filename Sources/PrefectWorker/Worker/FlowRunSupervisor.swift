@@ -30,6 +30,7 @@ struct FlowRunSupervisor: Sendable {
             }
         }
         guard let pool = context.pool, await claim(id) else { return }
+        Metrics.shared.runClaimed()
         Log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it", run: id)
 
         // Labels are informative: a failure to set them must not hold up the run.
@@ -67,7 +68,7 @@ struct FlowRunSupervisor: Sendable {
                 return
             }
         }
-        await launch(run, job: job)
+        await launch(run, job: job, deployment: deployment, pool: pool)
     }
 
     // MARK: - Claiming
@@ -156,7 +157,7 @@ struct FlowRunSupervisor: Sendable {
 
     // MARK: - Running
 
-    func launch(_ run: FlowRun, job: JobConfiguration) async {
+    func launch(_ run: FlowRun, job: JobConfiguration, deployment: Deployment?, pool: WorkPool) async {
         let id = run.id
         let parameters = (run.parameters ?? .object([:])).encoded()
         let workspace: JobWorkspace
@@ -187,11 +188,16 @@ struct FlowRunSupervisor: Sendable {
             guard await proposeRunning(id) else { return }
         }
 
+        let flowName = await context.flowName(run.flowID)
+        let submitted = context.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
+            run: run, deployment: deployment, flowName: flowName, pool: pool))
+        // Output is captured when it is streamed, or when the worker ships it to the run's logs.
+        let shipOutput = job.stateOwner == .worker
         let process: SpawnedProcess
         do {
             process = try ChildProcesses.shared.spawn(SpawnRequest(
                 executable: executable, arguments: arguments, environment: env,
-                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput))
+                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput))
         } catch {
             Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
@@ -201,9 +207,17 @@ struct FlowRunSupervisor: Sendable {
         context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
             workerName: settings.workerName, workerPID: context.identity.pid, workerStart: context.identity.start))
+        Metrics.shared.runStarted()
+        let logs = context.logs
+        func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {
+            guard shipOutput else { return nil }
+            return { line in
+                logs.add(APIShipper.Record(body: FlowRunLog.record(runID: id, level: level, message: line, name: "prefect.flow_runs.job"), key: id))
+            }
+        }
         let pumps = [
-            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDOUT_FILENO) },
-            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: STDERR_FILENO) },
+            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, onLine: shipper(.info)) },
+            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, onLine: shipper(.warning)) },
         ].compactMap { $0 }
         Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
 
@@ -213,9 +227,13 @@ struct FlowRunSupervisor: Sendable {
             Log.warning("could not record infrastructure pid \(process.pid): \(error)", run: id)
         }
 
+        let events = context.events
         await watch(id, pid: process.pid, owner: job.stateOwner) {
             let exit = await ChildProcesses.shared.waitForExit(process.pid)
             for pump in pumps { await pump.finish(timeout: 2) }
+            events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
+                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: exit.code),
+                follows: submitted)
             return exit
         }
     }
@@ -267,7 +285,13 @@ struct FlowRunSupervisor: Sendable {
         } else {
             stopper.cancel()
             if let exit {
-                if let final = FinalState.decide(owner: owner, exit: exit) { await report(id, final) }
+                if let final = FinalState.decide(owner: owner, exit: exit) {
+                    await report(id, final)
+                } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
+                    // The engine reported; count and log what it reported.
+                    Log.info("the engine reported \(state.rawValue)", run: id)
+                    if state.isTerminal { Metrics.shared.runFinished(state) }
+                }
             } else {
                 await reportAdoptedExit(id, owner: owner)
             }
@@ -342,6 +366,7 @@ struct FlowRunSupervisor: Sendable {
             if let type = current.currentStateType {
                 if type.isTerminal {
                     Log.info("not reporting \(final.type.rawValue): the run is already \(type.rawValue)", run: id)
+                    Metrics.shared.runFinished(type)
                     return
                 }
                 if type == .cancelling {
@@ -361,9 +386,11 @@ struct FlowRunSupervisor: Sendable {
                 switch result.status {
                 case .accept:
                     Log.info("reported \(final.type.rawValue): \(final.message)", run: id)
+                    Metrics.shared.runFinished(final.type)
                     return
                 case .reject where result.state?.type == final.type:
                     Log.info("reported \(final.type.rawValue) (already recorded)", run: id)
+                    Metrics.shared.runFinished(final.type)
                     return
                 case .wait:
                     try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))

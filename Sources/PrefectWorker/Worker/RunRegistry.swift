@@ -47,16 +47,19 @@ public actor RunRegistry {
             submitted = submitted.filter { $0.value > cutoff }
         }
         entries[run.id] = Entry(runID: run.id)
+        Metrics.shared.setInFlight(entries.count)
         return true
     }
 
     /// Registers a run that is already running (adopted after a worker restart).
     public func adopt(_ runID: String, pid: pid_t) {
         entries[runID] = Entry(runID: runID, pid: pid)
+        Metrics.shared.setInFlight(entries.count)
     }
 
     public func release(_ runID: String) {
         entries[runID] = nil
+        Metrics.shared.setInFlight(entries.count)
         wakeStopWaiters(runID)
         let slots = slotWaiters.values
         slotWaiters = [:]

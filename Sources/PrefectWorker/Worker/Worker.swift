@@ -43,6 +43,23 @@ public final class Worker: Sendable {
             return 1
         }
         ProcFS.becomeSubreaper()
+        let logs = context.logs
+        Log.setRunSink { level, runID, message in
+            logs.add(APIShipper.Record(body: FlowRunLog.record(runID: runID, level: level, message: message), key: runID))
+        }
+        defer { Log.setRunSink(nil) }
+        if settings.withHealthcheck {
+            do {
+                let server = try HealthServer(host: settings.webserverHost, port: settings.webserverPort, handler: healthResponse)
+                server.start()
+                Log.info("health and metrics on http://\(settings.webserverHost):\(server.port)/health and /metrics")
+            } catch {
+                Log.error("\(error)")
+                return 1
+            }
+        }
+        let shippers = [Task { await logs.run() }, Task { await self.context.events.shipper.run() }]
+        let watchdog = Task { await self.watchdogLoop() }
         let started = await firstOf({ () async -> Result<Bool, WorkerError> in
             do { try await self.startUp(); return .success(true) } catch let error as WorkerError { return .failure(error) } catch { return .success(false) }
         }, { () async -> Result<Bool, WorkerError> in
@@ -51,15 +68,18 @@ public final class Worker: Sendable {
         switch started {
         case .failure(let error):
             Log.error(error.message)
+            watchdog.cancel()
             return 1
         case .success(false):
             Log.info("stopped before the work pool was ready")
+            watchdog.cancel()
             return 0
         case .success(true):
             break
         }
 
         await Recovery(context: context).run()
+        let startedEvent = context.events.started(pool: context.pool)
         let heartbeat = Task { await self.heartbeatLoop() }
         let cancellations = Task { await self.cancellationLoop() }
         let poller = Task { await self.pollLoop() }
@@ -69,6 +89,7 @@ public final class Worker: Sendable {
         } else {
             await context.shutdown.wait(for: .draining)
         }
+        context.notifier.notify("STOPPING=1\nSTATUS=draining: \(await context.registry.count) run(s) in flight")
         poller.cancel()
         await poller.value
         await drain()
@@ -76,6 +97,11 @@ public final class Worker: Sendable {
         cancellations.cancel()
         await heartbeat.value
         await cancellations.value
+        context.events.stopped(pool: context.pool, follows: startedEvent)
+        watchdog.cancel()
+        for shipper in shippers { shipper.cancel() }
+        await context.logs.flush(timeout: 3)
+        await context.events.shipper.flush(timeout: 2)
         Log.info("worker '\(settings.workerName)' stopped")
         return 0
     }
@@ -158,7 +184,10 @@ public final class Worker: Sendable {
         do {
             try await client.heartbeat(pool: settings.pool, worker: settings.workerName,
                                        intervalSeconds: max(1, Int(settings.heartbeatSeconds.rounded())))
+            let first = context.status.lastHeartbeat == nil
             context.status.heartbeatSucceeded()
+            let status = "STATUS=pool \(settings.pool): \(Metrics.shared.inFlight) run(s) in flight"
+            context.notifier.notify(first ? "READY=1\n" + status : status)
         } catch {
             let last = context.status.lastHeartbeat.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
             Log.warning("heartbeat failed: \(error); retrying in \(String(format: "%.0f", settings.heartbeatSeconds)) s\(last)")
@@ -169,6 +198,7 @@ public final class Worker: Sendable {
     /// then heartbeat. Runs until cancelled, through the drain, so the worker stays ONLINE while runs finish.
     func heartbeatLoop() async {
         while !Task.isCancelled {
+            context.status.heartbeatLoopTicked()
             try? await Task.sleep(nanoseconds: UInt64(settings.heartbeatSeconds * 1_000_000_000))
             if Task.isCancelled { return }
             do {
@@ -189,9 +219,12 @@ public final class Worker: Sendable {
     func pollLoop() async {
         let supervisor = FlowRunSupervisor(context: context)
         while !Task.isCancelled {
+            context.status.pollLoopTicked()
             let free = await context.registry.freeSlots
             if free == 0 {
-                await context.registry.waitForRelease()
+                let registry = context.registry
+                await firstOf({ await registry.waitForRelease() },
+                              { try? await Task.sleep(nanoseconds: UInt64(self.settings.querySeconds * 1_000_000_000)) })
                 continue
             }
             let batchLimit = min(free ?? 200, 200)
@@ -223,6 +256,55 @@ public final class Worker: Sendable {
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
             try? await Task.sleep(nanoseconds: UInt64(settings.querySeconds * 1_000_000_000))
+        }
+    }
+
+    // MARK: - Health
+
+    /// `/health` follows Prefect's rule: healthy while the last successful poll (or the start, before the
+    /// first poll) is within 30 query intervals. `/metrics` is the Prometheus exposition.
+    func healthResponse(method: String, path: String) -> HealthServer.Response {
+        guard method == "GET" || method == "HEAD" else {
+            return HealthServer.Response(status: 405, body: #"{"message":"method not allowed"}"#)
+        }
+        let status = context.status
+        switch path {
+        case "/health":
+            let last = status.lastPoll ?? status.started
+            let age = Date().timeIntervalSince(last)
+            let healthy = age < settings.querySeconds * 30
+            let body = JSON.object([
+                "message": .string(healthy ? "OK" : "Worker may be unresponsive at this time"),
+                "worker": .string(settings.workerName), "pool": .string(settings.pool),
+                "runs_in_flight": .int(Metrics.shared.inFlight),
+                "last_poll": status.lastPoll.map { .string(Timestamp.format($0)) } ?? .null,
+                "last_heartbeat": status.lastHeartbeat.map { .string(Timestamp.format($0)) } ?? .null,
+            ])
+            return HealthServer.Response(status: healthy ? 200 : 503, body: body.encoded())
+        case "/metrics":
+            return HealthServer.Response(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                                         body: Metrics.shared.render(lastHeartbeat: status.lastHeartbeat, lastPoll: status.lastPoll))
+        default:
+            return HealthServer.Response(status: 404, body: #"{"message":"not found"}"#)
+        }
+    }
+
+    /// Under systemd with `WatchdogSec=`: WATCHDOG=1 at half the interval, but only while the poll and
+    /// heartbeat loops keep ticking, so a stuck loop gets the worker restarted.
+    func watchdogLoop() async {
+        guard let interval = context.notifier.watchdogInterval else { return }
+        // A loop iteration may legitimately wait for its interval plus a request with its retries.
+        let pollBound = settings.querySeconds * 2 + 180
+        let heartbeatBound = settings.heartbeatSeconds * 2 + 180
+        while !Task.isCancelled {
+            let ticks = context.status.loopTicks
+            let now = Date()
+            if now.timeIntervalSince(ticks.poll) < pollBound, now.timeIntervalSince(ticks.heartbeat) < heartbeatBound {
+                context.notifier.notify("WATCHDOG=1")
+            } else {
+                Log.error("a worker loop has not run for too long (poll \(Int(now.timeIntervalSince(ticks.poll))) s, heartbeat \(Int(now.timeIntervalSince(ticks.heartbeat))) s ago); withholding the systemd watchdog ping")
+            }
+            try? await Task.sleep(nanoseconds: UInt64(interval * 1_000_000_000))
         }
     }
 

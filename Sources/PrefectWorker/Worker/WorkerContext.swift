@@ -12,6 +12,11 @@ public final class WorkerContext: Sendable {
     /// This worker process, as recorded in journal entries.
     public let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
+    private let flowNames = Mutex<[String: String]>([:])
+    /// Job output of worker-owned runs and the worker's own lines about runs, shipped to `POST /logs/`.
+    public let logs: APIShipper
+    public let events: WorkerEvents
+    public let notifier: SystemdNotifier
 
     public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
         self.settings = settings
@@ -20,6 +25,24 @@ public final class WorkerContext: Sendable {
         self.shutdown = shutdown
         self.status = WorkerStatus()
         self.journal = RunJournal(stateDirectory: settings.stateDirectory)
+        self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
+                               interval: 1) { runID, count in
+            APIShipper.Record(body: FlowRunLog.record(runID: runID, level: .warning,
+                                                      message: "\(count) line(s) of output were dropped: the Prefect API was unreachable for too long."),
+                              key: runID)
+        }
+        self.events = WorkerEvents(settings: settings,
+                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1))
+        self.notifier = SystemdNotifier(environment: settings.environment)
+    }
+
+    /// A flow's name, read once per flow (events name the flow).
+    public func flowName(_ id: String?) async -> String? {
+        guard let id else { return nil }
+        if let name = flowNames.withLock({ $0[id] }) { return name }
+        guard let name = try? await client.readFlowName(id) else { return nil }
+        flowNames.withLock { $0[id] = name }
+        return name
     }
 
     /// The work pool as last read; each run freezes a copy when it is submitted.
@@ -36,8 +59,25 @@ public final class WorkerStatus: Sendable {
 
     public init() {}
 
+    private let ticks = Mutex<(poll: Date, heartbeat: Date)>((Date(), Date()))
+
     public var lastHeartbeat: Date? { times.withLock { $0.heartbeat } }
+    /// Each loop ticks once per iteration, success or not; a loop that stops ticking is stuck.
+    public func pollLoopTicked() { ticks.withLock { $0.poll = Date() } }
+    public func heartbeatLoopTicked() { ticks.withLock { $0.heartbeat = Date() } }
+    public var loopTicks: (poll: Date, heartbeat: Date) { ticks.withLock { $0 } }
     public var lastPoll: Date? { times.withLock { $0.poll } }
     public func heartbeatSucceeded() { times.withLock { $0.heartbeat = Date() } }
     public func pollSucceeded() { times.withLock { $0.poll = Date() } }
+}
+
+/// A flow run log record as `POST /logs/` takes it.
+public enum FlowRunLog {
+    public static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
+                              at date: Date = Date()) -> JSON {
+        .object([
+            "name": .string(name), "level": .int(level.rawValue), "message": .string(message),
+            "timestamp": .string(Timestamp.format(date)), "flow_run_id": .string(runID), "task_run_id": .null,
+        ])
+    }
 }

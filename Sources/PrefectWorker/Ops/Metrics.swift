@@ -1,0 +1,89 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// The worker's counters, rendered in the Prometheus text exposition format for `/metrics`.
+public final class Metrics: Sendable {
+    public static let shared = Metrics()
+
+    private struct State {
+        var claimed = 0
+        var started = 0
+        var finished: [String: Int] = ["completed": 0, "failed": 0, "crashed": 0, "cancelled": 0]
+        var requests: [String: Int] = [:]
+        var errors: [String: Int] = [:]
+        var logLinesDropped = 0
+        var inFlight = 0
+    }
+
+    private let state = Mutex(State())
+
+    public func runClaimed() { state.withLock { $0.claimed += 1 } }
+    public func runStarted() { state.withLock { $0.started += 1 } }
+    public func runFinished(_ type: StateType) {
+        state.withLock { $0.finished[type.rawValue.lowercased(), default: 0] += 1 }
+    }
+    public func request(_ endpoint: String, failed: Bool) {
+        state.withLock {
+            $0.requests[endpoint, default: 0] += 1
+            if failed { $0.errors[endpoint, default: 0] += 1 }
+        }
+    }
+    public func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
+    public func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
+    public var inFlight: Int { state.withLock { $0.inFlight } }
+
+    /// Groups API paths into a few classes, so label cardinality stays bounded.
+    public static func endpointClass(method: String, path: String) -> String {
+        if path.hasSuffix("/workers/heartbeat") { return "heartbeat" }
+        if path.hasSuffix("/get_scheduled_flow_runs") { return "poll" }
+        if path.hasSuffix("/set_state") { return "set_state" }
+        if path.hasPrefix("/flow_runs/filter") { return "filter_flow_runs" }
+        if path.hasSuffix("/labels") { return "labels" }
+        if path.hasPrefix("/flow_runs/") { return method == "GET" ? "read_flow_run" : "update_flow_run" }
+        if path.hasPrefix("/work_pools") { return "work_pool" }
+        if path.hasPrefix("/deployments/") { return "deployment" }
+        if path.hasPrefix("/flows/") { return "flow" }
+        if path.hasPrefix("/logs") { return "logs" }
+        if path.hasPrefix("/events") { return "events" }
+        if path.hasPrefix("/variables") { return "variables" }
+        return "other"
+    }
+
+    /// The exposition text. The loop timestamps and memory are read at scrape time.
+    public func render(lastHeartbeat: Date?, lastPoll: Date?) -> String {
+        let s = state.withLock { $0 }
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, value) in samples { out += "\(name)\(labels) \(value)\n" }
+        }
+        metric("prefect_worker_runs_claimed_total", "counter", "Flow runs claimed with an accepted PENDING.", [("", "\(s.claimed)")])
+        metric("prefect_worker_runs_started_total", "counter", "Job processes started.", [("", "\(s.started)")])
+        metric("prefect_worker_runs_finished_total", "counter", "Flow runs finished, by the final state the worker saw or reported.",
+               s.finished.keys.sorted().map { ("{state=\"\($0)\"}", "\(s.finished[$0]!)") })
+        metric("prefect_worker_runs_in_flight", "gauge", "Flow runs claimed and not yet finished.", [("", "\(s.inFlight)")])
+        metric("prefect_worker_api_requests_total", "counter", "Prefect API requests, by endpoint class.",
+               s.requests.keys.sorted().map { ("{endpoint=\"\($0)\"}", "\(s.requests[$0]!)") })
+        metric("prefect_worker_api_errors_total", "counter", "Prefect API requests that failed, by endpoint class.",
+               s.errors.keys.sorted().map { ("{endpoint=\"\($0)\"}", "\(s.errors[$0]!)") })
+        metric("prefect_worker_last_heartbeat_timestamp_seconds", "gauge", "Unix time of the last successful heartbeat.",
+               [("", String(format: "%.3f", lastHeartbeat?.timeIntervalSince1970 ?? 0))])
+        metric("prefect_worker_last_poll_timestamp_seconds", "gauge", "Unix time of the last successful poll.",
+               [("", String(format: "%.3f", lastPoll?.timeIntervalSince1970 ?? 0))])
+        metric("prefect_worker_log_lines_dropped_total", "counter", "Job output lines not shipped to the API because it was away too long.",
+               [("", "\(s.logLinesDropped)")])
+        metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [("", "\(Self.residentBytes())")])
+        return out
+    }
+
+    /// Resident set size from /proc/self/statm.
+    public static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
