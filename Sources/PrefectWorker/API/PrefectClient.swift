@@ -214,7 +214,16 @@ extension PrefectClient {
         if let limit { body["limit"] = .int(limit) }
         let data = try await send("POST", "/work_pools/\(Self.pathComponent(pool))/get_scheduled_flow_runs",
                                   body: .object(body), what: "polling for flow runs", policy: policy)
-        return try decode([WorkerFlowRunResponse].self, from: data, what: "get_scheduled_flow_runs").map(\.flowRun)
+        // One malformed entry must not hide the others: decode each on its own and skip (and log) bad ones.
+        let entries = try decode([Lenient<WorkerFlowRunResponse>].self, from: data, what: "get_scheduled_flow_runs")
+        return entries.compactMap { entry in
+            switch entry.result {
+            case .success(let response): return response.flowRun
+            case .failure(let error):
+                Log.warning("skipping a malformed entry in the get_scheduled_flow_runs response: \(error)")
+                return nil
+            }
+        }
     }
 
     /// `GET /flow_runs/{id}`.
@@ -273,5 +282,13 @@ extension PrefectClient {
     public func addLabels(_ id: String, _ labels: [String: String]) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))/labels", body: .object(labels.mapValues(JSON.string)),
                        what: "labelling flow run \(id)")
+    }
+}
+
+/// Decodes one element of an array, keeping the error instead of failing the whole array.
+struct Lenient<T: Decodable>: Decodable {
+    let result: Result<T, Error>
+    init(from decoder: Decoder) throws {
+        do { result = .success(try T(from: decoder)) } catch { result = .failure(error) }
     }
 }

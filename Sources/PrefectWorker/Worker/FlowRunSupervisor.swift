@@ -221,11 +221,8 @@ struct FlowRunSupervisor: Sendable {
         ].compactMap { $0 }
         Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
 
-        do {
-            try await client.setInfrastructurePID(id, pid: process.pid)
-        } catch {
-            Log.warning("could not record infrastructure pid \(process.pid): \(error)", run: id)
-        }
+        let outbox = context.outbox
+        Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
 
         let events = context.events
         await watch(id, pid: process.pid, owner: job.stateOwner) {
@@ -356,52 +353,12 @@ struct FlowRunSupervisor: Sendable {
 
     // MARK: - Reporting
 
-    /// Reports a final state, unless the run already has one (reading first: COMPLETED or FAILED after a
-    /// terminal state would be accepted and overwrite it). A run being cancelled is reported CANCELLED.
+    /// Reports a final state through the outbox: persisted first, then delivered (reading the run first, so
+    /// a final state is never overwritten, and a run being cancelled becomes CANCELLED). If the server is
+    /// away, the outbox keeps trying, also after a restart.
     func report(_ id: String, _ final: FinalState, force: Bool = false) async {
-        var final = final
-        var force = force
-        do {
-            let current = try await client.readFlowRun(id, policy: .persistent)
-            if let type = current.currentStateType {
-                if type.isTerminal {
-                    Log.info("not reporting \(final.type.rawValue): the run is already \(type.rawValue)", run: id)
-                    Metrics.shared.runFinished(type)
-                    return
-                }
-                if type == .cancelling {
-                    if final.type != .cancelled {
-                        final = FinalState(type: .cancelled, message: "Flow run was cancelled. \(final.message)")
-                    }
-                    force = true
-                }
-            }
-        } catch {
-            Log.warning("cannot read the run before reporting \(final.type.rawValue): \(error)", run: id)
-        }
         let proposal = StateProposal(final.type, message: final.message, force: force)
-        do {
-            for _ in 0..<20 {
-                let result = try await client.setState(id, proposal, policy: .persistent)
-                switch result.status {
-                case .accept:
-                    Log.info("reported \(final.type.rawValue): \(final.message)", run: id)
-                    Metrics.shared.runFinished(final.type)
-                    return
-                case .reject where result.state?.type == final.type:
-                    Log.info("reported \(final.type.rawValue) (already recorded)", run: id)
-                    Metrics.shared.runFinished(final.type)
-                    return
-                case .wait:
-                    try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
-                case .reject, .abort:
-                    let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
-                    Log.warning("server did not accept \(final.type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
-                    return
-                }
-            }
-        } catch {
-            Log.error("could not report \(final.type.rawValue): \(error)", run: id)
-        }
+        await context.outbox.send(id, .finalState(type: final.type.rawValue, message: final.message,
+                                                  transitionID: proposal.transitionID, force: force))
     }
 }

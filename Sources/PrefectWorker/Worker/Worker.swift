@@ -38,6 +38,7 @@ public final class Worker: Sendable {
         Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))")
         do {
             try context.journal.prepare()
+            try await context.outbox.prepare()
         } catch {
             Log.error("\(error)")
             return 1
@@ -58,7 +59,8 @@ public final class Worker: Sendable {
                 return 1
             }
         }
-        let shippers = [Task { await logs.run() }, Task { await self.context.events.shipper.run() }]
+        let shippers = [Task { await logs.run() }, Task { await self.context.events.shipper.run() },
+                        Task { await self.context.outbox.run() }]
         let watchdog = Task { await self.watchdogLoop() }
         let started = await firstOf({ () async -> Result<Bool, WorkerError> in
             do { try await self.startUp(); return .success(true) } catch let error as WorkerError { return .failure(error) } catch { return .success(false) }
@@ -100,6 +102,7 @@ public final class Worker: Sendable {
         context.events.stopped(pool: context.pool, follows: startedEvent)
         watchdog.cancel()
         for shipper in shippers { shipper.cancel() }
+        await context.outbox.flush(timeout: 10)
         await context.logs.flush(timeout: 3)
         await context.events.shipper.flush(timeout: 2)
         Log.info("worker '\(settings.workerName)' stopped")

@@ -9,6 +9,7 @@ public final class WorkerContext: Sendable {
     public let shutdown: Shutdown
     public let status: WorkerStatus
     public let journal: RunJournal
+    public let outbox: Outbox
     /// This worker process, as recorded in journal entries.
     public let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
@@ -25,6 +26,7 @@ public final class WorkerContext: Sendable {
         self.shutdown = shutdown
         self.status = WorkerStatus()
         self.journal = RunJournal(stateDirectory: settings.stateDirectory)
+        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client)
         self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
                                interval: 1) { runID, count in
             APIShipper.Record(body: FlowRunLog.record(runID: runID, level: .warning,

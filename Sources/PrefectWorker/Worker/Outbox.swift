@@ -1,0 +1,171 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A report the server must receive even if it is away now, or the worker restarts first.
+public enum OutboxItem: Codable, Sendable, Equatable {
+    /// `PATCH /flow_runs/{id}` with the job's pid.
+    case infrastructurePID(pid: Int32)
+    /// A final state (transition id kept, so a retry after a lost answer is recognised).
+    case finalState(type: String, message: String, transitionID: String, force: Bool)
+}
+
+/// Final states and infrastructure pids that have not reached the server yet, persisted in
+/// `<state dir>/outbox/<run id>.json` (written atomically) and delivered in order per run: at once when
+/// possible, else by a background loop when the server is back, and after a worker restart.
+public actor Outbox {
+    public let directory: String
+    private let client: PrefectClient
+    private var delivering: Set<String> = []
+    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+    public init(stateDirectory: String, client: PrefectClient) {
+        self.directory = stateDirectory + "/outbox"
+        self.client = client
+    }
+
+    public func prepare() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw WorkerError(message: "cannot create the outbox directory \(directory): \(error.localizedDescription)")
+        }
+    }
+
+    func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
+
+    func items(_ runID: String) -> [OutboxItem] {
+        guard let data = FileManager.default.contents(atPath: path(runID)) else { return [] }
+        return (try? JSONDecoder().decode([OutboxItem].self, from: data)) ?? []
+    }
+
+    func store(_ runID: String, _ items: [OutboxItem]) {
+        if items.isEmpty {
+            unlink(path(runID))
+            return
+        }
+        guard let data = try? JSONEncoder().encode(items) else { return }
+        let temporary = path(runID) + ".tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]),
+              rename(temporary, path(runID)) == 0 else {
+            Log.error("cannot write the outbox entry \(path(runID)): \(errnoText()); the report is kept in memory only", run: runID)
+            return
+        }
+    }
+
+    /// Persists `item` for the run, then tries to deliver the run's items now. Returns true if all arrived.
+    @discardableResult
+    public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
+        store(runID, items(runID) + [item])
+        return await deliver(runID)
+    }
+
+    /// Runs with undelivered items (after a restart, these come from the previous worker).
+    public func pendingRuns() -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
+    }
+
+    /// Delivers the run's items in order; stops at the first one that cannot be delivered now.
+    @discardableResult
+    public func deliver(_ runID: String) async -> Bool {
+        // One delivery per run at a time, so items stay in order; a second caller waits its turn.
+        while delivering.contains(runID) {
+            await withCheckedContinuation { waiting[runID, default: []].append($0) }
+        }
+        delivering.insert(runID)
+        defer {
+            delivering.remove(runID)
+            for waiter in waiting.removeValue(forKey: runID) ?? [] { waiter.resume() }
+        }
+        while let item = items(runID).first {
+            do {
+                try await deliverItem(runID, item)
+            } catch is CancellationError {
+                return false
+            } catch let error as APIError where error.isRetryable {
+                Log.warning("cannot report to the server now (\(error)); kept in the outbox, will retry", run: runID)
+                return false
+            } catch {
+                // Not retryable (404: the run was deleted; 4xx: refused): retrying cannot help.
+                Log.error("report dropped: \(error)", run: runID)
+            }
+            // Items may have been added while we were delivering: remove just the one delivered.
+            var current = items(runID)
+            if current.first == item { current.removeFirst() }
+            store(runID, current)
+        }
+        return true
+    }
+
+    private func deliverItem(_ runID: String, _ item: OutboxItem) async throws {
+        switch item {
+        case .infrastructurePID(let pid):
+            try await client.setInfrastructurePID(runID, pid: pid)
+        case .finalState(let rawType, let message, let transitionID, let force):
+            var type = StateType(rawValue: rawType)
+            var message = message
+            var force = force
+            // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED.
+            let current = try await client.readFlowRun(runID).currentStateType
+            if let current, current.isTerminal {
+                Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
+                Metrics.shared.runFinished(current)
+                return
+            }
+            if current == .cancelling {
+                if type != .cancelled { message = "Flow run was cancelled. \(message)" }
+                type = .cancelled
+                force = true
+            }
+            var proposal = StateProposal(type, message: message, force: force)
+            proposal.transitionID = transitionID
+            for _ in 0..<20 {
+                let result = try await client.setState(runID, proposal)
+                switch result.status {
+                case .accept:
+                    Log.info("reported \(type.rawValue): \(message)", run: runID)
+                    Metrics.shared.runFinished(type)
+                    return
+                case .reject where result.state?.type == type:
+                    Log.info("reported \(type.rawValue) (already recorded)", run: runID)
+                    Metrics.shared.runFinished(type)
+                    return
+                case .wait:
+                    try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
+                case .reject, .abort:
+                    let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
+                    Log.warning("server did not accept \(type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: runID)
+                    return
+                }
+            }
+        }
+    }
+
+    /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).
+    public func flush(timeout: Double) async {
+        let runs = pendingRuns()
+        guard !runs.isEmpty else { return }
+        let delivered = await firstOf({
+            for runID in runs where !(await self.deliver(runID)) { return false }
+            return true
+        }, { try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000)); return false })
+        if !delivered {
+            Log.warning("\(pendingRuns().count) run(s) have reports the server has not received yet; they stay in \(directory) and are delivered when a worker with this state directory starts again")
+        }
+    }
+
+    /// Delivers every pending run's items, again and again with backoff while the server is away.
+    public func run() async {
+        var failures = 0
+        while !Task.isCancelled {
+            var allDelivered = true
+            for runID in pendingRuns() where !(await deliver(runID)) { allDelivered = false }
+            failures = allDelivered ? 0 : failures + 1
+            let delay = failures == 0 ? 5 : min(30, pow(2, Double(min(failures, 5))))
+            try? await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
+        }
+    }
+}
