@@ -5,6 +5,7 @@ let package = Package(
     name: "prefect-worker",
     products: [
         .executable(name: "prefect-worker", targets: ["prefect-worker"]),
+        .executable(name: "prefect-worker-bench", targets: ["prefect-worker-bench"]),
     ],
     targets: [
         // All logic lives in the library so it can be tested without a server.
@@ -13,6 +14,8 @@ let package = Package(
         .target(name: "CLinux"),
         // Thin entry point: parse arguments, run the worker, map errors to exit codes.
         .executableTarget(name: "prefect-worker", dependencies: ["PrefectWorker"]),
+        // Measures this worker beside Prefect's Python worker and the server's own ceiling (scripts/bench).
+        .executableTarget(name: "prefect-worker-bench", dependencies: ["PrefectWorker"]),
         .testTarget(name: "PrefectWorkerTests", dependencies: ["PrefectWorker"]),
         // Runs the built binary against a real Prefect server started by scripts/test.
         .testTarget(name: "EndToEndTests", dependencies: ["PrefectWorker"]),

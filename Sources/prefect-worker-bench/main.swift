@@ -1,0 +1,2 @@
+// Benchmark driver; see scripts/bench.
+print("prefect-worker-bench: not implemented yet")
