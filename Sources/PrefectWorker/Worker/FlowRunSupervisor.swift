@@ -206,7 +206,7 @@ struct FlowRunSupervisor: Sendable {
         await context.registry.setPID(id, process.pid)
         context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
-            workerName: settings.workerName, workerPID: context.identity.pid, workerStart: context.identity.start))
+            workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
         Metrics.shared.runStarted()
         let logs = context.logs
         func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {

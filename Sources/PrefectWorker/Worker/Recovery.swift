@@ -10,7 +10,7 @@ struct Recovery: Sendable {
     var supervisor: FlowRunSupervisor { FlowRunSupervisor(context: context) }
 
     func run() async {
-        let orphans = context.journal.takeOverOrphans(me: context.identity)
+        let orphans = context.journal.takeOverOrphans(me: context.identity, pool: context.settings.pool)
         for entry in orphans {
             await recover(runID: entry.runID, pid: entry.pid, processStart: entry.processStart, owner: entry.stateOwner)
         }

@@ -11,11 +11,13 @@ public struct JournalEntry: Codable, Sendable, Equatable {
     public var processStart: UInt64?
     public var owner: String
     public var workerName: String
+    /// The work pool the run came from; a restarted worker recovers only its own pool's runs.
+    public var pool: String?
     public var workerPID: Int32
     public var workerStart: UInt64?
 
     enum CodingKeys: String, CodingKey {
-        case runID = "run_id", pid, owner
+        case runID = "run_id", pid, owner, pool
         case processStart = "process_start"
         case workerName = "worker_name"
         case workerPID = "worker_pid"
@@ -72,7 +74,7 @@ public final class RunJournal: Sendable {
 
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
     /// of ours), so two workers starting at once never recover the same run.
-    public func takeOverOrphans(me: JournalEntry.Identity) -> [JournalEntry] {
+    public func takeOverOrphans(me: JournalEntry.Identity, pool: String) -> [JournalEntry] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
         var taken: [JournalEntry] = []
         for name in names where name.hasSuffix(".json") {
@@ -83,6 +85,7 @@ public final class RunJournal: Sendable {
                 continue
             }
             if entry.workerPID == me.pid && entry.workerStart == me.start { continue }
+            if let entryPool = entry.pool, entryPool != pool { continue }
             if ProcFS.isAlive(entry.workerPID, startTime: entry.workerStart) { continue }
             let claimed = file + ".recovering-\(me.pid)"
             guard rename(file, claimed) == 0 else { continue }
