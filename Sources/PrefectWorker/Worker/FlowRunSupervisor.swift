@@ -322,11 +322,21 @@ struct FlowRunSupervisor: Sendable {
     }
 
     /// For worker-owned runs: RUNNING before the job starts. A run the server will not let run is not started.
+    /// While the server is away this keeps trying (the same proposal, so a lost answer is recognised), until
+    /// the worker is told a second time to stop; the run is then left PENDING for a restarted worker to hand back.
     func proposeRunning(_ id: String) async -> Bool {
+        var proposal = StateProposal(.running)
         while true {
             let result: OrchestrationResult
             do {
-                result = try await client.setState(id, StateProposal(.running), policy: .persistent)
+                result = try await client.setState(id, proposal)
+            } catch let error as APIError where error.isRetryable {
+                guard context.shutdown.phase < .terminating else {
+                    Log.error("could not propose RUNNING (\(error)) and the worker is stopping; the run stays PENDING", run: id)
+                    return false
+                }
+                Log.warning("could not propose RUNNING yet (\(error)); trying again", run: id)
+                continue
             } catch {
                 Log.error("could not propose RUNNING: \(error); reporting CRASHED", run: id)
                 await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
@@ -340,11 +350,12 @@ struct FlowRunSupervisor: Sendable {
             case .wait:
                 let delay = max(0.1, result.details?.delaySeconds ?? 1)
                 guard await context.shutdown.sleep(delay) else { await handBack(id); return false }
+                proposal = StateProposal(.running)
             case .reject, .abort:
                 let state = result.state?.type
                 Log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job", run: id)
-                if state == .cancelling {
-                    await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."), force: true)
+                if state == .cancelling || state == .cancelled {
+                    await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
                 }
                 return false
             }
