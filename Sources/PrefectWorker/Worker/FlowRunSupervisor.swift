@@ -108,9 +108,10 @@ struct FlowRunSupervisor: Sendable {
     }
 
     /// Gives a claimed run that has not started back to the pool, so another worker can take it.
-    func handBack(_ id: String) async {
+    func handBack(_ id: String, because reason: String? = nil) async {
+        let message = reason ?? "Worker '\(settings.workerName)' shut down before the run started."
         do {
-            let result = try await client.setState(id, StateProposal(.scheduled, message: "Worker '\(settings.workerName)' shut down before the run started."))
+            let result = try await client.setState(id, StateProposal(.scheduled, message: message))
             Log.info("handed back to the pool (\(result.status.rawValue))", run: id)
         } catch {
             Log.error("could not hand the run back: \(error)", run: id)

@@ -66,7 +66,7 @@ struct Recovery: Sendable {
                 adopt(runID: run.id, pid: pid, processStart: ProcFS.startTime(of: pid), owner: .engine)
             } else if run.currentStateType == .pending, run.infrastructurePID == nil {
                 Log.info("claimed by a previous worker named '\(settings.workerName)' but never started; handing it back", run: run.id)
-                await supervisor.handBack(run.id)
+                await supervisor.handBack(run.id, because: "Worker '\(settings.workerName)' restarted before the run started.")
             } else {
                 Log.info("left \(run.currentStateType?.rawValue ?? "?") by a previous worker named '\(settings.workerName)' and its process is gone; reporting CRASHED", run: run.id)
                 await supervisor.report(run.id, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
