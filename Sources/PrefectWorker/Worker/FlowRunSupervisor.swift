@@ -18,7 +18,7 @@ struct FlowRunSupervisor: Sendable {
         var deployment: Deployment?
         if let deploymentID = run.deploymentID {
             do {
-                deployment = try await client.readDeployment(deploymentID)
+                deployment = try await context.deployment(deploymentID)
             } catch {
                 Log.warning("cannot read deployment \(deploymentID): \(error); leaving the run for the next poll", run: id)
                 return

@@ -14,6 +14,10 @@ public final class WorkerContext: Sendable {
     public let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
     private let flowNames = Mutex<[String: String]>([:])
+    private let deployments = Mutex<[String: (deployment: Deployment, read: Date)]>([:])
+    /// How long a deployment read is reused: a burst of runs from one deployment costs one read, and an
+    /// edit to its job variables applies to runs submitted after this.
+    static let deploymentCacheSeconds = 10.0
     /// Job output of worker-owned runs and the worker's own lines about runs, shipped to `POST /logs/`.
     public let logs: APIShipper
     public let events: WorkerEvents
@@ -36,6 +40,23 @@ public final class WorkerContext: Sendable {
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1))
         self.notifier = SystemdNotifier(environment: settings.environment)
+    }
+
+    /// The deployment, read at most once per `deploymentCacheSeconds`; nil if it no longer exists.
+    public func deployment(_ id: String) async throws -> Deployment? {
+        let now = Date()
+        if let cached = deployments.withLock({ $0[id] }), now.timeIntervalSince(cached.read) < Self.deploymentCacheSeconds {
+            return cached.deployment
+        }
+        guard let deployment = try await client.readDeployment(id) else {
+            deployments.withLock { $0[id] = nil }
+            return nil
+        }
+        deployments.withLock { cache in
+            cache[id] = (deployment, now)
+            if cache.count > 1000 { cache = cache.filter { now.timeIntervalSince($0.value.read) < Self.deploymentCacheSeconds } }
+        }
+        return deployment
     }
 
     /// A flow's name, read once per flow (events name the flow).
