@@ -7,6 +7,8 @@
 
 int cl_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
+int cl_pipe_cloexec_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+
 int cl_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
     return posix_spawn_file_actions_addchdir_np(actions, path);
 }

@@ -7,6 +7,8 @@
 
 /// pipe2(fds, O_CLOEXEC): both ends close on exec, with no window in which another thread's spawn inherits them.
 int cl_pipe_cloexec(int fds[2]);
+/// pipe2(fds, O_CLOEXEC | O_NONBLOCK).
+int cl_pipe_cloexec_nonblocking(int fds[2]);
 /// posix_spawn_file_actions_addchdir_np (glibc 2.29).
 int cl_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
 /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): close every descriptor >= from in the child.

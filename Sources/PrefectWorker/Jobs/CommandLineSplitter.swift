@@ -25,7 +25,7 @@ public enum CommandLineSplitter {
         while let c = iterator.next() {
             switch mode {
             case .outside:
-                if c.isWhitespace {
+                if c == " " || c == "\t" || c == "\n" || c == "\r" || c == "\r\n" { // shlex's whitespace, no more
                     if inWord { words.append(current); current = ""; inWord = false }
                 } else if c == "'" {
                     mode = .single; inWord = true

@@ -93,7 +93,7 @@ public struct JobConfiguration: Sendable, Equatable {
 
         // `state_owner` is ours: read it from the configuration if the pool's template maps it, else from the variables.
         switch config["state_owner"] ?? rendered.variables["state_owner"] ?? .null {
-        case .null: stateOwner = Self.defaultOwner(arguments: arguments, commandIsDefault: command == nil)
+        case .null: stateOwner = Self.defaultOwner(command: command)
         case .string(let s):
             guard let owner = StateOwner(rawValue: s.lowercased()) else {
                 throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(Self.quoted(s))")
@@ -104,14 +104,11 @@ public struct JobConfiguration: Sendable, Equatable {
     }
 
     /// The engine owns states when the command is the default or runs `prefect.engine` /
-    /// `prefect flow-run execute`; any other program is a plain command the worker reports for.
-    public static func defaultOwner(arguments: [String], commandIsDefault: Bool) -> StateOwner {
-        if commandIsDefault { return .engine }
-        if arguments.contains("prefect.engine") { return .engine }
-        if let i = arguments.firstIndex(where: { $0 == "prefect" || $0.hasSuffix("/prefect") }),
-           arguments.count > i + 2, arguments[i + 1] == "flow-run", arguments[i + 2] == "execute" {
-            return .engine
-        }
+    /// `prefect flow-run execute` anywhere in it (also behind a shell wrapper, as Prefect checks the string);
+    /// any other program is a plain command the worker reports for.
+    public static func defaultOwner(command: String?) -> StateOwner {
+        guard let command else { return .engine }
+        if command.contains("prefect.engine") || command.contains("prefect flow-run execute") { return .engine }
         return .worker
     }
 

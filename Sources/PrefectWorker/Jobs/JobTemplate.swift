@@ -12,8 +12,16 @@ public struct JobTemplate: Sendable {
         guard let configuration = fields["job_configuration"]?.objectValue else {
             throw JobConfigurationError("the work pool's base job template has no 'job_configuration' object")
         }
-        guard let properties = fields["variables"]?["properties"]?.objectValue ?? (fields["variables"] == nil ? [:] : nil) else {
-            throw JobConfigurationError("the work pool's base job template has no 'variables.properties' object")
+        // Like Prefect (`variables.get("properties", {})`), a template without properties declares no variables.
+        let variables = fields["variables"] ?? .object([:])
+        guard variables.objectValue != nil else {
+            throw JobConfigurationError("the work pool's base job template has a 'variables' entry that is not an object")
+        }
+        let properties: [String: JSON]
+        switch variables["properties"] ?? .null {
+        case .null: properties = [:]
+        case .object(let declared): properties = declared
+        default: throw JobConfigurationError("the work pool's base job template has a 'variables.properties' entry that is not an object")
         }
         self.jobConfiguration = configuration
         self.properties = properties

@@ -57,21 +57,31 @@ public enum Templating {
         }
     }
 
-    /// Looks up `a.b[1].c` in nested objects and arrays, as Prefect's `get_from_dict`.
+    /// Looks up `a.b[1].c` in nested objects and arrays, as Prefect's `get_from_dict`: a key that reads as a
+    /// whole number is an index (negative counts from the end, strings index their characters) and never
+    /// matches an object key.
     public static func lookup(_ path: String, in values: [String: JSON]) -> JSON? {
         let keys = path.replacingOccurrences(of: "[", with: ".").replacingOccurrences(of: "]", with: "")
             .split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         var current: JSON = .object(values)
         for key in keys {
-            switch current {
-            case .object(let fields):
-                guard let next = fields[key] else { return nil }
+            if let index = Int(key) {
+                switch current {
+                case .array(let items):
+                    let i = index < 0 ? items.count + index : index
+                    guard items.indices.contains(i) else { return nil }
+                    current = items[i]
+                case .string(let text):
+                    let chars = Array(text)
+                    let i = index < 0 ? chars.count + index : index
+                    guard chars.indices.contains(i) else { return nil }
+                    current = .string(String(chars[i]))
+                default:
+                    return nil
+                }
+            } else {
+                guard case .object(let fields) = current, let next = fields[key] else { return nil }
                 current = next
-            case .array(let items):
-                guard let index = Int(key), items.indices.contains(index) else { return nil }
-                current = items[index]
-            default:
-                return nil
             }
         }
         return current

@@ -1,4 +1,3 @@
-@preconcurrency import Dispatch
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -8,51 +7,53 @@ import Synchronization
 /// Copies a job's output pipe to the worker's own stdout or stderr, line by line, each line prefixed with
 /// the flow run id, so output of concurrent jobs does not interleave mid-line.
 public final class OutputPump: Sendable {
-    /// All pumps share one serial queue: output is I/O bound and ordering per pipe is what matters.
-    private static let queue = DispatchQueue(label: "prefect-worker.output")
     private static let maxLineBytes = 64 * 1024
 
-    private let source: DispatchSourceRead
+    private let watch: FDPoller.Watch
     private let done = Completion()
 
     /// Starts pumping `fd` (which the pump then owns and closes) to `destination` (or nowhere, if nil), giving
     /// each line also to `onLine`, in order.
     public init(fd: Int32, prefix: String, destination: Int32?, onLine: (@Sendable (String) -> Void)? = nil) {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: Self.queue)
-        self.source = source
-        // The buffer is only touched on `queue`, by the handlers below.
+        // The buffer is only touched on the poller thread, by the handler below.
         let buffer = Box()
-        source.setEventHandler { [source] in
+        let done = self.done
+        watch = FDPoller.shared.watch(fd) { fd in
             var chunk = [UInt8](repeating: 0, count: 16 * 1024)
             while true {
                 let n = read(fd, &chunk, chunk.count)
                 if n > 0 {
                     buffer.bytes.append(contentsOf: chunk[0..<n])
                     Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, onLine: onLine, flush: false)
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                } else if n < 0, errno == EINTR {
+                    continue
+                } else if n < 0, errno == EAGAIN {
+                    return true
+                } else {
+                    // End of file (every writer closed it) or an error: flush what is left and stop.
                     Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, onLine: onLine, flush: true)
-                    source.cancel()
-                    return
-                } else if errno == EAGAIN {
-                    return
+                    close(fd)
+                    done.complete()
+                    return false
                 }
             }
         }
-        source.setCancelHandler { [done] in
-            close(fd)
-            done.complete()
-        }
-        source.activate()
     }
 
     /// Waits until the pipe is closed by every writer (the job and anything it left running), or at most
     /// `timeout` seconds: a descendant may hold the pipe open forever, and then we stop reading it.
     public func finish(timeout: Double) async {
-        let source = self.source
+        let watch = self.watch
+        let done = self.done
         let timer = Task {
             try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000))
-            if !Task.isCancelled { source.cancel() }
+            if !Task.isCancelled {
+                FDPoller.shared.remove(watch) {
+                    close(watch.fd)
+                    done.complete()
+                }
+            }
         }
         await done.wait()
         timer.cancel()
@@ -102,7 +103,7 @@ public final class OutputPump: Sendable {
         }
     }
 
-    private final class Box: @unchecked Sendable { // confined to `OutputPump.queue`
+    private final class Box: @unchecked Sendable { // confined to the FDPoller thread
         var bytes: [UInt8] = []
     }
 }

@@ -62,13 +62,12 @@ public enum ProcFS {
             return
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: .global())
-            source.setEventHandler { source.cancel() }
-            source.setCancelHandler {
+            // A pidfd becomes readable when the process exits.
+            FDPoller.shared.watch(fd) { fd in
                 close(fd)
                 continuation.resume()
+                return false
             }
-            source.activate()
         }
     }
 }

@@ -75,17 +75,39 @@ struct FlowRunSupervisor: Sendable {
 
     /// Proposes PENDING. Only ACCEPT (or a REJECT that returns our own PENDING after a retried request) makes
     /// the run ours; ABORT or REJECT mean another worker has it or it is no longer scheduled.
+    ///
+    /// The server accepts PENDING from a final state (that is how a run is re-run), so a proposal that arrives
+    /// after another worker claimed, ran and finished the run would run it again. The run is therefore read
+    /// right before each proposal, and a proposal is never retried blindly: after a failed attempt the run is
+    /// read again, which also recognises our own PENDING if only the answer was lost.
     func claim(_ id: String) async -> Bool {
-        for _ in 0..<20 {
+        var lastProposal: StateProposal?
+        for attempt in 1...20 {
+            let current: FlowRun
+            do {
+                current = try await client.readFlowRun(id, policy: .quick)
+            } catch {
+                Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
+                return false
+            }
+            if let last = lastProposal, current.currentStateType == .pending, current.state?.transitionID == last.transitionID {
+                return true
+            }
+            guard current.currentStateType == .scheduled else {
+                Log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it", run: id)
+                return false
+            }
             let proposal = StateProposal(.pending)
+            lastProposal = proposal
             let result: OrchestrationResult
             do {
-                result = try await client.setState(id, proposal)
+                result = try await client.setState(id, proposal, policy: .once)
+            } catch let error as APIError where error.isRetryable {
+                let delay = RetryPolicy.quick.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
+                Log.debug("claim attempt failed (\(error)); checking the run again in \(String(format: "%.1f", delay)) s", run: id)
+                guard await context.shutdown.sleep(delay) else { return false }
+                continue
             } catch {
-                // The proposal may have landed and only the answer was lost: the run then carries our transition id.
-                if let current = try? await client.readFlowRun(id), current.state?.transitionID == proposal.transitionID {
-                    return true
-                }
                 Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
                 return false
             }
