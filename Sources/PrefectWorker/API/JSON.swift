@@ -80,16 +80,58 @@ extension JSON: Codable {
 }
 
 extension JSON {
-    /// Compact JSON text with sorted keys, so output is stable.
+    /// Compact JSON text with sorted keys, so output is stable. Doubles keep their decimal point
+    /// (`1.0`, as Python writes them), non-ASCII text is written as UTF-8, NaN and infinities become null.
     public func encoded() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(self) else { return "null" }
-        return String(decoding: data, as: UTF8.self)
+        var out = ""
+        write(to: &out)
+        return out
+    }
+
+    private func write(to out: inout String) {
+        switch self {
+        case .null: out += "null"
+        case .bool(let b): out += b ? "true" : "false"
+        case .int(let i): out += String(i)
+        case .double(let d): out += d.isFinite ? "\(d)" : "null"
+        case .string(let s): JSON.writeString(s, to: &out)
+        case .array(let items):
+            out += "["
+            for (n, item) in items.enumerated() {
+                if n > 0 { out += "," }
+                item.write(to: &out)
+            }
+            out += "]"
+        case .object(let fields):
+            out += "{"
+            for (n, key) in fields.keys.sorted().enumerated() {
+                if n > 0 { out += "," }
+                JSON.writeString(key, to: &out)
+                out += ":"
+                fields[key]!.write(to: &out)
+            }
+            out += "}"
+        }
+    }
+
+    private static func writeString(_ s: String, to out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        out += "\""
     }
 
     public static func decode(_ data: Data) throws -> JSON {
-        try JSONDecoder().decode(JSON.self, from: data)
+        try JSONParser.parse(data)
     }
 
     public static func decode(_ text: String) throws -> JSON {
@@ -122,10 +164,10 @@ extension JSON {
         }
     }
 
+    /// Python's `repr(float)`: the shortest text that reads back the same, as Swift's description is.
     static func pythonFloat(_ d: Double) -> String {
         if d.isNaN { return "nan" }
         if d.isInfinite { return d > 0 ? "inf" : "-inf" }
-        if d == d.rounded(), abs(d) < 1e16 { return String(format: "%.1f", d) }
         return "\(d)"
     }
 

@@ -77,10 +77,7 @@ public final class PrefectClient: Sendable {
         var request = URLRequest(url: url)
         request.httpMethod = method
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
-        if let body {
-            let encoder = JSONEncoder()
-            request.httpBody = try encoder.encode(body)
-        }
+        if let body { request.httpBody = Data(body.encoded().utf8) }
         let data: Data
         let response: URLResponse
         let endpointClass = Metrics.endpointClass(method: method, path: path)
@@ -140,7 +137,7 @@ public final class PrefectClient: Sendable {
 
     func decode<T: Decodable>(_ type: T.Type, from data: Data, what: String) throws -> T {
         do {
-            return try JSONDecoder().decode(T.self, from: data)
+            return try JSONTreeDecoder.decode(T.self, from: data)
         } catch {
             let snippet = String(decoding: data.prefix(120), as: UTF8.self)
             throw APIError.badResponse(endpoint: what, reason: "cannot decode \(T.self) (\(error)) from \(snippet)")
