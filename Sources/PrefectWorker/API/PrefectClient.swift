@@ -10,6 +10,7 @@ public final class PrefectClient: Sendable {
 
     public let baseURL: URL
     private let session: URLSession
+    private let loader: ResponseLoader
     private let headers: [String: String]
     private let lastSuccess = Mutex<Date?>(nil)
     /// Bodies larger than this are refused: a worker has no use for them and must not run out of memory.
@@ -39,7 +40,8 @@ public final class PrefectClient: Sendable {
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
         configuration.urlCache = nil
         configuration.httpCookieStorage = nil
-        self.session = URLSession(configuration: configuration)
+        self.loader = ResponseLoader(limit: Self.maxResponseBytes)
+        self.session = URLSession(configuration: configuration, delegate: loader, delegateQueue: nil)
     }
 
     /// When a request last got a 2xx answer.
@@ -82,9 +84,12 @@ public final class PrefectClient: Sendable {
         let response: URLResponse
         let endpointClass = Metrics.endpointClass(method: method, path: path)
         do {
-            (data, response) = try await session.data(for: request)
+            (data, response) = try await loader.load(request, in: session)
         } catch is CancellationError {
             throw CancellationError()
+        } catch let tooLarge as ResponseLoader.TooLarge {
+            Metrics.shared.request(endpointClass, failed: true)
+            throw APIError.badResponse(endpoint: endpoint, reason: "body too large: \(tooLarge.bytes) bytes or more, over the \(Self.maxResponseBytes)-byte limit")
         } catch {
             if Task.isCancelled { throw CancellationError() }
             Metrics.shared.request(endpointClass, failed: true)
@@ -98,9 +103,6 @@ public final class PrefectClient: Sendable {
         guard (200..<300).contains(http.statusCode) else {
             throw APIError.http(endpoint: endpoint, status: http.statusCode, detail: Self.detail(from: data),
                                 retryAfter: RetryPolicy.parseRetryAfter(http.value(forHTTPHeaderField: "Retry-After")))
-        }
-        guard data.count <= Self.maxResponseBytes else {
-            throw APIError.badResponse(endpoint: endpoint, reason: "body of \(data.count) bytes is too large")
         }
         lastSuccess.withLock { $0 = Date() }
         return data
@@ -188,9 +190,9 @@ extension PrefectClient {
         }
     }
 
-    /// `POST /work_pools/{pool}/queues/`.
+    /// `POST /work_pools/{pool}/queues` (no trailing slash: with one the server answers 307).
     public func createWorkQueue(pool: String, name: String) async throws {
-        try await send("POST", "/work_pools/\(Self.pathComponent(pool))/queues/",
+        try await send("POST", "/work_pools/\(Self.pathComponent(pool))/queues",
                        body: .object(["name": .string(name)]), what: "creating work queue '\(name)'")
     }
 

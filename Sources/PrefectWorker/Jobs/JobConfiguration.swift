@@ -104,11 +104,17 @@ public struct JobConfiguration: Sendable, Equatable {
     }
 
     /// The engine owns states when the command is the default or runs `prefect.engine` /
-    /// `prefect flow-run execute` anywhere in it (also behind a shell wrapper, as Prefect checks the string);
-    /// any other program is a plain command the worker reports for.
+    /// `prefect flow-run execute` anywhere in it, also behind a shell wrapper (`sh -c 'cd /app && python -m
+    /// prefect.engine'`); any other program is a plain command the worker reports for.
     public static func defaultOwner(command: String?) -> StateOwner {
         guard let command else { return .engine }
-        if command.contains("prefect.engine") || command.contains("prefect flow-run execute") { return .engine }
+        // Words as a shell would see them inside wrappers: split on blanks, quotes and operators.
+        let words = command.split(whereSeparator: { " \t\n\r'\"();&|`".contains($0) }).map(String.init)
+        if words.contains("prefect.engine") { return .engine }
+        for i in words.indices.dropLast(2) where (words[i] == "prefect" || words[i].hasSuffix("/prefect"))
+            && words[i + 1] == "flow-run" && words[i + 2] == "execute" {
+            return .engine
+        }
         return .worker
     }
 

@@ -15,7 +15,7 @@ public struct JobTemplate: Sendable {
         // Like Prefect (`variables.get("properties", {})`), a template without properties declares no variables.
         let variables = fields["variables"] ?? .object([:])
         guard variables.objectValue != nil else {
-            throw JobConfigurationError("the work pool's base job template has a 'variables' entry that is not an object")
+            throw JobConfigurationError("the work pool's base job template has no valid 'variables.properties': 'variables' is not an object")
         }
         let properties: [String: JSON]
         switch variables["properties"] ?? .null {

@@ -17,9 +17,17 @@ public final class APIShipper: Sendable {
     }
 
     private struct State {
-        var buffer: [Record] = []
+        /// Records in order, numbered so a delivered batch can be removed exactly, however the buffer changed
+        /// while it was in flight.
+        var buffer: [(seq: Int, record: Record)] = []
+        var nextSeq = 0
+        /// Records dropped (oldest first) while the server was away, counted per key until a note about
+        /// them has been delivered.
         var dropped: [String: Int] = [:]
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        /// The last sequence number of the batch being sent, and the records of it evicted meanwhile: they
+        /// count as dropped only if that send fails.
+        var inFlightThrough: Int?
+        var evictedInFlight: [String: Int] = [:]
     }
 
     private let client: PrefectClient
@@ -44,10 +52,17 @@ public final class APIShipper: Sendable {
 
     public func add(_ record: Record) {
         let overflow = state.withLock { state -> Int in
-            state.buffer.append(record)
+            state.buffer.append((state.nextSeq, record))
+            state.nextSeq += 1
             guard state.buffer.count > capacity else { return 0 }
             let extra = state.buffer.count - capacity
-            for old in state.buffer.prefix(extra) { state.dropped[old.key ?? "", default: 0] += 1 }
+            for old in state.buffer.prefix(extra) {
+                if let through = state.inFlightThrough, old.seq <= through {
+                    state.evictedInFlight[old.record.key ?? "", default: 0] += 1
+                } else {
+                    state.dropped[old.record.key ?? "", default: 0] += 1
+                }
+            }
             state.buffer.removeFirst(extra)
             return extra
         }
@@ -70,23 +85,38 @@ public final class APIShipper: Sendable {
     @discardableResult
     public func deliverAll() async -> Bool {
         while true {
-            let batch: [Record] = state.withLock { state in
-                var notes: [Record] = []
-                for (key, count) in state.dropped.sorted(by: { $0.key < $1.key }) {
-                    if let note = droppedRecord(key, count) { notes.append(note) }
-                }
-                state.dropped = [:]
-                state.buffer.insert(contentsOf: notes, at: 0)
-                return Array(state.buffer.prefix(batchSize))
+            let (dropped, batch) = state.withLock { state in
+                let batch = Array(state.buffer.prefix(batchSize))
+                state.inFlightThrough = batch.last?.seq
+                state.evictedInFlight = [:]
+                return (state.dropped, batch)
             }
-            if batch.isEmpty { return true }
+            let notes = dropped.sorted { $0.key < $1.key }.compactMap { droppedRecord($0.key, $0.value) }
+            if batch.isEmpty && notes.isEmpty { return true }
             do {
-                try await client.send("POST", path, body: .array(batch.map(\.body)), what: what, policy: .quick)
+                try await client.send("POST", path, body: .array((notes + batch.map(\.record)).map(\.body)), what: what, policy: .quick)
             } catch {
+                state.withLock { state in
+                    state.dropped.merge(state.evictedInFlight) { $0 + $1 }
+                    state.evictedInFlight = [:]
+                    state.inFlightThrough = nil
+                }
                 Log.debug("\(what): \(error); \(pending) record(s) kept for the next attempt")
                 return false
             }
-            state.withLock { $0.buffer.removeFirst(min(batch.count, $0.buffer.count)) }
+            state.withLock { state in
+                for (key, count) in dropped {
+                    let left = (state.dropped[key] ?? 0) - count
+                    state.dropped[key] = left > 0 ? left : nil
+                }
+                state.inFlightThrough = nil
+                state.evictedInFlight = [:]
+                if let last = batch.last?.seq {
+                    // Some of the batch may already have been dropped by an overflow meanwhile: remove only what is left of it.
+                    let delivered = state.buffer.prefix { $0.seq <= last }.count
+                    state.buffer.removeFirst(delivered)
+                }
+            }
         }
     }
 

@@ -156,7 +156,9 @@ public final class ChildProcesses: Sendable {
             if rc == 0 {
                 reapExited()
             } else if errno == ECHILD {
-                spawned.wait()
+                // No children now. Wake at a spawn, or within a second anyway: as a subreaper (or PID 1 in a
+                // container) we also inherit orphans we never spawned, and they must be reaped too.
+                _ = spawned.wait(timeout: .now() + 1)
             } else if errno != EINTR {
                 usleep(100_000)
             }

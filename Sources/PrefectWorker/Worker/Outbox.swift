@@ -17,6 +17,10 @@ public enum OutboxItem: Codable, Sendable, Equatable {
 public actor Outbox {
     public let directory: String
     private let client: PrefectClient
+    /// The items, kept in memory as well: the file is for a restart, memory is what we deliver from, so a
+    /// disk that cannot be written loses nothing while the worker runs.
+    private var memory: [String: [OutboxItem]] = [:]
+    private var loaded = false
     private var delivering: Set<String> = []
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
@@ -36,12 +40,31 @@ public actor Outbox {
 
     func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
 
+    /// Reads what a previous worker left on disk (once). A file that cannot be read is set aside, not lost.
+    private func loadFromDisk() {
+        guard !loaded else { return }
+        loaded = true
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names where name.hasSuffix(".json") {
+            let runID = String(name.dropLast(5))
+            guard memory[runID] == nil else { continue }
+            let file = directory + "/" + name
+            if let data = FileManager.default.contents(atPath: file), let items = try? JSONDecoder().decode([OutboxItem].self, from: data) {
+                if !items.isEmpty { memory[runID] = items }
+            } else {
+                Log.error("outbox entry \(file) is unreadable; moved aside to \(file).corrupt", run: runID)
+                rename(file, file + ".corrupt")
+            }
+        }
+    }
+
     func items(_ runID: String) -> [OutboxItem] {
-        guard let data = FileManager.default.contents(atPath: path(runID)) else { return [] }
-        return (try? JSONDecoder().decode([OutboxItem].self, from: data)) ?? []
+        loadFromDisk()
+        return memory[runID] ?? []
     }
 
     func store(_ runID: String, _ items: [OutboxItem]) {
+        memory[runID] = items.isEmpty ? nil : items
         if items.isEmpty {
             unlink(path(runID))
             return
@@ -50,7 +73,7 @@ public actor Outbox {
         let temporary = path(runID) + ".tmp"
         guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]),
               rename(temporary, path(runID)) == 0 else {
-            Log.error("cannot write the outbox entry \(path(runID)): \(errnoText()); the report is kept in memory only", run: runID)
+            Log.error("cannot write the outbox entry \(path(runID)): \(errnoText()); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
             return
         }
     }
@@ -64,8 +87,8 @@ public actor Outbox {
 
     /// Runs with undelivered items (after a restart, these come from the previous worker).
     public func pendingRuns() -> [String] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
+        loadFromDisk()
+        return memory.keys.sorted()
     }
 
     /// Delivers the run's items in order; stops at the first one that cannot be delivered now.

@@ -63,7 +63,16 @@ public final class Worker: Sendable {
                         Task { await self.context.outbox.run() }]
         let watchdog = Task { await self.watchdogLoop() }
         let started = await firstOf({ () async -> Result<Bool, WorkerError> in
-            do { try await self.startUp(); return .success(true) } catch let error as WorkerError { return .failure(error) } catch { return .success(false) }
+            do {
+                try await self.startUp()
+                return .success(true)
+            } catch let error as WorkerError {
+                return .failure(error)
+            } catch is CancellationError {
+                return .success(false)
+            } catch {
+                return .failure(WorkerError(message: "cannot start serving work pool '\(self.settings.pool)': \(error)"))
+            }
         }, { () async -> Result<Bool, WorkerError> in
             await self.context.shutdown.wait(for: .draining); return .success(false)
         })
@@ -275,7 +284,8 @@ public final class Worker: Sendable {
         case "/health":
             let last = status.lastPoll ?? status.started
             let age = Date().timeIntervalSince(last)
-            let healthy = age < settings.querySeconds * 30
+            // A draining worker no longer polls, on purpose; it is healthy while it waits for its runs.
+            let healthy = age < settings.querySeconds * 30 || context.shutdown.phase >= .draining
             let body = JSON.object([
                 "message": .string(healthy ? "OK" : "Worker may be unresponsive at this time"),
                 "worker": .string(settings.workerName), "pool": .string(settings.pool),

@@ -1,0 +1,162 @@
+import Foundation
+import XCTest
+@testable import PrefectWorker
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `Teardown` against real process groups.
+final class TeardownTests: XCTestCase {
+    private typealias P = ProcessTestSupport
+
+    /// Starts watching `pid`: the flag is set when it has been reaped.
+    private func watch(_ pid: pid_t) -> (ExitFlag, Task<ExitStatus, Never>) {
+        let flag = ExitFlag()
+        let task = Task {
+            let status = await ChildProcesses.shared.waitForExit(pid)
+            flag.set(status)
+            return status
+        }
+        return (flag, task)
+    }
+
+    func testTerminateIsSIGTERMThenSIGKILL() {
+        XCTAssertEqual(Teardown.terminate(grace: 3).steps, [Teardown.Step(signal: SIGTERM, grace: 3)])
+    }
+
+    func testOutcomeDescriptions() {
+        XCTAssertEqual(Teardown.Outcome.alreadyExited.description, "had already exited")
+        XCTAssertEqual(Teardown.Outcome.exitedAfter(signal: SIGTERM).description, "exited after SIGTERM")
+        XCTAssertEqual(Teardown.Outcome.killed.description, "was killed with SIGKILL after the grace period")
+    }
+
+    func testChildThatHonoursSIGTERM() async throws {
+        let process = try ChildProcesses.shared.spawn(P.request(P.sleep, ["30"]))
+        let (flag, task) = watch(process.pid)
+        let start = Date()
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2, "no need to wait for the grace period")
+        let status = await task.value
+        XCTAssertEqual(status, .signaled(SIGTERM))
+    }
+
+    func testChildThatIgnoresSIGTERMIsKilledAfterTheGrace() async throws {
+        let process = try P.shell("trap '' TERM; sleep 30", captureOutput: false)
+        XCTAssertTrue(P.waitUntilIgnoring(process.pid, SIGTERM), "the shell should have set its trap")
+        let (flag, task) = watch(process.pid)
+        let start = Date()
+        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertEqual(outcome, .killed)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.5)
+        XCTAssertLessThan(elapsed, 2)
+        let status = await task.value
+        XCTAssertEqual(status, .signaled(SIGKILL))
+    }
+
+    func testTheWholeGroupIsSignalled() async throws {
+        // The shell waits for its background child; SIGTERM to the group must reach both.
+        let process = try P.shell("sleep 30 & echo $!; wait")
+        let stdout = try XCTUnwrap(process.stdout)
+        let grandchild = try XCTUnwrap(P.readLine(stdout).flatMap { pid_t($0) })
+        let (flag, task) = watch(process.pid)
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
+        _ = await task.value
+        XCTAssertTrue(P.waitUntilDead(grandchild), "the background sleep got SIGTERM too")
+        close(stdout)
+        if let stderr = process.stderr { close(stderr) }
+    }
+
+    func testAlreadyExitedSendsNothing() async throws {
+        let process = try ChildProcesses.shared.spawn(P.request(P.sleep, ["30"]))
+        let outcome = await Teardown.terminate(grace: 0.1).run(processGroup: process.pid, runID: nil) { true }
+        XCTAssertEqual(outcome, .alreadyExited)
+        try await Task.sleep(nanoseconds: 100_000_000)
+        XCTAssertFalse(P.isDead(process.pid), "no signal was sent")
+        await P.killAndReap(process.pid)
+    }
+
+    func testCustomStepsEscalateInOrder() async throws {
+        // A job that ignores TERM and INT: both steps run out, then SIGKILL.
+        let process = try P.shell("trap '' TERM INT; sleep 30", captureOutput: false)
+        XCTAssertTrue(P.waitUntilIgnoring(process.pid, SIGINT))
+        let (flag, task) = watch(process.pid)
+        let teardown = Teardown(steps: [Teardown.Step(signal: SIGINT, grace: 0.2), Teardown.Step(signal: SIGTERM, grace: 0.2)])
+        let start = Date()
+        let outcome = await teardown.run(processGroup: process.pid, runID: nil) { flag.isSet }
+        XCTAssertEqual(outcome, .killed)
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.4)
+        let status = await task.value
+        XCTAssertEqual(status, .signaled(SIGKILL))
+
+        // A job that ignores INT but not TERM ends at the second step.
+        let second = try P.shell("trap '' INT; sleep 30", captureOutput: false)
+        XCTAssertTrue(P.waitUntilIgnoring(second.pid, SIGINT))
+        let (flag2, task2) = watch(second.pid)
+        let outcome2 = await teardown.run(processGroup: second.pid, runID: nil) { flag2.isSet }
+        XCTAssertEqual(outcome2, .exitedAfter(signal: SIGTERM))
+        _ = await task2.value
+    }
+
+    // MARK: - Descendants that left the group (found by the run's environment marker)
+
+    /// Starts `sh -c script` with `PREFECT__FLOW_RUN_ID` set and returns it with the pid it prints first.
+    private func jobWithEscapee(_ script: String, runID: String) throws -> (SpawnedProcess, pid_t) {
+        let process = try P.shell(script, environment: ["PATH": "/usr/bin:/bin", "PREFECT__FLOW_RUN_ID": runID])
+        let stdout = try XCTUnwrap(process.stdout)
+        let escapee = try XCTUnwrap(P.readLine(stdout).flatMap { pid_t($0) }, "the escaped descendant's pid")
+        // `$!` is printed before the descendant has called setsid: wait until it has its own session.
+        let deadline = Date().addingTimeInterval(5)
+        while getsid(escapee) != escapee, Date() < deadline { usleep(5_000) }
+        XCTAssertEqual(getsid(escapee), escapee, "the descendant is in a new session")
+        return (process, escapee)
+    }
+
+    private func closeOutput(_ process: SpawnedProcess) {
+        if let fd = process.stdout { close(fd) }
+        if let fd = process.stderr { close(fd) }
+    }
+
+    func testDescendantInANewSessionIsSignalledToo() async throws {
+        let runID = UUID().uuidString.lowercased()
+        let (process, escapee) = try jobWithEscapee("setsid sleep 30 & echo $!; wait", runID: runID)
+        defer { closeOutput(process) }
+        XCTAssertNotEqual(getpgid(escapee), process.pid, "the descendant left the job's process group")
+        XCTAssertEqual(ProcFS.processes(ofRun: runID).sorted(), [process.pid, escapee].sorted())
+        let (flag, task) = watch(process.pid)
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID) { flag.isSet }
+        XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
+        _ = await task.value
+        XCTAssertTrue(P.waitUntilDead(escapee), "the escaped descendant got SIGTERM")
+        XCTAssertEqual(ProcFS.processes(ofRun: runID), [])
+    }
+
+    func testDescendantThatIgnoresSIGTERMIsKilled() async throws {
+        let runID = UUID().uuidString.lowercased()
+        let (process, escapee) = try jobWithEscapee("setsid sh -c 'trap \"\" TERM; sleep 30' & echo $!; wait", runID: runID)
+        defer { closeOutput(process) }
+        XCTAssertTrue(P.waitUntilIgnoring(escapee, SIGTERM))
+        let (flag, task) = watch(process.pid)
+        let start = Date()
+        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: runID) { flag.isSet }
+        XCTAssertEqual(outcome, .killed, "the job's shell exited on SIGTERM, but its descendant did not")
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5)
+        let status = await task.value
+        XCTAssertEqual(status, .signaled(SIGTERM))
+        XCTAssertTrue(P.waitUntilDead(escapee), "SIGKILL reached the escaped descendant")
+    }
+
+    func testAlreadyExitedLeaderWithALiveDescendantIsNotAlreadyExited() async throws {
+        let runID = UUID().uuidString.lowercased()
+        // The job's shell exits at once, leaving a descendant in its own session behind.
+        let (process, escapee) = try jobWithEscapee("setsid sleep 30 & echo $!", runID: runID)
+        defer { closeOutput(process) }
+        let status = await ChildProcesses.shared.waitForExit(process.pid)
+        XCTAssertEqual(status, .exited(0))
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID) { true }
+        XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
+        XCTAssertTrue(P.waitUntilDead(escapee))
+    }
+}
