@@ -66,14 +66,7 @@ public final class HealthServer: Sendable {
 
     /// Starts accepting on a dedicated thread.
     public func start() {
-        let thread = Thread { [self] in
-            var signals = SignalListener.signalSet()
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            acceptLoop()
-        }
-        thread.name = "prefect-worker-health"
-        thread.stackSize = 128 * 1024
-        thread.start()
+        SignalListener.startThread(name: "prefect-worker-health", stackSize: 128 * 1024) { [self] in acceptLoop() }
     }
 
     private func acceptLoop() {

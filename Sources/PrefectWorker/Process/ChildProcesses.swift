@@ -54,14 +54,7 @@ public final class ChildProcesses: Sendable {
     private let spawned = DispatchSemaphore(value: 0)
 
     private init() {
-        let thread = Thread { [self] in
-            var signals = SignalListener.signalSet()
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            reapLoop()
-        }
-        thread.name = "prefect-worker-reaper"
-        thread.stackSize = 64 * 1024
-        thread.start()
+        SignalListener.startThread(name: "prefect-worker-reaper", stackSize: 64 * 1024) { [self] in reapLoop() }
     }
 
     /// Starts a job in its own process group.

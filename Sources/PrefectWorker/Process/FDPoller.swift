@@ -33,14 +33,7 @@ public final class FDPoller: Sendable {
         _ = cl_pipe_cloexec_nonblocking(&fds)
         wakeRead = fds[0]
         wakeWrite = fds[1]
-        let thread = Thread { [self] in
-            var signals = SignalListener.signalSet()
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            loop()
-        }
-        thread.name = "prefect-worker-io"
-        thread.stackSize = 256 * 1024
-        thread.start()
+        SignalListener.startThread(name: "prefect-worker-io", stackSize: 256 * 1024) { [self] in loop() }
     }
 
     @discardableResult
