@@ -50,6 +50,11 @@ struct FlowRunSupervisor: Sendable {
             Log.error("bad job configuration: \(error.message); reporting CRASHED", run: id)
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
+        } catch let error as APIError where error.isRetryable {
+            // The server was away while we read what the template refers to: not the run's fault.
+            Log.warning("cannot build the job configuration now (\(error)); handing the run back to be tried again", run: id)
+            await handBack(id, because: "Worker '\(settings.workerName)' could not reach the API to build the job configuration; rescheduled.")
+            return
         } catch {
             Log.error("cannot build the job configuration: \(error); reporting CRASHED", run: id)
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error)"))
