@@ -63,8 +63,8 @@ enum ProcScan {
 class RunControlTestCase: E2ETestCase, @unchecked Sendable {
     private var trackedRuns: [String] = []
 
-    /// Short intervals, so the tests are quick: poll and cancellation checks every 0.5 s, 2 s kill grace.
-    static let fastArguments = ["--query-seconds", "0.5", "--cancellation-poll-seconds", "0.5", "--kill-grace-seconds", "2"]
+    /// Short intervals, so the tests are quick: poll and cancellation checks every 0.5 s.
+    static let fastArguments = ["--query-seconds", "0.5", "--cancellation-poll-seconds", "0.5"]
 
     override func tearDownWithError() throws {
         // Jobs left behind (a failed test, or on purpose) are killed first, so the workers stop at once.
@@ -93,11 +93,13 @@ class RunControlTestCase: E2ETestCase, @unchecked Sendable {
     /// A fresh state directory (removed in tearDown).
     func stateDirectory() throws -> String { try temporaryDirectory("state") }
 
-    /// `startWorker` with the short intervals and `--state-dir`, plus `arguments`.
+    /// `startWorker` with the short intervals, `--kill-grace-seconds` (2 s unless given) and `--state-dir`,
+    /// plus `arguments`.
     @discardableResult
-    func startRunControlWorker(pool: String, stateDir: String, name: String? = nil,
+    func startRunControlWorker(pool: String, stateDir: String, name: String? = nil, killGrace: Double = 2,
                                arguments: [String] = []) throws -> WorkerProcess {
-        try startWorker(pool: pool, name: name, arguments: Self.fastArguments + ["--state-dir", stateDir] + arguments)
+        try startWorker(pool: pool, name: name, arguments: Self.fastArguments
+                        + ["--kill-grace-seconds", String(format: "%g", killGrace), "--state-dir", stateDir] + arguments)
     }
 
     /// `POST /flow_runs/{id}/set_state` with `{"state": {"type": TYPE}}` (no force): the orchestration result.

@@ -68,9 +68,11 @@ public struct FlowRunState: Sendable, Decodable, Equatable {
     public var message: String?
     public var timestamp: String?
     public var stateDetails: JSON?
+    /// The result reference of a final state, kept when a state has to be restored.
+    public var data: JSON?
 
     enum CodingKeys: String, CodingKey {
-        case type, name, message, timestamp
+        case type, name, message, timestamp, data
         case stateDetails = "state_details"
     }
 
@@ -152,9 +154,11 @@ public struct FlowRun: Sendable, Decodable, Identifiable {
     public var tags: [String]?
     public var workQueueName: String?
     public var runCount: Int?
+    public var startTime: String?
 
     enum CodingKeys: String, CodingKey {
         case id, name, parameters, state, labels, tags
+        case startTime = "start_time"
         case flowID = "flow_id"
         case deploymentID = "deployment_id"
         case jobVariables = "job_variables"

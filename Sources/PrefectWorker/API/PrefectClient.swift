@@ -271,6 +271,30 @@ extension PrefectClient {
         return try decode(OrchestrationResult.self, from: data, what: "set_state")
     }
 
+    /// `GET /flow_run_states/?flow_run_id=`: the run's state history, oldest first.
+    public func flowRunStates(_ id: String) async throws -> [FlowRunState] {
+        let data = try await send("GET", "/flow_run_states/?flow_run_id=\(Self.pathComponent(id))", what: "reading the states of flow run \(id)")
+        let states = try decode([FlowRunState].self, from: data, what: "GET /flow_run_states/")
+        return states.sorted { ($0.timestamp ?? "") < ($1.timestamp ?? "") }
+    }
+
+    /// Puts back a state the run had (with its result reference), forcing it past the orchestration rules.
+    public func restoreState(_ id: String, _ state: FlowRunState, message: String) async throws -> OrchestrationResult {
+        let body = JSON.object([
+            "state": .object([
+                "type": .string(state.type.rawValue),
+                "name": state.name.map(JSON.string) ?? .null,
+                "message": .string(message),
+                "data": state.data ?? .null,
+                "state_details": .object(["transition_id": .string(UUID().uuidString.lowercased())]),
+            ]),
+            "force": .bool(true),
+        ])
+        let data = try await send("POST", "/flow_runs/\(Self.pathComponent(id))/set_state", body: body,
+                                  what: "restoring the \(state.type.rawValue) state of flow run \(id)")
+        return try decode(OrchestrationResult.self, from: data, what: "set_state")
+    }
+
     /// `PATCH /flow_runs/{id}` with the infrastructure pid, as Prefect's process worker records it.
     public func setInfrastructurePID(_ id: String, pid: Int32) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))", body: .object(["infrastructure_pid": .string(String(pid))]),
@@ -278,9 +302,9 @@ extension PrefectClient {
     }
 
     /// `PATCH /flow_runs/{id}/labels`: merged into the run's labels.
-    public func addLabels(_ id: String, _ labels: [String: String]) async throws {
+    public func addLabels(_ id: String, _ labels: [String: String], policy: RetryPolicy = .standard) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))/labels", body: .object(labels.mapValues(JSON.string)),
-                       what: "labelling flow run \(id)")
+                       what: "labelling flow run \(id)", policy: policy)
     }
 }
 

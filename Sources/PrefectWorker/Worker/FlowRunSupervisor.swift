@@ -29,18 +29,22 @@ struct FlowRunSupervisor: Sendable {
                 return
             }
         }
-        guard let pool = context.pool, await claim(id) else { return }
+        guard let pool = context.pool, await claim(run) else { return }
         Metrics.shared.runClaimed()
         Log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it", run: id)
 
-        // Labels are informative: a failure to set them must not hold up the run.
-        do {
-            try await client.addLabels(id, [
-                "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
-                "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
-            ])
-        } catch {
-            Log.warning("could not label the run: \(error); continuing", run: id)
+        // Labels are informative: setting them (with a few quick retries) must not hold up the run.
+        let client = self.client
+        let labels = [
+            "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
+            "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
+        ]
+        Task {
+            do {
+                try await client.addLabels(id, labels, policy: .quick)
+            } catch {
+                Log.warning("could not label the run: \(error); it runs unlabelled", run: id)
+            }
         }
 
         let job: JobConfiguration
@@ -85,8 +89,12 @@ struct FlowRunSupervisor: Sendable {
     /// after another worker claimed, ran and finished the run would run it again. The run is therefore read
     /// right before each proposal, and a proposal is never retried blindly: after a failed attempt the run is
     /// read again, which also recognises our own PENDING if only the answer was lost.
-    func claim(_ id: String) async -> Bool {
-        var lastProposal: StateProposal?
+    func claim(_ run: FlowRun) async -> Bool {
+        let id = run.id
+        var ours: Set<String> = []  // every transition id we proposed: any of them may be the one that landed
+        func isOurs(_ current: FlowRun) -> Bool {
+            current.currentStateType == .pending && current.state?.transitionID.map(ours.contains) == true
+        }
         for attempt in 1...20 {
             let current: FlowRun
             do {
@@ -95,15 +103,13 @@ struct FlowRunSupervisor: Sendable {
                 Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
                 return false
             }
-            if let last = lastProposal, current.currentStateType == .pending, current.state?.transitionID == last.transitionID {
-                return true
-            }
+            if isOurs(current) { return await confirmFirstClaim(run) }
             guard current.currentStateType == .scheduled else {
                 Log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it", run: id)
                 return false
             }
             let proposal = StateProposal(.pending)
-            lastProposal = proposal
+            ours.insert(proposal.transitionID)
             let result: OrchestrationResult
             do {
                 result = try await client.setState(id, proposal, policy: .once)
@@ -118,10 +124,14 @@ struct FlowRunSupervisor: Sendable {
             }
             switch result.status {
             case .accept:
-                return true
-            case .reject where result.state?.type == .pending:
-                return true
+                return await confirmFirstClaim(run)
+            case .reject where result.state?.type == .pending && result.state?.transitionID.map(ours.contains) == true:
+                return await confirmFirstClaim(run)
             case .reject, .abort:
+                // An earlier attempt of ours may have landed late (its answer was lost): then the run is ours.
+                if ours.count > 1, let again = try? await client.readFlowRun(id, policy: .quick), isOurs(again) {
+                    return await confirmFirstClaim(run)
+                }
                 let now = result.state.map { " (run is \($0.type.rawValue))" } ?? ""
                 Log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
                 return false
@@ -130,6 +140,27 @@ struct FlowRunSupervisor: Sendable {
                 Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
                 guard await context.shutdown.sleep(delay) else { return false }
             }
+        }
+        return false
+    }
+
+    /// The server accepts PENDING from a final state, so a slow PENDING can land after another worker ran the
+    /// run to the end: it would reopen a finished run. After a claim the run is read once more; if it ran
+    /// since it was polled (its run count or start time moved), its last final state is put back and the run
+    /// is left alone.
+    func confirmFirstClaim(_ polled: FlowRun) async -> Bool {
+        let id = polled.id
+        guard let now = try? await client.readFlowRun(id, policy: .quick) else { return true }
+        let ranMeanwhile = (now.runCount ?? 0) > (polled.runCount ?? 0) || (now.startTime != nil && now.startTime != polled.startTime)
+        guard ranMeanwhile else { return true }
+        Log.warning("claimed a run another worker finished meanwhile (run count \(polled.runCount ?? 0) → \(now.runCount ?? 0)); restoring its final state, not running it again", run: id)
+        do {
+            let states = try await client.flowRunStates(id)
+            if let final = states.last(where: { $0.type.isTerminal }) {
+                _ = try await client.restoreState(id, final, message: final.message ?? "Restored by worker '\(settings.workerName)' after a duplicate claim.")
+            }
+        } catch {
+            Log.error("could not restore the run's final state: \(error)", run: id)
         }
         return false
     }

@@ -158,6 +158,11 @@ public actor Outbox {
                     return
                 case .wait:
                     try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
+                case .reject where result.state?.type == .cancelling && type != .cancelled:
+                    // The run went CANCELLING between our read and the proposal: only CANCELLED is accepted now.
+                    message = "Flow run was cancelled. \(message)"
+                    type = .cancelled
+                    proposal = StateProposal(.cancelled, message: message, force: true)
                 case .reject, .abort:
                     let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
                     Log.warning("server did not accept \(type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: runID)

@@ -95,7 +95,10 @@ public final class Worker: Sendable {
         let cancellations = Task { await self.cancellationLoop() }
         let poller = Task { await self.pollLoop() }
         if settings.runOnce {
-            await firstOf({ await poller.value }, { await self.context.shutdown.wait(for: .draining) })
+            // One poll, then the runs it claimed run to the end (a signal still drains or stops them).
+            await poller.value
+            let registry = context.registry
+            await firstOf({ await registry.waitUntilEmpty() }, { await self.context.shutdown.wait(for: .draining) })
             context.shutdown.advance(to: .draining)
         } else {
             await context.shutdown.wait(for: .draining)
@@ -379,7 +382,7 @@ public final class Worker: Sendable {
             if !finished {
                 inFlight = await registry.count
                 let reason = context.shutdown.phase == .terminating
-                    ? "Worker '\(settings.workerName)' was stopped a second time and stopped the job"
+                    ? "Worker '\(settings.workerName)' shut down (stopped a second time before its runs finished)"
                     : "Worker '\(settings.workerName)' shut down and the drain timeout passed"
                 Log.info("stopping \(inFlight) run(s) in flight")
                 await registry.requestStopAll(reason: reason)

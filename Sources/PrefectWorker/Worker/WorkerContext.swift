@@ -14,7 +14,7 @@ public final class WorkerContext: Sendable {
     public let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
     private let flowNames = Mutex<[String: String]>([:])
-    private let deployments = Mutex<[String: (deployment: Deployment, read: Date)]>([:])
+    private let deployments = Mutex<[String: (read: Task<Deployment?, Error>, at: Date)]>([:])
     /// How long a deployment read is reused: a burst of runs from one deployment costs one read, and an
     /// edit to its job variables applies to runs submitted after this.
     static let deploymentCacheSeconds = 10.0
@@ -42,21 +42,24 @@ public final class WorkerContext: Sendable {
         self.notifier = SystemdNotifier(environment: settings.environment)
     }
 
-    /// The deployment, read at most once per `deploymentCacheSeconds`; nil if it no longer exists.
+    /// The deployment, read at most once per `deploymentCacheSeconds` (concurrent callers share one read);
+    /// nil if it no longer exists.
     public func deployment(_ id: String) async throws -> Deployment? {
         let now = Date()
-        if let cached = deployments.withLock({ $0[id] }), now.timeIntervalSince(cached.read) < Self.deploymentCacheSeconds {
-            return cached.deployment
+        let client = self.client
+        let read = deployments.withLock { cache -> Task<Deployment?, Error> in
+            if let cached = cache[id], now.timeIntervalSince(cached.at) < Self.deploymentCacheSeconds { return cached.read }
+            if cache.count > 1000 { cache = cache.filter { now.timeIntervalSince($0.value.at) < Self.deploymentCacheSeconds } }
+            let read = Task { try await client.readDeployment(id) }
+            cache[id] = (read, now)
+            return read
         }
-        guard let deployment = try await client.readDeployment(id) else {
-            deployments.withLock { $0[id] = nil }
-            return nil
+        do {
+            return try await read.value
+        } catch {
+            deployments.withLock { cache in if cache[id]?.at == now { cache[id] = nil } } // do not cache failures
+            throw error
         }
-        deployments.withLock { cache in
-            cache[id] = (deployment, now)
-            if cache.count > 1000 { cache = cache.filter { now.timeIntervalSince($0.value.read) < Self.deploymentCacheSeconds } }
-        }
-        return deployment
     }
 
     /// A flow's name, read once per flow (events name the flow).
