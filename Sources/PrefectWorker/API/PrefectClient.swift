@@ -13,6 +13,9 @@ public final class PrefectClient: Sendable {
     private let loader: ResponseLoader
     private let headers: [String: String]
     private let lastSuccess = Mutex<Date?>(nil)
+    /// Requests in flight at once. More wait here, in Swift, rather than inside libcurl: curl's queue of
+    /// handles waiting for a connection polls on a ~1 ms timer, which burned whole CPU seconds per burst.
+    private let slots = AsyncSemaphore(8)
     /// Bodies larger than this are refused: a worker has no use for them and must not run out of memory.
     static let maxResponseBytes = 32 * 1024 * 1024
 
@@ -36,7 +39,7 @@ public final class PrefectClient: Sendable {
         let configuration = URLSessionConfiguration.ephemeral
         configuration.timeoutIntervalForRequest = requestTimeout
         configuration.timeoutIntervalForResource = requestTimeout * 2
-        configuration.httpMaximumConnectionsPerHost = 8
+        configuration.httpMaximumConnectionsPerHost = 16
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
         configuration.urlCache = nil
         configuration.httpCookieStorage = nil
@@ -84,6 +87,8 @@ public final class PrefectClient: Sendable {
         let response: URLResponse
         let endpointClass = Metrics.endpointClass(method: method, path: path)
         do {
+            try await slots.acquire()
+            defer { slots.release() }
             (data, response) = try await loader.load(request, in: session)
         } catch is CancellationError {
             throw CancellationError()
@@ -114,7 +119,10 @@ public final class PrefectClient: Sendable {
             if let detail = json["detail"] {
                 return String((detail.stringValue ?? detail.encoded()).prefix(500))
             }
-            if let message = json["exception_message"]?.stringValue { return String(message.prefix(500)) }
+            if let message = json["exception_message"]?.stringValue {
+                let detail = json["exception_detail"].map { ": " + ($0.stringValue ?? $0.encoded()) } ?? ""
+                return String((message + detail).prefix(500))
+            }
         }
         let text = String(decoding: data.prefix(200), as: UTF8.self)
             .replacingOccurrences(of: "\n", with: " ")
@@ -296,9 +304,9 @@ extension PrefectClient {
     }
 
     /// `PATCH /flow_runs/{id}` with the infrastructure pid, as Prefect's process worker records it.
-    public func setInfrastructurePID(_ id: String, pid: Int32) async throws {
+    public func setInfrastructurePID(_ id: String, pid: Int32, policy: RetryPolicy = .standard) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))", body: .object(["infrastructure_pid": .string(String(pid))]),
-                       what: "recording pid of flow run \(id)")
+                       what: "recording pid of flow run \(id)", policy: policy)
     }
 
     /// `PATCH /flow_runs/{id}/labels`: merged into the run's labels.
@@ -313,5 +321,56 @@ struct Lenient<T: Decodable>: Decodable {
     let result: Result<T, Error>
     init(from decoder: Decoder) throws {
         do { result = .success(try T(from: decoder)) } catch { result = .failure(error) }
+    }
+}
+
+/// A counting semaphore for async code, FIFO, cancellable while waiting.
+final class AsyncSemaphore: Sendable {
+    private struct State {
+        var available: Int
+        var nextID = 0
+        var waiters: [(id: Int, continuation: CheckedContinuation<Void, Error>)] = []
+    }
+    private let state: Mutex<State>
+
+    init(_ count: Int) { state = Mutex(State(available: count)) }
+
+    func acquire() async throws {
+        let id = state.withLock { state -> Int? in
+            if state.available > 0 {
+                state.available -= 1
+                return nil
+            }
+            state.nextID += 1
+            return state.nextID
+        }
+        guard let id else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+                let cancelled = state.withLock { state -> Bool in
+                    if Task.isCancelled { return true }
+                    state.waiters.append((id, continuation))
+                    return false
+                }
+                if cancelled { continuation.resume(throwing: CancellationError()) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Error>? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    func release() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Error>? in
+            if state.waiters.isEmpty {
+                state.available += 1
+                return nil
+            }
+            return state.waiters.removeFirst().continuation
+        }
+        next?.resume()
     }
 }

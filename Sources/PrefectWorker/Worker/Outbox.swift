@@ -78,11 +78,13 @@ public actor Outbox {
         }
     }
 
-    /// Persists `item` for the run, then tries to deliver the run's items now. Returns true if all arrived.
+    /// Persists `item` for the run, then tries to deliver the run's items now, with a few quick retries only:
+    /// if the server is away the background loop keeps trying, so the caller (a run's supervisor, a drain)
+    /// is not held up. Returns true if all arrived.
     @discardableResult
     public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
         store(runID, items(runID) + [item])
-        return await deliver(runID)
+        return await deliver(runID, policy: .quick)
     }
 
     /// Runs with undelivered items (after a restart, these come from the previous worker).
@@ -93,7 +95,7 @@ public actor Outbox {
 
     /// Delivers the run's items in order; stops at the first one that cannot be delivered now.
     @discardableResult
-    public func deliver(_ runID: String) async -> Bool {
+    public func deliver(_ runID: String, policy: RetryPolicy = .standard) async -> Bool {
         // One delivery per run at a time, so items stay in order; a second caller waits its turn.
         while delivering.contains(runID) {
             await withCheckedContinuation { waiting[runID, default: []].append($0) }
@@ -105,7 +107,7 @@ public actor Outbox {
         }
         while let item = items(runID).first {
             do {
-                try await deliverItem(runID, item)
+                try await deliverItem(runID, item, policy: policy)
             } catch is CancellationError {
                 return false
             } catch let error as APIError where error.isRetryable {
@@ -123,16 +125,16 @@ public actor Outbox {
         return true
     }
 
-    private func deliverItem(_ runID: String, _ item: OutboxItem) async throws {
+    private func deliverItem(_ runID: String, _ item: OutboxItem, policy: RetryPolicy) async throws {
         switch item {
         case .infrastructurePID(let pid):
-            try await client.setInfrastructurePID(runID, pid: pid)
+            try await client.setInfrastructurePID(runID, pid: pid, policy: policy)
         case .finalState(let rawType, let message, let transitionID, let force):
             var type = StateType(rawValue: rawType)
             var message = message
             var force = force
             // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED.
-            let current = try await client.readFlowRun(runID).currentStateType
+            let current = try await client.readFlowRun(runID, policy: policy).currentStateType
             if let current, current.isTerminal {
                 Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
                 Metrics.shared.runFinished(current)
@@ -146,7 +148,7 @@ public actor Outbox {
             var proposal = StateProposal(type, message: message, force: force)
             proposal.transitionID = transitionID
             for _ in 0..<20 {
-                let result = try await client.setState(runID, proposal)
+                let result = try await client.setState(runID, proposal, policy: policy)
                 switch result.status {
                 case .accept:
                     Log.info("reported \(type.rawValue): \(message)", run: runID)

@@ -114,7 +114,7 @@ public final class Worker: Sendable {
         context.events.stopped(pool: context.pool, follows: startedEvent)
         watchdog.cancel()
         for shipper in shippers { shipper.cancel() }
-        await context.outbox.flush(timeout: 10)
+        await context.outbox.flush(timeout: 5)
         await context.logs.flush(timeout: 3)
         await context.events.shipper.flush(timeout: 2)
         Log.info("worker '\(settings.workerName)' stopped")
@@ -384,6 +384,7 @@ public final class Worker: Sendable {
                 let reason = context.shutdown.phase == .terminating
                     ? "Worker '\(settings.workerName)' shut down (stopped a second time before its runs finished)"
                     : "Worker '\(settings.workerName)' shut down and the drain timeout passed"
+                progress.cancel()
                 Log.info("stopping \(inFlight) run(s) in flight")
                 await registry.requestStopAll(reason: reason)
                 await registry.waitUntilEmpty()

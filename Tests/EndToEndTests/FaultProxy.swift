@@ -1,0 +1,378 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fault-injecting HTTP/1.1 proxy in front of the real Prefect server, for the resilience tests.
+///
+/// Listens on 127.0.0.1 (port chosen by the OS). Each connection carries one request: the request line, headers
+/// and `Content-Length` (or chunked) body are read, forwarded to the upstream server with `Connection: close`,
+/// the whole answer is relayed back and the connection is closed. Faults are chosen per request, at run time:
+///
+/// - `failRate`: answered `503 {"exception_message":"Service Unavailable"}` without forwarding;
+/// - `resetRate`: the connection is reset (SO_LINGER 0), half of the time before forwarding, half of the time
+///   *after* forwarding but before relaying the answer (the request took effect, the answer is lost);
+/// - `down`: every connection is reset as soon as it is accepted.
+///
+/// Sockets and threads only (Glibc); every counter and setting is behind one lock.
+final class FaultProxy: @unchecked Sendable {
+    struct Counters: Sendable, CustomStringConvertible {
+        var connections = 0
+        var requests = 0
+        var forwarded = 0
+        var injected503 = 0
+        var resetsBeforeForward = 0
+        var resetsAfterForward = 0
+        var refusedWhileDown = 0
+        var upstreamErrors = 0
+        /// "METHOD /path" of each request whose answer was lost after it took effect.
+        var lostAnswers: [String] = []
+
+        var resets: Int { resetsBeforeForward + resetsAfterForward }
+
+        var description: String {
+            "requests=\(requests) forwarded=\(forwarded) injected503=\(injected503) resetsBeforeForward=\(resetsBeforeForward) "
+                + "resetsAfterForward=\(resetsAfterForward) refusedWhileDown=\(refusedWhileDown) upstreamErrors=\(upstreamErrors)"
+        }
+    }
+
+    let upstreamHost: String
+    let upstreamPort: UInt16
+    private(set) var port: UInt16 = 0
+    private var listenFD: Int32 = -1
+    private let lock = NSLock()
+    private var _failRate = 0.0
+    private var _resetRate = 0.0
+    private var _down = false
+    private var _lostAnswerRate = 0.0
+    private var _lostAnswerPath = ""
+    private var _stopped = false
+    private var _counters = Counters()
+
+    /// `upstream` is the real API URL (`http://host:port/api`); only host and port are used.
+    init(upstream: URL) {
+        upstreamHost = upstream.host ?? "127.0.0.1"
+        upstreamPort = UInt16(upstream.port ?? 80)
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    var failRate: Double {
+        get { locked { _failRate } }
+        set { locked { _failRate = newValue } }
+    }
+
+    var resetRate: Double {
+        get { locked { _resetRate } }
+        set { locked { _resetRate = newValue } }
+    }
+
+    /// Fraction of the requests whose path contains `lostAnswerPath` that are forwarded and then reset before
+    /// the answer is relayed (on top of `resetRate`): aims the "request applied, answer lost" fault.
+    var lostAnswerRate: Double {
+        get { locked { _lostAnswerRate } }
+        set { locked { _lostAnswerRate = newValue } }
+    }
+
+    var lostAnswerPath: String {
+        get { locked { _lostAnswerPath } }
+        set { locked { _lostAnswerPath = newValue } }
+    }
+
+    /// While true, every connection is reset on accept (nothing is read or forwarded).
+    var down: Bool {
+        get { locked { _down } }
+        set { locked { _down = newValue } }
+    }
+
+    var counters: Counters { locked { _counters } }
+
+    /// `http://127.0.0.1:<port>/api`: what the worker is pointed at.
+    var apiURL: String { "http://127.0.0.1:\(port)/api" }
+
+    struct ProxyError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Binds, listens and starts the accept thread.
+    func start() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ProxyError(description: "socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0, listen(fd, 256) == 0 else {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw ProxyError(description: "bind/listen: \(why)")
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        port = UInt16(bigEndian: address.sin_port)
+        listenFD = fd
+        let thread = Thread { [self] in acceptLoop(fd) }
+        thread.name = "FaultProxy.accept"
+        thread.start()
+    }
+
+    /// Stops listening (connections in flight finish on their own threads).
+    func stop() {
+        let fd: Int32 = locked {
+            if _stopped { return -1 }
+            _stopped = true
+            return listenFD
+        }
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    private func acceptLoop(_ fd: Int32) {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if locked({ _stopped }) { return }
+                usleep(10_000)
+                continue
+            }
+            if locked({ _stopped }) {
+                Self.reset(client)
+                return
+            }
+            let thread = Thread { [self] in handle(client) }
+            thread.name = "FaultProxy.connection"
+            thread.start()
+        }
+    }
+
+    // MARK: - One connection
+
+    private enum Fault {
+        case none, fail503, resetBefore, resetAfter
+    }
+
+    private func decideFault(_ summary: String) -> Fault {
+        locked {
+            _counters.requests += 1
+            if !_lostAnswerPath.isEmpty, summary.contains(_lostAnswerPath), Double.random(in: 0..<1) < _lostAnswerRate {
+                return .resetAfter
+            }
+            if Double.random(in: 0..<1) < _failRate {
+                _counters.injected503 += 1
+                return .fail503
+            }
+            if Double.random(in: 0..<1) < _resetRate {
+                if Bool.random() {
+                    _counters.resetsBeforeForward += 1
+                    return .resetBefore
+                }
+                return .resetAfter
+            }
+            return .none
+        }
+    }
+
+    private func handle(_ client: Int32) {
+        let isDown: Bool = locked {
+            _counters.connections += 1
+            if _down { _counters.refusedWhileDown += 1 }
+            return _down
+        }
+        if isDown {
+            Self.reset(client)
+            return
+        }
+        Self.setTimeouts(client, seconds: 60)
+        guard let request = readRequest(client) else {
+            close(client)
+            return
+        }
+        switch decideFault(request.summary) {
+        case .fail503:
+            let body = #"{"exception_message":"Service Unavailable"}"#
+            let answer = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            Self.sendAll(client, Array(answer.utf8))
+            Self.finish(client)
+        case .resetBefore:
+            Self.reset(client)
+        case .resetAfter:
+            let answer = forward(request)
+            locked {
+                if answer != nil { _counters.forwarded += 1 }
+                _counters.resetsAfterForward += 1
+                _counters.lostAnswers.append(request.summary)
+            }
+            Self.reset(client)
+        case .none:
+            guard let answer = forward(request) else {
+                locked { _counters.upstreamErrors += 1 }
+                let body = #"{"exception_message":"Bad Gateway (fault proxy could not reach the server)"}"#
+                let text = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+                Self.sendAll(client, Array(text.utf8))
+                Self.finish(client)
+                return
+            }
+            locked { _counters.forwarded += 1 }
+            Self.sendAll(client, answer)
+            Self.finish(client)
+        }
+    }
+
+    private struct Request {
+        var head: [UInt8]
+        var body: [UInt8]
+        var summary: String
+    }
+
+    /// Reads one request; rewrites its head for the upstream (Host, Connection: close, no Expect/Keep-Alive).
+    private func readRequest(_ fd: Int32) -> Request? {
+        var buffer: [UInt8] = []
+        let separator: [UInt8] = Array("\r\n\r\n".utf8)
+        var headEnd: Int?
+        while headEnd == nil {
+            guard let chunk = Self.receive(fd), !chunk.isEmpty else { return nil }
+            buffer += chunk
+            headEnd = Self.find(separator, in: buffer)
+            if headEnd == nil, buffer.count > 1 << 20 { return nil }
+        }
+        let end = headEnd!
+        let headText = String(decoding: buffer[..<end], as: UTF8.self)
+        var body = Array(buffer[(end + 4)...])
+        var lines = headText.components(separatedBy: "\r\n")
+        guard !lines.isEmpty else { return nil }
+        let requestLine = lines.removeFirst()
+        var headers: [(String, String)] = []
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.append((String(line[..<colon]).trimmingCharacters(in: .whitespaces),
+                            String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+        }
+        func header(_ name: String) -> String? {
+            headers.first { $0.0.lowercased() == name }?.1
+        }
+        if header("expect")?.lowercased() == "100-continue" {
+            Self.sendAll(fd, Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        }
+        if let length = header("content-length").flatMap({ Int($0) }) {
+            while body.count < length {
+                guard let chunk = Self.receive(fd), !chunk.isEmpty else { return nil }
+                body += chunk
+            }
+            body = Array(body.prefix(length))
+        } else if header("transfer-encoding")?.lowercased().contains("chunked") == true {
+            let last: [UInt8] = Array("0\r\n\r\n".utf8)
+            while !(body.count >= last.count && Array(body.suffix(last.count)) == last) {
+                guard let chunk = Self.receive(fd), !chunk.isEmpty else { return nil }
+                body += chunk
+            }
+        }
+        let dropped: Set<String> = ["connection", "keep-alive", "expect", "host", "proxy-connection"]
+        var head = requestLine + "\r\n"
+        head += "Host: \(upstreamHost):\(upstreamPort)\r\n"
+        for (name, value) in headers where !dropped.contains(name.lowercased()) {
+            head += "\(name): \(value)\r\n"
+        }
+        head += "Connection: close\r\n\r\n"
+        let parts = requestLine.split(separator: " ")
+        let path = parts.count > 1 ? String(parts[1].split(separator: "?").first ?? parts[1]) : "?"
+        let summary = (parts.first.map(String.init) ?? "?") + " " + path
+        return Request(head: Array(head.utf8), body: body, summary: summary)
+    }
+
+    /// Sends the request upstream and reads the whole answer (until the server closes). Nil on any error.
+    private func forward(_ request: Request) -> [UInt8]? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        Self.setTimeouts(fd, seconds: 60)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr(upstreamHost == "localhost" ? "127.0.0.1" : upstreamHost)
+        address.sin_port = upstreamPort.bigEndian
+        let connected = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return nil }
+        guard Self.sendAll(fd, request.head + request.body) else { return nil }
+        var answer: [UInt8] = []
+        while true {
+            guard let chunk = Self.receive(fd) else { return nil }
+            if chunk.isEmpty { break }
+            answer += chunk
+        }
+        return answer.isEmpty ? nil : answer
+    }
+
+    // MARK: - Socket helpers
+
+    private static func setTimeouts(_ fd: Int32, seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Some bytes, [] at end of stream, nil on error.
+    private static func receive(_ fd: Int32) -> [UInt8]? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            return Array(chunk.prefix(n))
+        }
+    }
+
+    @discardableResult
+    private static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += n
+        }
+        return true
+    }
+
+    private static func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] {
+            if Array(haystack[i..<(i + needle.count)]) == needle { return i }
+        }
+        return nil
+    }
+
+    /// Abrupt close: SO_LINGER 0, so the peer gets a RST.
+    private static func reset(_ fd: Int32) {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        close(fd)
+    }
+
+    /// Orderly close after an answer: half-close, drain briefly, close.
+    private static func finish(_ fd: Int32) {
+        shutdown(fd, Int32(SHUT_WR))
+        var tv = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while scratch.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }) > 0 {}
+        close(fd)
+    }
+}
