@@ -22,19 +22,56 @@ struct RunRecord: Sendable {
     var isTerminal: Bool { BenchAPI.terminal.contains(stateType) }
 }
 
-/// The few REST calls the bench makes, on the worker's own `PrefectClient` (same retries, same connection limit).
+/// An HTTP answer that is not 2xx.
+struct HTTPStatusError: Error, CustomStringConvertible {
+    var method: String
+    var path: String
+    var status: Int
+    var body: String
+    var description: String { "\(status) from \(method) \(path): \(body.prefix(300))" }
+}
+
+/// The REST calls the bench makes. Its own calls go through `PlainHTTP` (see there why not URLSession), with
+/// retries on connection errors, timeouts, 408, 429 and 5xx (Retry-After honoured); `client` is the worker's
+/// own `PrefectClient`, used for the server ceiling.
 struct BenchAPI: Sendable {
     static let terminal = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
     let client: PrefectClient
+    let http: PlainHTTP
+    /// How many runs are created at once: on SQLite more than 2 concurrent writers mostly buy 503s ("database
+    /// is locked") and back-off (measured here: 20 runs/s with 2, 5 runs/s with 8).
+    let createConcurrency: Int
 
-    init(url: URL) {
+    init(url: URL, createConcurrency: Int = 2) throws {
         client = PrefectClient(baseURL: url, apiKey: nil, authString: nil)
+        http = try PlainHTTP(url: url)
+        self.createConcurrency = createConcurrency
     }
 
     @discardableResult
     func call(_ method: String, _ path: String, _ body: JSON? = nil, policy: RetryPolicy = .standard) async throws -> JSON {
-        let data = try await client.send(method, path, body: body, what: "\(method) \(path)", policy: policy)
-        return data.isEmpty ? .null : try JSON.decode(data)
+        let payload = body.map { Data($0.encoded().utf8) }
+        var attempt = 0
+        while true {
+            attempt += 1
+            var retryAfter: Double?
+            let failure: Error
+            do {
+                let response = try await http.send(method, path, body: payload)
+                if (200..<300).contains(response.status) {
+                    return response.body.isEmpty ? .null : try JSON.decode(response.body)
+                }
+                let error = HTTPStatusError(method: method, path: path, status: response.status,
+                                            body: String(decoding: response.body, as: UTF8.self))
+                guard RetryPolicy.isRetryable(status: response.status) else { throw error }
+                retryAfter = RetryPolicy.parseRetryAfter(response.headers["retry-after"])
+                failure = error
+            } catch let error as PlainHTTP.Failure {
+                failure = error
+            }
+            guard attempt < policy.maxAttempts else { throw failure }
+            await Clock.sleep(policy.delay(afterAttempt: attempt, retryAfter: retryAfter))
+        }
     }
 
     /// A `process` pool with Prefect's default template (so neither worker has to install it).
@@ -43,7 +80,7 @@ struct BenchAPI: Sendable {
             try await call("POST", "/work_pools/", .object([
                 "name": .string(name), "type": "process", "base_job_template": JobTemplate.defaultProcessTemplate,
             ]))
-        } catch let error as APIError where error.status == 409 {}
+        } catch let error as HTTPStatusError where error.status == 409 {}
     }
 
     func createFlow(_ name: String) async throws -> String {
@@ -68,15 +105,19 @@ struct BenchAPI: Sendable {
     }
 
     /// Creates `count` runs of a deployment, `concurrency` requests at a time, SCHEDULED at `at` (now if nil).
-    func createRuns(_ deployment: String, count: Int, at: Date?, concurrency: Int = 8) async throws -> [String] {
+    /// Each carries its own idempotency key, so a retried request (its answer lost to a timeout) cannot
+    /// create a second run.
+    func createRuns(_ deployment: String, count: Int, at: Date?) async throws -> [String] {
         var body: [String: JSON] = [:]
         if let at {
             body["state"] = .object(["type": "SCHEDULED", "name": "Scheduled",
                                      "state_details": .object(["scheduled_time": .string(Timestamp.format(at))])])
         }
-        let request = JSON.object(body)
-        return try await concurrentMap(Array(0..<count), concurrency: concurrency) { _ in
-            guard let id = try await call("POST", "/deployments/\(deployment)/create_flow_run", request)["id"]?.stringValue else {
+        let template = body
+        return try await concurrentMap(Array(0..<count), concurrency: createConcurrency) { _ in
+            var request = template
+            request["idempotency_key"] = .string(UUID().uuidString.lowercased())
+            guard let id = try await call("POST", "/deployments/\(deployment)/create_flow_run", .object(request))["id"]?.stringValue else {
                 throw BenchError("create_flow_run returned no id")
             }
             return id

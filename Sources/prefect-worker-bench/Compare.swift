@@ -16,15 +16,9 @@ struct Compare {
 
     func run() async throws -> CompareResult {
         let flow = try await api.createFlow("bench")
-        var result = CompareResult(database: database, settings: settings, ceiling: nil, workers: [])
-
-        log("server ceiling: \(settings.runs) runs PENDING → RUNNING → COMPLETED with set_state alone")
-        try await api.createPool("bench-ceiling")
-        let ceilingDeployment = try await api.createDeployment("ceiling", flow: flow, pool: "bench-ceiling",
-                                                               jobVariables: ["command": .string(settings.commandJob)])
-        let ceiling = try await measureCeiling(api: api, deployment: ceilingDeployment, runs: settings.runs, database: database)
-        log(String(format: "server ceiling: %.1f runs/s (%d not accepted)", ceiling.runsPerSecond, ceiling.notAccepted))
-        result.ceiling = ceiling
+        let (ceiling, plainCeiling) = try await measureCeilings(api: api, flow: flow, pool: "bench-ceiling", runs: settings.runs,
+                                                                database: database, log: log)
+        var result = CompareResult(database: database, settings: settings, ceiling: ceiling, plainCeiling: plainCeiling, workers: [])
 
         for kind in kinds {
             result.workers.append(await measure(kind, flow: flow))
@@ -44,12 +38,14 @@ struct Compare {
         var worker: (pid: pid_t, started: Double, name: String)?
         do {
             try await api.createPool(pool)
-            let commandDeployment = try await api.createDeployment("command-\(kind.rawValue)", flow: flow, pool: pool,
+            // Fresh deployments each time, so runs of an earlier bench on the same server are never counted.
+            let tag = "\(kind.rawValue)-\(UUID().uuidString.prefix(6).lowercased())"
+            let commandDeployment = try await api.createDeployment("command-\(tag)", flow: flow, pool: pool,
                                                                    jobVariables: ["command": .string(settings.commandJob)])
             let pull = JSON.array([.object(["prefect.deployments.steps.set_working_directory": .object(["directory": .string(fixtures)])])])
-            let engineDeployment = try await api.createDeployment("engine-\(kind.rawValue)", flow: flow, pool: pool,
+            let engineDeployment = try await api.createDeployment("engine-\(tag)", flow: flow, pool: pool,
                                                                   entrypoint: "flows.py:hello", pullSteps: pull)
-            let sleepDeployment = try await api.createDeployment("sleep-\(kind.rawValue)", flow: flow, pool: pool,
+            let sleepDeployment = try await api.createDeployment("sleep-\(tag)", flow: flow, pool: pool,
                                                                  jobVariables: ["command": .string(settings.cancelJob)])
 
             // Start-up: process start → ONLINE in the pool; each sample a fresh process and name. The last one
@@ -172,7 +168,11 @@ struct Compare {
             }
             await Clock.sleep(tick + 0.05 - Clock.now)
         }
-        sample.finalState = final?.stateType ?? ((try? await api.readRun(id).stateType) ?? "UNKNOWN")
+        if let final {
+            sample.finalState = final.stateType
+        } else {
+            sample.finalState = (try? await api.readRun(id))?.stateType ?? "UNKNOWN"
+        }
         if let end = final?.stateTime, let cancellingAt { sample.serverSeconds = end.timeIntervalSince(cancellingAt) }
         // The job is gone once it is no descendant of the worker any more (or only a zombie not yet reaped).
         sample.jobGone = !Proc.descendants(of: workerPID).contains(jobPID) || Proc.statFields(jobPID)?.first == "Z"

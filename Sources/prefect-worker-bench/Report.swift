@@ -4,9 +4,9 @@ import Foundation
 struct Report {
     var results: Results
 
-    init(compare: CompareResult?, scale: ScaleResult?, mode: String, versions: [String: String]) {
+    init(compare: CompareResult?, scale: ScaleResult?, mode: String, command: String, versions: [String: String]) {
         let date = ISO8601DateFormatter().string(from: Date())
-        results = Results(date: date, mode: mode, machine: Proc.machine(), versions: versions,
+        results = Results(date: date, mode: mode, command: command, machine: Proc.machine(), versions: versions,
                           compare: compare, scale: scale, targets: [])
         results.targets = Report.targets(compare: compare, scale: scale)
     }
@@ -77,6 +77,18 @@ struct Report {
         return targets
     }
 
+    /// What makes a smoke run fail: our worker did not do its job (not: a target missed).
+    func smokeProblems() -> [String] {
+        guard let ours = swift else { return ["our worker was not measured"] }
+        var problems = ours.errors
+        for burst in [ours.commandBurst, ours.engineBurst].compactMap({ $0 }) where burst.notCompleted > 0 {
+            problems.append("\(burst.notCompleted) of \(burst.runs) \(burst.job) runs did not complete: " + burst.states.map { "\($0.state) \($0.count)" }.joined(separator: ", "))
+        }
+        if ours.commandBurst == nil { problems.append("no command burst") }
+        if let cancel = ours.cancellation, cancel.failed > 0 { problems.append("\(cancel.failed) cancellation(s) failed") }
+        return problems
+    }
+
     // MARK: - Markdown
 
     func markdown() -> String {
@@ -86,8 +98,9 @@ struct Report {
         out.append("# prefect-worker benchmark\n")
         out.append("- Date: \(results.date) (mode: \(results.mode))")
         out.append("- Machine: \(m.nproc) CPUs (`nproc`), \(m.cpuModel), \(m.memoryMib) MiB memory, Linux \(m.kernel)")
-        out.append("- Versions: prefect \(v["prefect"] ?? "?"), fastapi \(v["fastapi"] ?? "?"), \(v["swift"] ?? "swift ?"), prefect-worker \(v["worker"] ?? "?")")
-        out.append("- Command: `\(v["command"] ?? "scripts/bench")`\n")
+        out.append("- Versions: prefect \(v["prefect"] ?? "?"), fastapi \(v["fastapi"] ?? "?"), \(v["swift"] ?? "swift ?"), prefect-worker \(v["worker"] ?? "?")"
+                   + (v["postgresql"].map { ", PostgreSQL \($0)" } ?? ""))
+        out.append("- Command: `\(results.command)`\n")
 
         if let compare = results.compare {
             let s = compare.settings
@@ -126,8 +139,13 @@ struct Report {
             row("Errors") { $0.errors.isEmpty ? "none" : $0.errors.joined(separator: "; ") }
             if let c = compare.ceiling {
                 out.append("")
-                out.append(String(format: "Server ceiling on %@ (%d pre-created runs, PENDING → RUNNING → COMPLETED by set_state alone, one task per run on one PrefectClient, 8 connections): **%.1f runs/s** (%.2f s, %d not accepted). Creating runs: %.1f runs/s.",
-                                  c.database, c.runs, c.runsPerSecond, c.seconds, c.notAccepted, c.createRunsPerSecond))
+                out.append(String(format: "Server ceiling on %@ (%d pre-created runs, PENDING → RUNNING → COMPLETED by set_state alone, one task per run on one PrefectClient, 8 connections): **%.1f runs/s** (%.2f s, %d not accepted; the client itself used %.2f s of CPU). Creating runs: %.1f runs/s.",
+                                  c.database, c.runs, c.runsPerSecond, c.seconds, c.notAccepted, c.clientCpuSeconds, c.createRunsPerSecond))
+            }
+            if let p = compare.plainCeiling {
+                out.append("")
+                out.append(String(format: "The same with the bench's own plain-socket client (8 runs at a time, no URLSession): %.1f runs/s (%.2f s, %d not accepted; client CPU %.2f s).",
+                                  p.runsPerSecond, p.seconds, p.notAccepted, p.clientCpuSeconds))
             }
             out.append("")
         }
@@ -135,13 +153,18 @@ struct Report {
         if let scale = results.scale {
             out.append("## Scale: our workers on one pool (Prefect server on \(scale.database))\n")
             if let c = scale.ceiling {
-                out.append(String(format: "Server ceiling on %@: **%.1f runs/s** (%d runs, %d not accepted).\n", c.database, c.runsPerSecond, c.runs, c.notAccepted))
+                out.append(String(format: "Server ceiling on %@ (PrefectClient, as above): **%.1f runs/s** (%d runs, %d not accepted; client CPU %.2f s).", c.database, c.runsPerSecond, c.runs, c.notAccepted, c.clientCpuSeconds))
             }
+            if let p = scale.plainCeiling {
+                out.append(String(format: "With the plain-socket client: %.1f runs/s (%d not accepted; client CPU %.2f s).", p.runsPerSecond, p.notAccepted, p.clientCpuSeconds))
+            }
+            out.append("")
             out.append("| Workers | Runs | First scheduled → all terminal | Throughput | × ceiling | Final states | Executions (file lines) | Exactly once | Peak RSS per worker | CPU per worker |")
             out.append("|---|---|---|---|---|---|---|---|---|---|")
             for c in scale.cases {
                 let states = c.states.map { "\($0.state) \($0.count)" }.joined(separator: ", ")
-                let once = c.exactlyOnce ? "yes" : "NO (missing \(c.missing), duplicated \(c.duplicated), unknown \(c.unknown))"
+                let once = (c.exactlyOnce ? "yes" : "NO (missing \(c.missing), duplicated \(c.duplicated), unknown \(c.unknown))")
+                    + (c.extraRuns > 0 ? "; \(c.extraRuns) extra run(s) created" : "")
                 out.append("| \(c.workers) | \(c.runs) | \(c.seconds.map { String(format: "%.2f s", $0) } ?? "not all terminal") | \(c.runsPerSecond.map { String(format: "%.1f runs/s", $0) } ?? "—") | \(c.fractionOfCeiling.map { String(format: "%.2f", $0) } ?? "—") | \(states) | \(c.executions) | \(once) | \(c.workerPeakRssKb.map(mib).joined(separator: ", ")) | \(c.workerCpuSeconds.map { String(format: "%.2f s", $0) }.joined(separator: ", ")) |")
             }
             out.append("")
@@ -189,12 +212,14 @@ struct Report {
         lines += [
             "- Start-up: from just before the process is spawned until `POST /work_pools/{pool}/workers/filter {}` (polled every 50 ms) lists the worker's name as ONLINE; each sample is a fresh process with a fresh name. The last one stays up for everything after.",
             "- Idle memory: the worker process only, read from `/proc/PID/status` (VmRSS) and `/proc/PID/smaps_rollup` (Pss_Anon, Private_Dirty) that many seconds after it started, on an empty pool. 1 MiB = 1024 kB as /proc reports them.",
-            "- Bursts: the runs are created with one scheduled start time T a few seconds ahead (far enough for all of them to exist before T; the creation rate is learnt from the ceiling phase) while the worker is idle and ONLINE; with prefetch 0 no worker claims one before T. Throughput = runs / (last terminal state timestamp − T), server timestamps. The bench counts terminal runs every 250 ms and stops at the bound (60 s + 0.5 s per run for commands, 120 s + 6 s per run for engine flows, counted from T).",
+            "- Bursts: the runs are created (2 at a time on SQLite, where more concurrent writers only buy 503s; 4 on PostgreSQL) with one scheduled start time T a few seconds ahead (far enough for all of them to exist before T; the creation rate is learnt from the ceiling phase and the previous burst) while the worker is idle and ONLINE; with prefetch 0 no worker claims one before T. Throughput = runs / (last terminal state timestamp − T), server timestamps. The bench counts terminal runs every 250 ms and stops at the bound (60 s + 0.5 s per run for commands, 120 s + 6 s per run for engine flows, counted from T).",
             "- Prefect's worker never proposes RUNNING or COMPLETED for a run with an explicit `command`: it leaves it PENDING/Submitting for ever (protocol reference, section 7). Its command burst therefore completes 0 runs; it is measured honestly as such, and its dispatch rate is shown as \"jobs started\" (the Submitting state, proposed just before the spawn; ours: RUNNING's start_time). Its burst ends when every run is terminal or Submitting (+3 s to confirm nothing else happens).",
             "- Peak RSS: VmRSS of the worker process sampled every 100 ms from before the runs are created until the end; VmHWM is read after the burst (it is the peak since the worker started, so it includes the start-up).",
-            "- CPU per run: utime+stime of the worker process only (`/proc/PID/stat` fields 14 and 15 ÷ CLK_TCK; jobs are not counted), from before the runs are created until the burst is seen to be over, divided by the number of runs.",
+            "- CPU per run: utime+stime of the worker process only (`/proc/PID/stat` fields 14 and 15 ÷ CLK_TCK; jobs are not counted), from the scheduled time T (nothing can be claimed earlier) until the burst is seen to be over, divided by the number of runs.",
             "- Cancellation: one run of the job at a time; once its job runs (ours: RUNNING with an infrastructure pid; Prefect's: an infrastructure pid) and after a random 0.5–1.5 s, `POST /flow_runs/{id}/set_state {\"state\":{\"type\":\"CANCELLING\"}}`, then `GET /flow_runs/{id}` every 50 ms until CANCELLED (at most 60 s). A sample counts only if the run is CANCELLED and the job process is gone. Our worker polls for CANCELLING every 2 s (its default), so its latency is that poll interval's phase plus the teardown and report.",
-            "- Server ceiling: the server's pace for the state changes alone, without any job: `set_state` PENDING, RUNNING, COMPLETED for each pre-created SCHEDULED run, one task per run on one PrefectClient (which allows 8 connections, like the worker's). A worker additionally polls, labels the run, records the pid, ships logs and events and reads the run before its final state.",
+            "- Server ceiling: the server's pace for the state changes alone, without any job: `set_state` PENDING, RUNNING, COMPLETED for each pre-created SCHEDULED run, one task per run on one PrefectClient (which allows 8 connections, like the worker's). A worker additionally polls, labels the run, records the pid, ships logs and events and reads the run before its final state. It is measured a second time with the bench's own plain-socket HTTP client (8 runs at a time, one connection per request), because URLSession on Linux busy-polls while it waits for a response (see below) and so takes CPU from the server on a small machine.",
+            "- The bench's own calls (creating runs, counting, reading, polling the workers list) use that plain-socket client, not URLSession, so the measuring tool does not spin on CPU beside the measured worker. Created runs carry an idempotency key, so a retried creation never adds a run.",
+            "- URLSession (swift-corelibs-foundation FoundationNetworking, libcurl multi + DispatchSources) keeps the write-readiness source of a socket registered after curl has sent the request and asks only for read readiness; the socket stays writable, so the source fires in a loop (`curl_multi_socket_action` with nothing to do) until the response arrives. A single request waiting 2 s for a slow server costs about 1.3 s of CPU. The worker's CPU per run therefore grows with the server's response time.",
             "- Scale: N of our workers on one pool, the server on PostgreSQL 15 (throwaway cluster on a free local port); each job is `sh -c 'echo \"$PREFECT__FLOW_RUN_ID\" >> FILE'`; exactly once = every run's id is in FILE exactly once and nothing else is.",
             "- Targets: idle RSS ≤ 30 MiB with ≤ 8 MiB private; peak RSS in a 200-run burst ≤ 45 MiB; start-up to ONLINE ≥ 10× faster than Python; burst throughput ≥ 0.8× the server's ceiling with 0 lost or wrongly crashed; CANCELLING → CANCELLED ≤ 1.5 s; CPU per run ≤ 1/10 of Python's.",
         ]

@@ -74,11 +74,14 @@ struct WorkerResult: Codable, Sendable {
 /// `PrefectClient` (8 connections, as in the worker).
 struct CeilingResult: Codable, Sendable {
     var database: String
+    var client: String              // "PrefectClient" (the worker's) or "PlainHTTP" (the bench's own)
     var runs: Int
     var seconds: Double
     var runsPerSecond: Double
     var notAccepted: Int
     var createRunsPerSecond: Double
+    /// CPU (user+system) the client itself used for those set_state calls.
+    var clientCpuSeconds: Double
 }
 
 /// How many runs ended in one state ("COMPLETED/Completed").
@@ -110,6 +113,7 @@ struct CompareResult: Codable, Sendable {
     var database: String
     var settings: CompareSettings
     var ceiling: CeilingResult?
+    var plainCeiling: CeilingResult?
     var workers: [WorkerResult]
 }
 
@@ -127,6 +131,7 @@ struct ScaleCase: Codable, Sendable {
     var duplicated: Int             // runs whose id is there more than once
     var unknown: Int                // lines that are no run of this case
     var exactlyOnce: Bool
+    var extraRuns: Int              // runs of the deployment beyond those created (should be 0)
     var workerPeakRssKb: [Int]
     var workerCpuSeconds: [Double]
 }
@@ -134,6 +139,7 @@ struct ScaleCase: Codable, Sendable {
 struct ScaleResult: Codable, Sendable {
     var database: String
     var ceiling: CeilingResult?
+    var plainCeiling: CeilingResult?
     var cases: [ScaleCase]
 }
 
@@ -147,6 +153,7 @@ struct Target: Codable, Sendable {
 struct Results: Codable, Sendable {
     var date: String
     var mode: String
+    var command: String
     var machine: MachineInfo
     var versions: [String: String]
     var compare: CompareResult?

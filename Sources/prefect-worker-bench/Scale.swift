@@ -19,13 +19,9 @@ struct Scale {
 
     func run() async throws -> ScaleResult {
         let flow = try await api.createFlow("bench-scale")
-        log("scale: server ceiling on \(database): \(runs) runs")
-        try await api.createPool("scale-ceiling")
-        let ceilingDeployment = try await api.createDeployment("scale-ceiling", flow: flow, pool: "scale-ceiling",
-                                                               jobVariables: ["command": "true"])
-        let ceiling = try await measureCeiling(api: api, deployment: ceilingDeployment, runs: runs, database: database)
-        log(String(format: "scale: server ceiling %.1f runs/s (%d not accepted)", ceiling.runsPerSecond, ceiling.notAccepted))
-        var result = ScaleResult(database: database, ceiling: ceiling, cases: [])
+        let (ceiling, plainCeiling) = try await measureCeilings(api: api, flow: flow, pool: "scale-ceiling", runs: runs,
+                                                                database: database, log: log)
+        var result = ScaleResult(database: database, ceiling: ceiling, plainCeiling: plainCeiling, cases: [])
         for count in workerCounts {
             result.cases.append(try await scaleCase(count, flow: flow, ceiling: ceiling.runsPerSecond))
         }
@@ -35,9 +31,9 @@ struct Scale {
     func scaleCase(_ count: Int, flow: String, ceiling: Double) async throws -> ScaleCase {
         let pool = "scale-\(count)"
         let file = "\(launcher.work)/scale-\(count).ids"
-        FileManager.default.createFile(atPath: file, contents: nil)
+        guard FileManager.default.createFile(atPath: file, contents: nil) else { throw BenchError("cannot create \(file)") }
         try await api.createPool(pool)
-        let deployment = try await api.createDeployment("scale-\(count)", flow: flow, pool: pool, jobVariables: [
+        let deployment = try await api.createDeployment("scale-\(count)-\(UUID().uuidString.prefix(6).lowercased())", flow: flow, pool: pool, jobVariables: [
             "command": .string("sh -c 'echo \"$PREFECT__FLOW_RUN_ID\" >> \(file)'"),
         ])
         var pids: [pid_t] = []
@@ -57,7 +53,8 @@ struct Scale {
         let lines = ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
         var seen: [String: Int] = [:]
         for line in lines { seen[line, default: 0] += 1 }
-        let ids = Set(outcome.ids)
+        // Every run of the deployment counts, also one a retried creation might have added.
+        let ids = Set(outcome.ids).union(outcome.records.map(\.id))
         let missing = ids.filter { seen[$0] == nil }.count
         let duplicated = ids.filter { (seen[$0] ?? 0) > 1 }.count
         let unknown = seen.keys.filter { !ids.contains($0) }.count
@@ -67,7 +64,8 @@ struct Scale {
             fractionOfCeiling: rate.map { $0 / ceiling }, states: StateCount.tally(outcome.records),
             completed: outcome.completed, notCompleted: runs - outcome.completed, executions: lines.count,
             missing: missing, duplicated: duplicated, unknown: unknown,
-            exactlyOnce: missing == 0 && duplicated == 0 && unknown == 0 && lines.count == runs,
+            exactlyOnce: missing == 0 && duplicated == 0 && unknown == 0 && lines.count == ids.count,
+            extraRuns: ids.count - outcome.ids.count,
             workerPeakRssKb: zip(outcome.peaks, outcome.hwm).map { max($0, $1) }, workerCpuSeconds: outcome.cpuSeconds)
         log("scale: \(count) worker(s): \(rate.map { String(format: "%.1f runs/s", $0) } ?? "not all terminal"), \(result.completed) COMPLETED, exactly once: \(result.exactlyOnce) (missing \(missing), duplicated \(duplicated), unknown \(unknown))")
         return result

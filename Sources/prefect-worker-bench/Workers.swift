@@ -25,6 +25,9 @@ struct WorkerLauncher: Sendable {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("PREFECT_") }
         env["PATH"] = "\(venv)/bin:" + (env["PATH"] ?? "/usr/bin:/bin")
         env["PREFECT_API_URL"] = apiURL
+        // Marks the bench's workers (and, inherited, their jobs) so scripts/bench can tell a pid it recorded from
+        // a reused one before it signals it.
+        env["BENCH_WORK_DIR"] = work
         env["PREFECT_WORKER_QUERY_SECONDS"] = String(querySeconds)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = String(prefetchSeconds)
         if kind == .python {
