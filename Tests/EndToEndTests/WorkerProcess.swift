@@ -77,6 +77,15 @@ final class WorkerProcess: @unchecked Sendable {
             if Date() >= deadline { return nil }
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
+        // Foundation's Process can report !isRunning a moment before it has stored the termination status
+        // (read as 0 meanwhile); waitUntilExit returns once the status is set.
+        let process = self.process
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                process.waitUntilExit()
+                done.resume()
+            }
+        }
         return exitCode
     }
 
