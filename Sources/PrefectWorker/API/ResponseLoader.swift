@@ -4,8 +4,9 @@ import FoundationNetworking
 #endif
 import Synchronization
 
-/// Loads a response body, but never more than a limit: a body announced or found to be larger is
-/// abandoned as soon as that is known, so an answer of any size cannot exhaust the worker's memory.
+/// Loads a response body, keeping at most `limit` bytes of it: a body announced or found to be larger is
+/// abandoned as soon as that is known and reported as an error. (URLSession on Linux may still read and
+/// buffer some of the body before the cancel takes effect: the limit bounds what the worker keeps.)
 final class ResponseLoader: NSObject, URLSessionDataDelegate, @unchecked Sendable { // state is in `tasks`
     struct TooLarge: Error {
         let bytes: Int64
