@@ -7,6 +7,7 @@ struct RunRecord: Sendable {
     var stateType: String
     var stateName: String
     var stateTime: Date?
+    var stateMessage: String?
     var startTime: Date?
     var infrastructurePID: String?
 
@@ -15,6 +16,7 @@ struct RunRecord: Sendable {
         stateType = json["state_type"]?.stringValue ?? json["state"]?["type"]?.stringValue ?? "NONE"
         stateName = json["state_name"]?.stringValue ?? json["state"]?["name"]?.stringValue ?? ""
         stateTime = json["state"]?["timestamp"]?.stringValue.flatMap(Timestamp.parse)
+        stateMessage = json["state"]?["message"]?.stringValue
         startTime = json["start_time"]?.stringValue.flatMap(Timestamp.parse)
         infrastructurePID = json["infrastructure_pid"]?.stringValue
     }

@@ -193,6 +193,13 @@ struct Report {
             }
         }
         row("  final states") { w in w[keyPath: path].map { $0.states.map { "\($0.state) \($0.count)" }.joined(separator: ", ") } }
+        if results.compare?.workers.contains(where: { !($0[keyPath: path]?.otherMessages ?? []).isEmpty }) == true {
+            row("  messages of runs not COMPLETED") { w in
+                w[keyPath: path].flatMap { $0.otherMessages }.map { messages in
+                    messages.isEmpty ? "none" : messages.map { "\($0.count) × \($0.state.replacingOccurrences(of: "|", with: "/"))" }.joined(separator: "; ")
+                }
+            }
+        }
         row("  jobs started: first scheduled → last start") { w in
             w[keyPath: path].map { b in
                 b.launchSeconds.map { String(format: "%.2f s (%.1f starts/s)", $0, b.launchesPerSecond ?? 0) } ?? "\(b.launched) of \(b.runs) started"

@@ -31,6 +31,8 @@ struct BurstResult: Codable, Sendable {
     var seconds: Double?
     var runsPerSecond: Double?
     var states: [StateCount]        // at the end of the measurement
+    /// The messages of runs that did not end COMPLETED ("CRASHED: Flow run could not start: …"), most common first.
+    var otherMessages: [StateCount]?
     var completed: Int
     var notCompleted: Int
     /// Runs with an infrastructure pid (their job was started), and first scheduled time → last job start
@@ -93,6 +95,19 @@ struct StateCount: Codable, Sendable {
         var counts: [String: Int] = [:]
         for run in runs { counts["\(run.stateType)/\(run.stateName)", default: 0] += 1 }
         return counts.sorted { $0.key < $1.key }.map { StateCount(state: $0.key, count: $0.value) }
+    }
+
+    /// The state messages of runs that are not COMPLETED, the 5 most common (messages cut at 200 characters).
+    static func messages(_ runs: [RunRecord]) -> [StateCount] {
+        var counts: [String: Int] = [:]
+        let uuid = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/
+        for run in runs where run.stateType != "COMPLETED" {
+            // Run ids in messages (URLs) would make every message unique.
+            let message = String((run.stateMessage ?? "").replacing(uuid, with: "<id>").prefix(200))
+            counts["\(run.stateType)/\(run.stateName)" + (message.isEmpty ? "" : ": " + message), default: 0] += 1
+        }
+        return counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.prefix(5)
+            .map { StateCount(state: $0.key, count: $0.value) }
     }
 }
 

@@ -10,7 +10,8 @@ let usage = """
 Usage:
   prefect-worker-bench compare --api URL --worker BIN --venv DIR --fixtures DIR --work DIR --out FILE
                                [--runs 200] [--engine-runs 50] [--startup-samples 3] [--cancel-samples 5]
-                               [--idle-seconds 30] [--query-seconds 1] [--prefetch-seconds 0] [--no-python]
+                               [--idle-seconds 30] [--query-seconds 1] [--prefetch-seconds 0]
+                               [--no-python | --only swift|python]
                                [--database NAME]
   prefect-worker-bench scale   --api URL --worker BIN --venv DIR --work DIR --out FILE
                                [--runs 1000] [--workers 1,2,4] [--query-seconds 1] [--prefetch-seconds 0]
@@ -89,6 +90,15 @@ func prepareWork(_ args: Arguments) -> String {
     return work
 }
 
+/// Which workers `compare` measures: both, or `--no-python`, or `--only swift|python`.
+func kinds(_ args: Arguments) -> [WorkerKind] {
+    if let only = args.string("--only") {
+        guard let kind = WorkerKind(rawValue: only) else { fail("--only wants swift or python, not '\(only)'") }
+        return [kind]
+    }
+    return args.switches.contains("--no-python") ? [.swift] : [.swift, .python]
+}
+
 /// Runs one command of the bench; returns the exit status.
 func run(_ command: String, _ arguments: Arguments) async -> Int32 {
     var status: Int32 = 0
@@ -101,7 +111,7 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
             idleSeconds: arguments.double("--idle-seconds", 30), querySeconds: arguments.double("--query-seconds", 1),
             prefetchSeconds: arguments.double("--prefetch-seconds", 0), commandJob: "sh -c 'true'", cancelJob: "sleep 300")
         let compare = Compare(api: apiClient(arguments, createConcurrency: 2), launcher: launcher(arguments, work: work), fixtures: arguments.required("--fixtures"),
-                              settings: settings, kinds: arguments.switches.contains("--no-python") ? [.swift] : [.swift, .python],
+                              settings: settings, kinds: kinds(arguments),
                               database: arguments.string("--database") ?? "SQLite")
         do {
             try ResultFile.write(try await compare.run(), to: arguments.required("--out"))
