@@ -9,7 +9,9 @@ let package = Package(
     ],
     targets: [
         // All logic lives in the library so it can be tested without a server.
-        .target(name: "PrefectWorker", dependencies: ["CLinux"]),
+        .target(name: "PrefectWorker", dependencies: ["CLinux", "CCurl"]),
+        // libcurl, which the API client drives directly (one multi handle, one thread; see CurlTransport).
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // A few Linux/GNU calls the Glibc module does not import (pipe2, posix_spawn *_np, prctl, pidfd_open).
         .target(name: "CLinux"),
         // Thin entry point: parse arguments, run the worker, map errors to exit codes.

@@ -68,6 +68,8 @@ final class FakePrefectAPI: @unchecked Sendable {
         case html
         /// 200 with a body of this many bytes.
         case hugeBody(Int)
+        /// 200 with a chunked body of this many bytes (no Content-Length announces its size).
+        case hugeChunkedBody(Int)
         /// 200 whose `Content-Length` promises more than is sent before the connection closes.
         case truncatedTransfer
 
@@ -322,6 +324,19 @@ final class FakePrefectAPI: @unchecked Sendable {
                 sent += n
                 lock.withLock { hugeBytesSent = sent }
             }
+        case .hugeChunkedBody(let bytes):
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            guard sendAll(fd, Data(head.utf8)) else { return false }
+            let piece = Data(repeating: UInt8(ascii: " "), count: 1 << 20)
+            var sent = 0
+            while sent < bytes {
+                let n = min(piece.count, bytes - sent)
+                let chunk = Data(String(n, radix: 16).utf8) + Data("\r\n".utf8) + piece.prefix(n) + Data("\r\n".utf8)
+                guard sendAll(fd, chunk) else { break }
+                sent += n
+                lock.withLock { hugeBytesSent = sent }
+            }
+            if sent == bytes { sendAll(fd, Data("0\r\n\r\n".utf8)) }
         case .truncatedTransfer:
             let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
             sendAll(fd, Data(head.utf8) + Data(#"{"id": "#.utf8))

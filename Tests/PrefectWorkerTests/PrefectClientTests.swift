@@ -199,7 +199,7 @@ final class PrefectClientTests: XCTestCase {
         } catch let error as APIError {
             guard case .transport(let endpoint, let reason) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(endpoint.contains("/api/flow_runs/r-slow"), endpoint)
-            XCTAssertEqual(reason, "timed out")
+            XCTAssertEqual(reason, "timed out after 1 s (PREFECT_API_REQUEST_TIMEOUT)")
         }
         XCTAssertEqual(fake.requests.count, 1)
     }

@@ -1,73 +1,112 @@
+import CCurl
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Synchronization
 
-/// The Prefect REST API as the worker uses it: authenticated JSON requests with retries.
+/// The Prefect REST API as the worker uses it: authenticated JSON requests with retries, over libcurl.
 public final class PrefectClient: Sendable {
     public static let apiVersion = "0.8.4"
 
     public let baseURL: URL
-    private let session: URLSession
-    private let loader: ResponseLoader
-    private let headers: [String: String]
-    private let lastSuccess = Mutex<Date?>(nil)
-    /// Requests in flight at once. More wait here, in Swift, rather than inside libcurl: curl's queue of
-    /// handles waiting for a connection polls on a ~1 ms timer, which burned whole CPU seconds per burst.
+    private let transport: CurlTransport
+    private let settings: ClientSettings
+    private let headers: [String]
+    /// Headers learnt at run time (the worker's name and id), sent with every later request.
+    private let identityHeaders = Mutex<[String: String]>([:])
+    private let health = Mutex<Health>(Health())
+    /// Requests in flight at once. More wait here, in Swift: curl's queue of transfers waiting for a
+    /// connection is driven by a ~1 ms timer.
     private let slots = AsyncSemaphore(8)
-    /// Bodies larger than this are refused: a worker has no use for them and must not run out of memory.
+    /// Bodies larger than this are refused (the transfer is cut short): a worker has no use for them and must
+    /// not run out of memory.
     static let maxResponseBytes = 32 * 1024 * 1024
+    /// How long the API may fail before a retry is worth a WARNING rather than a DEBUG line.
+    static let quietFailureSeconds = 10.0
 
-    public init(baseURL: URL, apiKey: String?, authString: String?, requestTimeout: Double = 30) {
+    private struct Health {
+        var lastSuccess: Date?
+        var failingSince: Date?
+    }
+
+    public convenience init(baseURL: URL, apiKey: String?, authString: String?, requestTimeout: Double = 60) {
+        var settings = ClientSettings()
+        settings.requestTimeout = requestTimeout
+        self.init(baseURL: baseURL, apiKey: apiKey, authString: authString, settings: settings)
+    }
+
+    public init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings) {
         self.baseURL = baseURL
-        var headers = [
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "X-PREFECT-API-VERSION": Self.apiVersion,
+        self.settings = settings
+        var headers = settings.customHeaders.map { "\($0.key): \($0.value)" }.sorted()
+        headers += [
+            "Content-Type: application/json",
+            "Accept: application/json",
+            "X-PREFECT-API-VERSION: \(Self.apiVersion)",
             // Deliberately not `prefect/x.y.z (API ...)`: the server then treats us as a non-Prefect client
             // and releases deployment-concurrency leases itself (see the protocol reference, section 5).
-            "User-Agent": "prefect-worker/\(WorkerVersion.current) (Swift; API \(Self.apiVersion))",
+            "User-Agent: prefect-worker/\(WorkerVersion.current) (Swift; API \(Self.apiVersion))",
         ]
         // Prefect sends the auth string in preference to the key.
         if let authString, !authString.isEmpty {
-            headers["Authorization"] = "Basic " + Data(authString.utf8).base64EncodedString()
+            headers.append("Authorization: Basic " + Data(authString.utf8).base64EncodedString())
         } else if let apiKey, !apiKey.isEmpty {
-            headers["Authorization"] = "Bearer " + apiKey
+            headers.append("Authorization: Bearer " + apiKey)
         }
         self.headers = headers
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = requestTimeout
-        configuration.timeoutIntervalForResource = requestTimeout * 2
-        configuration.httpMaximumConnectionsPerHost = 16
-        configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
-        configuration.urlCache = nil
-        configuration.httpCookieStorage = nil
-        self.loader = ResponseLoader(limit: Self.maxResponseBytes)
-        self.session = URLSession(configuration: configuration, delegate: loader, delegateQueue: nil)
+        transport = CurlTransport(options: CurlTransport.Options(
+            timeoutSeconds: settings.requestTimeout, caFile: settings.caFile,
+            insecureSkipVerify: settings.insecureSkipVerify, http2: settings.http2,
+            proxy: settings.proxies.proxy(for: baseURL), noProxy: settings.proxies.noProxy,
+            maxBodyBytes: Self.maxResponseBytes))
     }
 
     /// When a request last got a 2xx answer.
-    public var lastSuccessfulRequest: Date? { lastSuccess.withLock { $0 } }
+    public var lastSuccessfulRequest: Date? { health.withLock { $0.lastSuccess } }
+
+    /// The proxy requests go through (credentials redacted), or nil; for the start-up log line.
+    public var proxyDescription: String? {
+        settings.proxies.proxy(for: baseURL).map { proxy in
+            let shown = URL(string: proxy).map(redactedURL) ?? "<proxy>"
+            return shown + (settings.proxies.noProxy.map { " (NO_PROXY: \($0))" } ?? "")
+        }
+    }
+
+    /// Sets (or with nil removes) a header sent with every later request, such as the worker's id.
+    public func setHeader(_ name: String, _ value: String?) {
+        identityHeaders.withLock { $0[name] = value }
+    }
 
     // MARK: - Sending
 
     /// Sends one request, retrying per `policy`. Returns the body of a 2xx answer.
+    ///
+    /// `.standard` retries as `PREFECT_CLIENT_MAX_RETRIES` says. A retry is logged at DEBUG while the API
+    /// has been failing for less than 10 s (a busy server's 503s are routine), at WARNING after that.
     @discardableResult
     public func send(_ method: String, _ path: String, body: JSON? = nil, what: String,
                      policy: RetryPolicy = .standard) async throws -> Data {
+        var policy = policy == .standard ? RetryPolicy(maxAttempts: settings.maxRetries + 1) : policy
+        policy.jitter = settings.retryJitterFactor
         var attempt = 0
         while true {
             attempt += 1
             do {
                 return try await sendOnce(method, path, body: body)
-            } catch let error as APIError where error.isRetryable && attempt < policy.maxAttempts {
+            } catch let error as APIError where isRetryable(error) && attempt < policy.maxAttempts {
                 let delay = policy.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
-                let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
-                Log.warning("\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)")
+                let (failingFor, since) = health.withLock { health in
+                    (health.failingSince.map { Date().timeIntervalSince($0) } ?? 0,
+                     health.lastSuccess.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? "")
+                }
+                let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
+                if failingFor > Self.quietFailureSeconds { Log.warning(line) } else { Log.debug(line) }
                 try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
             }
         }
+    }
+
+    /// Retryable as `APIError` says, or one of `PREFECT_CLIENT_RETRY_EXTRA_CODES`.
+    func isRetryable(_ error: APIError) -> Bool {
+        error.isRetryable || error.status.map(settings.retryExtraCodes.contains) == true
     }
 
     func url(for path: String) -> URL {
@@ -79,38 +118,70 @@ public final class PrefectClient: Sendable {
     private func sendOnce(_ method: String, _ path: String, body: JSON?) async throws -> Data {
         let url = url(for: path)
         let endpoint = "\(method) \(redactedURL(url))"
-        var request = URLRequest(url: url)
-        request.httpMethod = method
-        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
-        if let body { request.httpBody = Data(body.encoded().utf8) }
-        let data: Data
-        let response: URLResponse
         let endpointClass = Metrics.endpointClass(method: method, path: path)
+        let request = CurlTransport.Request(
+            method: method, url: url.absoluteString,
+            headers: headers + identityHeaders.withLock { $0.map { "\($0.key): \($0.value)" } },
+            body: body.map { Data($0.encoded().utf8) })
+        let response: CurlTransport.Response
         do {
             try await slots.acquire()
             defer { slots.release() }
-            (data, response) = try await loader.load(request, in: session)
+            response = try await transport.perform(request)
         } catch is CancellationError {
             throw CancellationError()
-        } catch let tooLarge as ResponseLoader.TooLarge {
+        } catch let failure as CurlTransport.Failure {
             Metrics.shared.request(endpointClass, failed: true)
-            throw APIError.badResponse(endpoint: endpoint, reason: "body too large: \(tooLarge.bytes) bytes or more, over the \(Self.maxResponseBytes)-byte limit")
-        } catch {
-            if Task.isCancelled { throw CancellationError() }
-            Metrics.shared.request(endpointClass, failed: true)
-            throw APIError.transport(endpoint: endpoint, reason: Self.describe(error))
+            noteFailure()
+            switch failure {
+            case .tooLarge(let bytes):
+                throw APIError.badResponse(endpoint: endpoint, reason: "body too large: \(bytes) bytes or more, over the \(Self.maxResponseBytes)-byte limit")
+            case .curl(let code, let message):
+                throw APIError.transport(endpoint: endpoint, reason: describe(code: code, message: message, url: url))
+            }
         }
-        let ok = (response as? HTTPURLResponse).map { (200..<300).contains($0.statusCode) } ?? false
+        let ok = (200..<300).contains(response.status)
         Metrics.shared.request(endpointClass, failed: !ok)
-        guard let http = response as? HTTPURLResponse else {
-            throw APIError.badResponse(endpoint: endpoint, reason: "not an HTTP response")
+        guard ok else {
+            if RetryPolicy.isRetryable(status: response.status) { noteFailure() }
+            throw APIError.http(endpoint: endpoint, status: response.status, detail: Self.detail(from: response.body),
+                                retryAfter: RetryPolicy.parseRetryAfter(response.retryAfter))
         }
-        guard (200..<300).contains(http.statusCode) else {
-            throw APIError.http(endpoint: endpoint, status: http.statusCode, detail: Self.detail(from: data),
-                                retryAfter: RetryPolicy.parseRetryAfter(http.value(forHTTPHeaderField: "Retry-After")))
+        health.withLock { $0 = Health(lastSuccess: Date(), failingSince: nil) }
+        return response.body
+    }
+
+    private func noteFailure() {
+        health.withLock { health in
+            if health.failingSince == nil { health.failingSince = Date() }
         }
-        lastSuccess.withLock { $0 = Date() }
-        return data
+    }
+
+    /// What went wrong, in words that name the host and, for TLS, the setting that fixes it.
+    func describe(code: Int, message: String, url: URL) -> String {
+        let host = url.host ?? "the server"
+        switch code {
+        case Int(CURLE_PEER_FAILED_VERIFICATION.rawValue):
+            let fix = settings.caFile.map { "the CA file \($0) (PREFECT_API_SSL_CERT_FILE) does not vouch for it; point PREFECT_API_SSL_CERT_FILE at the CA that signed it" }
+                ?? "set PREFECT_API_SSL_CERT_FILE to the CA bundle that signed it"
+            return "TLS: the certificate of \(host) is not trusted (\(message)); \(fix), or set PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification (not for production)"
+        case Int(CURLE_SSL_CACERT_BADFILE.rawValue):
+            return "TLS: cannot use the CA file \(settings.caFile ?? "?") given by PREFECT_API_SSL_CERT_FILE/SSL_CERT_FILE (\(message))"
+        case Int(CURLE_SSL_CONNECT_ERROR.rawValue):
+            return "TLS handshake with \(host) failed (\(message))"
+        case Int(CURLE_OPERATION_TIMEDOUT.rawValue):
+            return "timed out after \(String(format: "%g", settings.requestTimeout)) s (PREFECT_API_REQUEST_TIMEOUT)"
+        case Int(CURLE_COULDNT_CONNECT.rawValue):
+            return "connection refused (\(message))"
+        case Int(CURLE_COULDNT_RESOLVE_HOST.rawValue):
+            return "host not found (\(message))"
+        case Int(CURLE_COULDNT_RESOLVE_PROXY.rawValue):
+            return "proxy host not found (\(message)); check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY"
+        case Int(CURLE_GOT_NOTHING.rawValue), Int(CURLE_RECV_ERROR.rawValue), Int(CURLE_SEND_ERROR.rawValue):
+            return "connection lost (\(message))"
+        default:
+            return message
+        }
     }
 
     /// The server's explanation from an error body (`{"detail": ...}` or `{"exception_message": ...}`), shortened.
@@ -128,21 +199,6 @@ public final class PrefectClient: Sendable {
             .replacingOccurrences(of: "\n", with: " ")
             .trimmingCharacters(in: .whitespaces)
         return text
-    }
-
-    static func describe(_ error: Error) -> String {
-        let ns = error as NSError
-        if ns.domain == NSURLErrorDomain {
-            switch ns.code {
-            case NSURLErrorTimedOut: return "timed out"
-            case NSURLErrorCannotConnectToHost: return "connection refused"
-            case NSURLErrorNetworkConnectionLost: return "connection lost"
-            case NSURLErrorCannotFindHost: return "host not found"
-            case NSURLErrorNotConnectedToInternet: return "network unreachable"
-            default: break
-            }
-        }
-        return ns.localizedDescription
     }
 
     func decode<T: Decodable>(_ type: T.Type, from data: Data, what: String) throws -> T {

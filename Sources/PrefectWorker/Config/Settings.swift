@@ -37,6 +37,8 @@ public struct Settings: Sendable, Equatable {
     public var withHealthcheck = false
     public var webserverHost = "127.0.0.1"
     public var webserverPort: UInt16 = 8080
+    /// How the API client talks to the server (Prefect's `PREFECT_API_*`/`PREFECT_CLIENT_*` settings).
+    public var client = ClientSettings()
     /// The worker's own environment, handed to jobs.
     public var environment: [String: String] = [:]
 
@@ -200,6 +202,7 @@ public enum CommandLineParser {
         settings.runOnce = runOnce
         settings.createPoolIfNotFound = createPool
         settings.environment = environment
+        settings.client = try ClientSettings.parse(environment)
 
         func seconds(_ flag: String, _ env: String, minimum: Double) throws -> Double? {
             let (raw, source) = flags[flag].map { ($0, "--\(flag)") } ?? (environment[env].map { ($0, env) } ?? (nil, ""))

@@ -16,7 +16,7 @@ public final class Worker: Sendable {
     var client: PrefectClient { context.client }
 
     public init(settings: Settings) {
-        let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString)
+        let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString, settings: settings.client)
         self.context = WorkerContext(settings: settings, client: client)
     }
 
@@ -35,7 +35,8 @@ public final class Worker: Sendable {
 
     /// Runs until shutdown; returns the process exit code.
     public func run() async -> Int32 {
-        Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))")
+        Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))"
+                 + (client.proxyDescription.map { " through proxy \($0)" } ?? ""))
         do {
             try context.journal.prepare()
             try await context.outbox.prepare()

@@ -1,0 +1,208 @@
+import Foundation
+import XCTest
+@testable import PrefectWorker
+
+/// The libcurl transport under `PrefectClient`, against `FakePrefectAPI`: bounded bodies (in resident memory,
+/// not only in what is kept), cancellation of a request in flight, and Prefect's client settings.
+final class CurlTransportTests: XCTestCase {
+    private var fake: FakePrefectAPI!
+
+    override func setUpWithError() throws {
+        fake = try FakePrefectAPI()
+        fake.route("GET", "/api/flow_runs/*") { _, path, _ in
+            .json(200, fakeFlowRunJSON(id: String(path.split(separator: "/").last!), stateType: "RUNNING"))
+        }
+    }
+
+    override func tearDown() {
+        fake.stop()
+        fake = nil
+    }
+
+    private func client(_ configure: (inout ClientSettings) -> Void = { _ in }) -> PrefectClient {
+        var settings = ClientSettings()
+        settings.requestTimeout = 10
+        configure(&settings)
+        return PrefectClient(baseURL: fake.apiURL, apiKey: nil, authString: nil, settings: settings)
+    }
+
+    /// This process's resident set, in bytes.
+    private func residentBytes() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+        let kb = try XCTUnwrap(Int(line.split(separator: " ").dropFirst().first ?? ""))
+        return kb * 1024
+    }
+
+    // MARK: - Bounded bodies
+
+    func testAnnounced256MBBodyIsRefusedBeforeItIsRead() async throws {
+        let size = 256 << 20
+        fake.inject([.hugeBody(size)], method: "GET", path: "/api/flow_runs/*")
+        let before = try residentBytes()
+        do {
+            _ = try await client().readFlowRun("r-huge", policy: .once)
+            XCTFail("expected the body to be refused")
+        } catch let error as APIError {
+            XCTAssertTrue(error.description.contains("too large: \(size) bytes"), error.description)
+            XCTAssertTrue(error.description.contains("/api/flow_runs/r-huge"), error.description)
+        }
+        let grown = try residentBytes() - before
+        XCTAssertLessThan(grown, 4 << 20, "resident memory grew by \(grown >> 20) MiB for a refused body")
+        // The fake writes into socket buffers until the client hangs up: far less than the body.
+        try await Task.sleep(nanoseconds: 200_000_000)
+        XCTAssertLessThan(fake.hugeBodyBytesSent, 64 << 20, "the transfer was not cut short")
+    }
+
+    func testUnannounced256MBBodyIsCutAtTheLimit() async throws {
+        let size = 256 << 20
+        fake.inject([.hugeChunkedBody(size)], method: "GET", path: "/api/flow_runs/*")
+        let before = try residentBytes()
+        do {
+            _ = try await client().readFlowRun("r-chunked", policy: .once)
+            XCTFail("expected the body to be refused")
+        } catch let error as APIError {
+            XCTAssertTrue(error.description.contains("body too large"), error.description)
+        }
+        let grown = try residentBytes() - before
+        // What was kept (up to the 32 MiB limit) is freed; growth is bounded by the limit, not by the body.
+        XCTAssertLessThan(grown, PrefectClient.maxResponseBytes + (8 << 20), "resident memory grew by \(grown >> 20) MiB")
+        try await Task.sleep(nanoseconds: 200_000_000)
+        XCTAssertLessThan(fake.hugeBodyBytesSent, PrefectClient.maxResponseBytes + (32 << 20), "the transfer was not cut short")
+    }
+
+    func testBodyJustUnderTheLimitIsRead() async throws {
+        let body = String(repeating: " ", count: 1 << 20) + fakeFlowRunJSON(id: "r-big", stateType: "RUNNING")
+        fake.route("GET", "/api/flow_runs/r-big") { _, _, _ in .json(200, body) }
+        let run = try await client().readFlowRun("r-big", policy: .once)
+        XCTAssertEqual(run.id, "r-big")
+    }
+
+    // MARK: - Cancellation
+
+    func testCancellingATaskEndsItsRequestInFlight() async throws {
+        fake.inject([.delay(30)], method: "GET", path: "/api/flow_runs/*")
+        let client = client()
+        let started = Date()
+        let task = Task { try await client.readFlowRun("r-slow", policy: .once) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        XCTAssertEqual(fake.requests.count, 1, "the request should be in flight")
+        task.cancel()
+        do {
+            _ = try await task.value
+            XCTFail("expected CancellationError")
+        } catch {
+            XCTAssertTrue(error is CancellationError, "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3, "the cancelled request was waited for")
+        // The client still works afterwards.
+        let run = try await client.readFlowRun("r-after", policy: .once)
+        XCTAssertEqual(run.id, "r-after")
+    }
+
+    func testTaskCancelledBeforeItsRequestStartsSendsNothing() async throws {
+        let client = client()
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await client.readFlowRun("r-never", policy: .once)
+        }
+        do {
+            _ = try await task.value
+            XCTFail("expected CancellationError")
+        } catch {
+            XCTAssertTrue(error is CancellationError, "\(error)")
+        }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        XCTAssertTrue(fake.requests.isEmpty, "\(fake.requests.map(\.path))")
+    }
+
+    // MARK: - Prefect's client settings
+
+    func testMaxRetriesSetsTheStandardPolicy() async throws {
+        fake.inject([.unavailable(retryAfter: "0"), .unavailable(retryAfter: "0"), .unavailable(retryAfter: "0")], method: "GET", path: "/api/flow_runs/*")
+        do {
+            _ = try await client { $0.maxRetries = 1 }.readFlowRun("r1")
+            XCTFail("expected the call to fail after 2 attempts")
+        } catch let error as APIError {
+            XCTAssertEqual(error.status, 503)
+        }
+        XCTAssertEqual(fake.requests.count, 2)
+    }
+
+    func testZeroRetriesMeansOneAttempt() async throws {
+        fake.inject([.unavailable(retryAfter: "0")], method: "GET", path: "/api/flow_runs/*")
+        do {
+            _ = try await client { $0.maxRetries = 0 }.readFlowRun("r1")
+            XCTFail("expected the call to fail")
+        } catch let error as APIError {
+            XCTAssertEqual(error.status, 503)
+        }
+        XCTAssertEqual(fake.requests.count, 1)
+    }
+
+    func testExtraRetryCodesAreRetried() async throws {
+        fake.inject([.status(404, #"{"detail":"not yet"}"#, headers: ["Retry-After": "0"])], method: "GET", path: "/api/flow_runs/*")
+        let run = try await client { $0.retryExtraCodes = [404] }.readFlowRun("r1")
+        XCTAssertEqual(run.id, "r1")
+        XCTAssertEqual(fake.requests.count, 2)
+
+        fake.inject([.status(404, #"{"detail":"gone"}"#)], method: "GET", path: "/api/flow_runs/*")
+        do {
+            _ = try await client().readFlowRun("r2")
+            XCTFail("404 is not retried without PREFECT_CLIENT_RETRY_EXTRA_CODES")
+        } catch let error as APIError {
+            XCTAssertEqual(error.status, 404)
+        }
+        XCTAssertEqual(fake.requests.count, 3)
+    }
+
+    func testCustomHeadersAreSentButCannotReplaceProtectedOnes() async throws {
+        let headers = try ClientSettings.customHeaders(
+            #"{"X-Team": "data", "User-Agent": "evil", "authorization": "Bearer stolen", "X-PREFECT-API-VERSION": "0.1"}"#)
+        XCTAssertEqual(headers, ["X-Team": "data"])
+        var settings = ClientSettings()
+        settings.customHeaders = headers
+        _ = try await PrefectClient(baseURL: fake.apiURL, apiKey: "pnu_key", authString: nil, settings: settings).readFlowRun("r1", policy: .once)
+        let request = try XCTUnwrap(fake.requests.first)
+        XCTAssertEqual(request.header("X-Team"), "data")
+        XCTAssertEqual(request.header("Authorization"), "Bearer pnu_key")
+        XCTAssertEqual(request.header("X-PREFECT-API-VERSION"), PrefectClient.apiVersion)
+        XCTAssertTrue(request.header("User-Agent")?.hasPrefix("prefect-worker/") == true)
+        XCTAssertNil(request.header("Expect"), "no 100-continue round trip")
+    }
+
+    func testHeadersSetAtRunTimeAreSentWithLaterRequests() async throws {
+        let client = client()
+        client.setHeader("X-Prefect-Worker-Id", "w-123")
+        _ = try await client.readFlowRun("r1", policy: .once)
+        client.setHeader("X-Prefect-Worker-Id", nil)
+        _ = try await client.readFlowRun("r2", policy: .once)
+        XCTAssertEqual(fake.requests.map { $0.header("X-Prefect-Worker-Id") }, ["w-123", nil])
+    }
+
+    func testRequestTimeoutNamesTheSetting() async throws {
+        fake.inject([.delay(5)], method: "GET", path: "/api/flow_runs/*")
+        let started = Date()
+        do {
+            _ = try await client { $0.requestTimeout = 0.5 }.readFlowRun("r-slow", policy: .once)
+            XCTFail("expected a timeout")
+        } catch let error as APIError {
+            XCTAssertTrue(error.description.contains("timed out after 0.5 s (PREFECT_API_REQUEST_TIMEOUT)"), error.description)
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2.5)
+    }
+
+    func testRefusedConnectionIsARetryableTransportError() async throws {
+        let port = fake.port
+        fake.stop()
+        let client = PrefectClient(baseURL: URL(string: "http://127.0.0.1:\(port)/api")!, apiKey: nil, authString: nil, settings: ClientSettings())
+        do {
+            _ = try await client.readFlowRun("r1", policy: .once)
+            XCTFail("expected a transport error")
+        } catch let error as APIError {
+            guard case .transport(_, let reason) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue(reason.hasPrefix("connection refused"), reason)
+            XCTAssertTrue(error.isRetryable)
+        }
+    }
+}
