@@ -204,6 +204,8 @@ public final class Worker: Sendable {
             context.status.heartbeatSucceeded()
             let status = "STATUS=pool \(settings.pool): \(Metrics.shared.inFlight) run(s) in flight"
             context.notifier.notify(first ? "READY=1\n" + status : status)
+        } catch is CancellationError {
+            return  // the worker is stopping
         } catch {
             let last = context.status.lastHeartbeat.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
             Log.warning("heartbeat failed: \(error); retrying in \(String(format: "%.0f", settings.heartbeatSeconds)) s\(last)")
