@@ -107,6 +107,9 @@ final class TransportTests: E2ETestCase, @unchecked Sendable {
         let run = try await waitForFinalState(id, timeout: 30)
         XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
         XCTAssertTrue(worker.log.contains("at https://127.0.0.1:\(tls.port)/api"), worker.log)
+        // Quiet when healthy, through shutdown too.
+        worker.isServing = false
+        XCTAssertEqual(worker.stop(), 0)
         XCTAssertFalse(worker.log.contains("WARNING"), worker.log)
     }
 

@@ -155,6 +155,8 @@ public struct FlowRun: Sendable, Decodable, Identifiable {
     public var workQueueName: String?
     public var runCount: Int?
     public var startTime: String?
+    /// When a poll returned this run (not part of the wire format).
+    public var polledAt: Date?
 
     enum CodingKeys: String, CodingKey {
         case id, name, parameters, state, labels, tags

@@ -277,11 +277,15 @@ extension PrefectClient {
         if let limit { body["limit"] = .int(limit) }
         let data = try await send("POST", "/work_pools/\(Self.pathComponent(pool))/get_scheduled_flow_runs",
                                   body: .object(body), what: "polling for flow runs", policy: policy)
+        let polled = Date()
         // One malformed entry must not hide the others: decode each on its own and skip (and log) bad ones.
         let entries = try decode([Lenient<WorkerFlowRunResponse>].self, from: data, what: "get_scheduled_flow_runs")
         return entries.compactMap { entry in
             switch entry.result {
-            case .success(let response): return response.flowRun
+            case .success(let response):
+                var run = response.flowRun
+                run.polledAt = polled
+                return run
             case .failure(let error):
                 Log.warning("skipping a malformed entry in the get_scheduled_flow_runs response: \(error)")
                 return nil

@@ -11,6 +11,9 @@ struct FlowRunSupervisor: Sendable {
     var settings: Settings { context.settings }
 
     /// Environment variables a job must not inherit from a systemd-managed worker.
+    /// A poll answer younger than this is taken as the run's state for its first PENDING proposal.
+    static let freshPollSeconds = 5.0
+
     static let serviceVariables: Set<String> = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
 
     func run(_ run: FlowRun) async {
@@ -88,17 +91,20 @@ struct FlowRunSupervisor: Sendable {
     /// The server accepts PENDING from a final state (that is how a run is re-run), so a proposal that arrives
     /// after another worker claimed, ran and finished the run would run it again. The run is therefore read
     /// right before each proposal, and a proposal is never retried blindly: after a failed attempt the run is
-    /// read again, which also recognises our own PENDING if only the answer was lost.
+    /// read again, which also recognises our own PENDING if only the answer was lost. The first proposal of a
+    /// run the poll returned a moment ago goes without that read: the read after the claim
+    /// (`confirmFirstClaim`) catches a run that was finished in between, as it does after any read.
     func claim(_ run: FlowRun) async -> Bool {
         let id = run.id
         var ours: Set<String> = []  // every transition id we proposed: any of them may be the one that landed
         func isOurs(_ current: FlowRun) -> Bool {
             current.currentStateType == .pending && current.state?.transitionID.map(ours.contains) == true
         }
+        let fresh = run.polledAt.map { Date().timeIntervalSince($0) < Self.freshPollSeconds } ?? false
         for attempt in 1...20 {
             let current: FlowRun
             do {
-                current = try await client.readFlowRun(id, policy: .quick)
+                current = attempt == 1 && fresh ? run : try await client.readFlowRun(id, policy: .quick)
             } catch {
                 Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
                 return false
