@@ -28,7 +28,7 @@ public struct Settings: Sendable, Equatable {
     public var drainTimeout: Double?
     public var createPoolIfNotFound = true
     /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
-    public var cancellationPollSeconds: Double = 2
+    public var cancellationPollSeconds: Double = 1
     /// Where the journal of launched runs lives (see `StateDirectory`).
     public var stateDirectory: String = "/tmp/prefect-worker"
     public var logLevel: Log.Level = .info
@@ -101,7 +101,7 @@ public enum CommandLineParser {
           --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
           --cancellation-poll-seconds S
                                how often to check in-flight runs for CANCELLING
-                               [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=2]
+                               [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=1]
       --run-once               claim what is due now, run it to the end, exit
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
@@ -115,6 +115,20 @@ public enum CommandLineParser {
       PREFECT_API_URL              API base URL, e.g. http://127.0.0.1:4200/api (required)
       PREFECT_API_KEY              sent as `Authorization: Bearer` (Prefect Cloud)
       PREFECT_API_AUTH_STRING      sent as HTTP basic auth, "user:password" (self-hosted servers)
+      PREFECT_API_REQUEST_TIMEOUT  seconds one request may take (60)
+      PREFECT_CLIENT_MAX_RETRIES   retries of an ordinary API call (5)
+      PREFECT_CLIENT_RETRY_JITTER_FACTOR
+                                   retry delays vary by up to this fraction (0.2)
+      PREFECT_CLIENT_RETRY_EXTRA_CODES
+                                   statuses to retry besides 408, 429, 5xx, comma-separated
+      PREFECT_CLIENT_CUSTOM_HEADERS
+                                   extra request headers, a JSON object
+      PREFECT_API_SSL_CERT_FILE    CA bundle for the server's certificate (else SSL_CERT_FILE, else the system's)
+      PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+                                   do not verify the server's certificate (false)
+      PREFECT_API_ENABLE_HTTP2     offer HTTP/2 over TLS (false)
+      HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
+                                   proxies, in either case, as curl reads them
     """
 
     /// Parses `arguments` (without the program name) with `environment` as the fallback for settings.
