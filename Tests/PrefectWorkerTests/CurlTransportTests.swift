@@ -1,5 +1,8 @@
 import Foundation
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import PrefectWorker
 
 /// The libcurl transport under `PrefectClient`, against `FakePrefectAPI`: bounded bodies (in resident memory,
@@ -178,6 +181,35 @@ final class CurlTransportTests: XCTestCase {
         client.setHeader("X-Prefect-Worker-Id", nil)
         _ = try await client.readFlowRun("r2", policy: .once)
         XCTAssertEqual(fake.requests.map { $0.header("X-Prefect-Worker-Id") }, ["w-123", nil])
+    }
+
+    /// Runs `body` with this process's stderr (where `Log` writes) going to a file; returns what was written.
+    private func capturingStderr(_ body: () async throws -> Void) async rethrows -> String {
+        let path = NSTemporaryDirectory() + "stderr-\(UUID().uuidString)"
+        let file = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let saved = dup(STDERR_FILENO)
+        dup2(file, STDERR_FILENO)
+        defer {
+            dup2(saved, STDERR_FILENO)
+            close(saved)
+            close(file)
+            unlink(path)
+        }
+        try await body()
+        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    }
+
+    func testA503ThatSucceedsOnRetryIsNotAWarning() async throws {
+        Log.configure(level: .info, format: .text)
+        fake.inject([.unavailable(retryAfter: "0"), .unavailable(retryAfter: "0")], method: "GET", path: "/api/flow_runs/*")
+        let client = client()
+        let output = try await capturingStderr {
+            let run = try await client.readFlowRun("r1")
+            XCTAssertEqual(run.id, "r1")
+        }
+        XCTAssertEqual(fake.requests.count, 3)
+        XCTAssertFalse(output.contains("WARNING"), output)
+        XCTAssertEqual(client.failingSeconds, 0, "a success ends the failure")
     }
 
     func testRequestTimeoutNamesTheSetting() async throws {

@@ -20,7 +20,7 @@ public final class PrefectClient: Sendable {
     /// not run out of memory.
     static let maxResponseBytes = 32 * 1024 * 1024
     /// How long the API may fail before a retry is worth a WARNING rather than a DEBUG line.
-    static let quietFailureSeconds = 10.0
+    public static let quietFailureSeconds = 10.0
 
     private struct Health {
         var lastSuccess: Date?
@@ -59,6 +59,11 @@ public final class PrefectClient: Sendable {
             maxBodyBytes: Self.maxResponseBytes))
     }
 
+    /// For how long the API has been failing (network errors, retryable statuses); 0 while it answers.
+    public var failingSeconds: Double {
+        health.withLock { $0.failingSince.map { Date().timeIntervalSince($0) } ?? 0 }
+    }
+
     /// When a request last got a 2xx answer.
     public var lastSuccessfulRequest: Date? { health.withLock { $0.lastSuccess } }
 
@@ -93,12 +98,9 @@ public final class PrefectClient: Sendable {
                 return try await sendOnce(method, path, body: body)
             } catch let error as APIError where isRetryable(error) && attempt < policy.maxAttempts {
                 let delay = policy.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
-                let (failingFor, since) = health.withLock { health in
-                    (health.failingSince.map { Date().timeIntervalSince($0) } ?? 0,
-                     health.lastSuccess.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? "")
-                }
+                let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
                 let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
-                if failingFor > Self.quietFailureSeconds { Log.warning(line) } else { Log.debug(line) }
+                if failingSeconds > Self.quietFailureSeconds { Log.warning(line) } else { Log.debug(line) }
                 try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
             }
         }

@@ -111,7 +111,9 @@ public actor Outbox {
             } catch is CancellationError {
                 return false
             } catch let error as APIError where error.isRetryable {
-                Log.warning("cannot report to the server now (\(error)); kept in the outbox, will retry", run: runID)
+                // A busy server's 503s are routine: a WARNING only once the API has been failing for a while.
+                let line = "cannot report to the server now (\(error)); kept in the outbox, will retry"
+                if client.failingSeconds > PrefectClient.quietFailureSeconds { Log.warning(line, run: runID) } else { Log.info(line, run: runID) }
                 return false
             } catch {
                 // Not retryable (404: the run was deleted; 4xx: refused): retrying cannot help.
