@@ -13,6 +13,8 @@ public final class PrefectClient: Sendable {
     private let loader: ResponseLoader
     private let headers: [String: String]
     private let lastSuccess = Mutex<Date?>(nil)
+    /// Headers added after start-up (the worker's identity), sent with every later request.
+    private let extraHeaders = Mutex<[String: String]>([:])
     /// Requests in flight at once. More wait here, in Swift, rather than inside libcurl: curl's queue of
     /// handles waiting for a connection polls on a ~1 ms timer, which burned whole CPU seconds per burst.
     private let slots = AsyncSemaphore(8)
@@ -45,6 +47,11 @@ public final class PrefectClient: Sendable {
         configuration.httpCookieStorage = nil
         self.loader = ResponseLoader(limit: Self.maxResponseBytes)
         self.session = URLSession(configuration: configuration, delegate: loader, delegateQueue: nil)
+    }
+
+    /// Sends `name: value` with every later request; nil stops sending it.
+    public func setHeader(_ name: String, _ value: String?) {
+        extraHeaders.withLock { $0[name] = value }
     }
 
     /// When a request last got a 2xx answer.
@@ -82,6 +89,7 @@ public final class PrefectClient: Sendable {
         var request = URLRequest(url: url)
         request.httpMethod = method
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        for (name, value) in extraHeaders.withLock({ $0 }) { request.setValue(value, forHTTPHeaderField: name) }
         if let body { request.httpBody = Data(body.encoded().utf8) }
         let data: Data
         let response: URLResponse
@@ -204,11 +212,18 @@ extension PrefectClient {
                        body: .object(["name": .string(name)]), what: "creating work queue '\(name)'")
     }
 
-    /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE.
-    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, policy: RetryPolicy = .quick) async throws {
-        let body = JSON.object(["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)])
-        try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: body,
-                       what: "heartbeat", policy: policy)
+    /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE. With `returnID` (Prefect Cloud
+    /// only, as Prefect's worker asks), the answer is the worker's id; nil if the body is not one.
+    @discardableResult
+    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, returnID: Bool = false,
+                          policy: RetryPolicy = .quick) async throws -> String? {
+        var body: [String: JSON] = ["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)]
+        if returnID { body["return_id"] = .bool(true) }
+        let data = try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: .object(body),
+                                  what: "heartbeat", policy: policy)
+        guard returnID else { return nil }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: CharacterSet(charactersIn: "\" \n\r\t"))
+        return UUID(uuidString: text) == nil ? nil : text.lowercased()
     }
 
     /// `POST /work_pools/{pool}/get_scheduled_flow_runs`.
