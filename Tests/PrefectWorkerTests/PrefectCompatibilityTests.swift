@@ -123,6 +123,9 @@ final class PrefectCompatibilityTests: XCTestCase {
         let cloud = try settings([], env: ["PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w"])
         XCTAssertTrue(cloud.isCloud)
         XCTAssertTrue(try settings([], env: ["PREFECT_CLOUD_API_URL": "http://127.0.0.1:4200"]).isCloud)
+        XCTAssertEqual(cloud.logsToAPI.maxLogSize, 25_000, "Prefect caps the log size on Cloud")
+        XCTAssertEqual(try settings([], env: ["PREFECT_LOGGING_TO_API_MAX_LOG_SIZE": "50000"]).logsToAPI.maxLogSize, 50_000, "not capped elsewhere")
+        XCTAssertEqual(try settings([], env: ["PREFECT_API_URL": "https://api.prefect.cloud/api/x", "PREFECT_CLOUD_MAX_LOG_SIZE": "9000"]).logsToAPI.maxLogSize, 9_000)
     }
 
     func testTheHelpDocumentsTheNewFlagsAndSettings() {

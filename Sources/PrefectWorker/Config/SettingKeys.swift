@@ -19,6 +19,7 @@ public enum SettingKeys {
         "PREFECT_API_KEY": .string,
         "PREFECT_API_AUTH_STRING": .string,
         "PREFECT_CLOUD_API_URL": .url,
+        "PREFECT_CLOUD_MAX_LOG_SIZE": .integer,
         "PREFECT_API_REQUEST_TIMEOUT": .number,
         "PREFECT_CLIENT_MAX_RETRIES": .integer,
         "PREFECT_CLIENT_RETRY_JITTER_FACTOR": .number,

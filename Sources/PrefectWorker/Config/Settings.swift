@@ -133,7 +133,8 @@ public enum CommandLineParser {
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
           --no-create-pool-if-not-found
-                                   wait for a missing pool instead of creating it
+                                   wait for a missing pool instead of creating it (--create-pool-if-not-found,
+                                   the default, creates it)
           --with-healthcheck       serve GET /health and /metrics [PREFECT_WORKER_WITH_HEALTHCHECK] on
                                    PREFECT_WORKER_WEBSERVER_HOST (127.0.0.1) : PREFECT_WORKER_WEBSERVER_PORT (8080)
           --log-format text|json   worker log format [PREFECT_WORKER_LOG_FORMAT=text]; level from PREFECT_LOGGING_LEVEL,
@@ -147,8 +148,11 @@ public enum CommandLineParser {
       PREFECT_API_KEY              sent as `Authorization: Bearer` (Prefect Cloud)
       PREFECT_API_AUTH_STRING      sent as HTTP basic auth, "user:password" (self-hosted servers)
       PREFECT_CLOUD_API_URL        URLs under it are Prefect Cloud (https://api.prefect.cloud/api)
-      PREFECT_LOGGING_TO_API_ENABLED, _BATCH_INTERVAL, _BATCH_SIZE, _MAX_LOG_SIZE
-                                   shipping job output to the run's logs (true, 2 s, 4000000 bytes, 1000000 bytes)
+      PREFECT_CLOUD_MAX_LOG_SIZE   on Cloud, caps PREFECT_LOGGING_TO_API_MAX_LOG_SIZE (25000)
+      PREFECT_LOGGING_TO_API_ENABLED (true), PREFECT_LOGGING_TO_API_BATCH_INTERVAL (2 s),
+      PREFECT_LOGGING_TO_API_BATCH_SIZE (4000000 bytes), PREFECT_LOGGING_TO_API_MAX_LOG_SIZE (1000000 bytes)
+                                   shipping job output and the worker's lines about runs to the run's logs
+      PREFECT_WORKER_DEBUG_MODE    debug logging for the worker (false)
       PREFECT_WORKER_ENABLE_CANCELLATION
                                    accepted; runs in flight are always cancellable
       PREFECT_PROFILES_PATH, PREFECT_HOME, PREFECT_PROFILE
@@ -367,6 +371,9 @@ public enum CommandLineParser {
         }
         if let size = try integer("PREFECT_LOGGING_TO_API_BATCH_SIZE", minimum: 1) { settings.logsToAPI.batchSize = size }
         if let size = try integer("PREFECT_LOGGING_TO_API_MAX_LOG_SIZE", minimum: 100) { settings.logsToAPI.maxLogSize = size }
+        // Prefect caps the size on Cloud (`connected_to_cloud` in settings/models/root.py).
+        let cloudMax = try integer("PREFECT_CLOUD_MAX_LOG_SIZE", minimum: 100) ?? 25_000
+        if settings.isCloud { settings.logsToAPI.maxLogSize = min(settings.logsToAPI.maxLogSize, cloudMax) }
     }
 
     /// `--state-dir`, else `PREFECT_WORKER_STATE_DIR`, else systemd's `$STATE_DIRECTORY` (first entry),
