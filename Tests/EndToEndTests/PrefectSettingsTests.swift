@@ -135,4 +135,57 @@ final class PrefectSettingsTests: E2ETestCase, @unchecked Sendable {
         XCTAssertEqual(result.code, 2, result.output)
         XCTAssertTrue(result.output.contains("--base-job-template: \(missing) does not exist"), result.output)
     }
+
+    func testLoggingSettingsFromTheProfile() async throws {
+        let pool = try await makeProcessPool()
+        let home = try writeProfiles("""
+        active = "logs"
+        [profiles.logs]
+        PREFECT_API_URL = "\(env.apiURL.absoluteString)"
+        PREFECT_LOGGING_TO_API_MAX_LOG_SIZE = "400"
+        PREFECT_LOGGING_TO_API_BATCH_INTERVAL = "0.5"
+        PREFECT_WORKER_DEBUG_MODE = "true"
+        """)
+        let tag = UUID().uuidString.lowercased().prefix(8)
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string("sh -c 'echo short-\(tag); printf \"long-\(tag)-%0900d\\n\" 0'"),
+        ]))
+        let worker = try startWorker(pool: pool, environment: ["PREFECT_HOME": home], setAPIURL: false)
+        let id = try await api.createFlowRun(deployment: deployment)
+        let run = try await waitForFinalState(id, timeout: runTimeout)
+        XCTAssertEqual(run.stateType, "COMPLETED", "final state: \(run.stateSummary)")
+
+        var messages: [String] = []
+        do {
+            _ = try await E2E.eventually(timeout: 15, "the job's lines in the run's logs: \(messages)") { () -> Bool? in
+                messages = try await api.logMessages(id)
+                return messages.contains("short-\(tag)") && messages.contains { $0.hasPrefix("long-\(tag)-") } ? true : nil
+            }
+        } catch {
+            XCTFail("\(error)")
+        }
+        let long = try XCTUnwrap(messages.first { $0.hasPrefix("long-\(tag)-") })
+        XCTAssertTrue(long.hasSuffix("... [truncated]"), "a line over PREFECT_LOGGING_TO_API_MAX_LOG_SIZE is cut: \(long.count) characters")
+        XCTAssertLessThan(long.utf8.count, 400)
+        XCTAssertTrue(worker.log.contains(" DEBUG "), "PREFECT_WORKER_DEBUG_MODE turns on the worker's debug lines")
+    }
+
+    func testLoggingToAPIDisabledKeepsRunLinesOutOfPrefect() async throws {
+        let pool = try await makeProcessPool()
+        let tag = UUID().uuidString.lowercased().prefix(8)
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string("sh -c 'echo kept-local-\(tag)'"),
+        ]))
+        let worker = try startWorker(pool: pool, environment: ["PREFECT_LOGGING_TO_API_ENABLED": "false",
+                                                               "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.2"])
+        let id = try await api.createFlowRun(deployment: deployment)
+        let run = try await waitForFinalState(id, timeout: runTimeout)
+        XCTAssertEqual(run.stateType, "COMPLETED", "final state: \(run.stateSummary)")
+        // Batches would go every 0.2 s: after 3 s, anything shipped would be there.
+        try await Task.sleep(nanoseconds: 3_000_000_000)
+        let messages = try await api.logMessages(id)
+        XCTAssertEqual(messages, [], "nothing about the run is shipped to Prefect")
+        XCTAssertTrue(worker.log.contains("kept-local-\(tag)"), "the output still streams to the worker's log")
+        XCTAssertTrue(worker.log.contains("PREFECT_LOGGING_TO_API_ENABLED is false"))
+    }
 }
