@@ -205,6 +205,23 @@ final class WorkerIdentityTests: XCTestCase {
         XCTAssertNil(worker.context.workerID)
     }
 
+    func testJobsGetTheWorkerIdOnceKnownAndTheMergedSettings() throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "p", workerName: "w1")
+        settings.stateDirectory = stateDirectory
+        settings.environment = ["PREFECT_FROM_PROFILE": "profile-value", "PATH": "/usr/bin:/bin"]
+        let context = WorkerContext(settings: settings, client: fake.client())
+        let supervisor = FlowRunSupervisor(context: context)
+        let run = try JSONTreeDecoder.decode(FlowRun.self, from: Data(fakeFlowRunJSON(id: "r1", stateType: "PENDING").utf8))
+        let job = try JobConfiguration(RenderedJob(configuration: ["command": .string("true")], variables: [:]))
+        var env = supervisor.environment(for: run, job: job, parameters: "{}", parametersFile: "/tmp/x")
+        XCTAssertEqual(env["PREFECT__WORKER_NAME"], "w1")
+        XCTAssertNil(env["PREFECT__WORKER_ID"], "unknown until Cloud says")
+        XCTAssertEqual(env["PREFECT_FROM_PROFILE"], "profile-value", "jobs inherit the merged settings")
+        context.workerID = "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"
+        env = supervisor.environment(for: run, job: job, parameters: "{}", parametersFile: "/tmp/x")
+        XCTAssertEqual(env["PREFECT__WORKER_ID"], "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed")
+    }
+
     func testLogBatchesAreBoundedInBytes() async throws {
         fake.route("POST", "/api/logs/") { _, _, _ in .json(201, "null") }
         let shipper = APIShipper(client: fake.client(), path: "/logs/", what: "logs", capacity: 100, batchSize: 50, maxBatchBytes: 1_000)
