@@ -168,25 +168,28 @@ class E2ETestCase: XCTestCase, @unchecked Sendable {
         return path
     }
 
-    /// Starts `prefect-worker start --pool POOL --name NAME ARGS...`; stopped in tearDown.
+    /// Starts `prefect-worker start --pool POOL --name NAME ARGS...`; stopped in tearDown. With
+    /// `setAPIURL: false` the worker gets no PREFECT_API_URL in its environment (a profile must give it).
     @discardableResult
     func startWorker(pool: String, name: String? = nil, arguments: [String] = [],
-                     environment: [String: String] = [:], apiURL: String? = nil) throws -> WorkerProcess {
+                     environment: [String: String] = [:], apiURL: String? = nil, setAPIURL: Bool = true) throws -> WorkerProcess {
         var args = ["start", "--pool", pool]
         let workerName = name ?? uniqueName("-worker")
         args += ["--name", workerName]
         args += arguments
         let worker = try WorkerProcess.start(env: env, arguments: args, label: workerName,
-                                             apiURL: apiURL ?? env.apiURL.absoluteString, extraEnvironment: environment)
+                                             apiURL: setAPIURL ? apiURL ?? env.apiURL.absoluteString : nil,
+                                             extraEnvironment: environment)
         worker.isServing = true
         workers.append(worker)
         return worker
     }
 
     /// Runs the worker binary with `arguments` (no `start` added) and waits for it to exit.
-    func runWorkerBinary(_ arguments: [String], apiURL: String?, timeout: Double = 20) async throws -> (code: Int32, output: String) {
+    func runWorkerBinary(_ arguments: [String], apiURL: String?, environment: [String: String] = [:],
+                         timeout: Double = 20) async throws -> (code: Int32, output: String) {
         let worker = try WorkerProcess.start(env: env, arguments: arguments, label: "cli \(arguments)",
-                                             apiURL: apiURL, extraEnvironment: [:])
+                                             apiURL: apiURL, extraEnvironment: environment)
         workers.append(worker)
         guard let code = await worker.waitForExit(timeout: timeout) else {
             XCTFail("prefect-worker \(arguments) did not exit within \(timeout) s; output: \(worker.log)")

@@ -472,7 +472,7 @@ final class OperationsTests: E2ETestCase, @unchecked Sendable {
         } catch {
             XCTFail("\(error)")
         }
-        // Give the worker's 1 s batches time to deliver any duplicate.
+        // Give the worker's 2 s batches (PREFECT_LOGGING_TO_API_BATCH_INTERVAL) time to deliver any duplicate.
         try await Task.sleep(nanoseconds: 3_000_000_000)
         messages = try await api.logMessages(id)
         let finished = messages.filter { $0.contains("Finished in state Completed()") }

@@ -262,11 +262,18 @@ extension PrefectClient {
                        body: .object(["name": .string(name)]), what: "creating work queue '\(name)'")
     }
 
-    /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE.
-    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, policy: RetryPolicy = .quick) async throws {
-        let body = JSON.object(["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)])
-        try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: body,
-                       what: "heartbeat", policy: policy)
+    /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE. With `returnID` (Prefect Cloud
+    /// only, as Prefect's worker asks), the answer is the worker's id; nil if the body is not one.
+    @discardableResult
+    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, returnID: Bool = false,
+                          policy: RetryPolicy = .quick) async throws -> String? {
+        var body: [String: JSON] = ["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)]
+        if returnID { body["return_id"] = .bool(true) }
+        let data = try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: .object(body),
+                                  what: "heartbeat", policy: policy)
+        guard returnID else { return nil }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: CharacterSet(charactersIn: "\" \n\r\t"))
+        return UUID(uuidString: text) == nil ? nil : text.lowercased()
     }
 
     /// `POST /work_pools/{pool}/get_scheduled_flow_runs`.

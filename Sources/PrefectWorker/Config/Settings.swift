@@ -41,6 +41,35 @@ public struct Settings: Sendable, Equatable {
     public var client = ClientSettings()
     /// The worker's own environment, handed to jobs.
     public var environment: [String: String] = [:]
+    /// `--base-job-template`: the template of a pool the worker creates, and the file it came from.
+    public var baseJobTemplate: JSON?
+    public var baseJobTemplatePath: String?
+    /// `--install-policy`: accepted so Prefect's service files keep working; a process worker installs nothing.
+    public var installPolicy: String?
+    /// `PREFECT_WORKER_DEBUG_MODE`: debug logging for the worker only (jobs do not inherit it as debug mode).
+    public var debugMode = false
+    /// `PREFECT_WORKER_ENABLE_CANCELLATION` as set (nil: not set). Ours cancels runs in flight either way.
+    public var enableCancellation: Bool?
+    /// `PREFECT_CLOUD_API_URL`: an API URL under it is Prefect Cloud, which tells the worker its id.
+    public var cloudAPIURL = "https://api.prefect.cloud/api"
+    /// `PREFECT_LOGGING_TO_API_*`: shipping job output and the worker's lines about runs to the run's logs.
+    public var logsToAPI = LogsToAPI()
+
+    /// Prefect's `PREFECT_LOGGING_TO_API_*` settings, with its defaults.
+    public struct LogsToAPI: Sendable, Equatable {
+        public var enabled = true
+        /// Seconds between batches.
+        public var batchInterval = 2.0
+        /// Bytes per batch (of the JSON records), as Prefect counts them: max(batchSize - maxLogSize, maxLogSize).
+        public var batchSize = 4_000_000
+        /// Bytes of one record; a longer message is truncated, ending in "... [truncated]".
+        public var maxLogSize = 1_000_000
+        public init() {}
+        public var maxBatchBytes: Int { max(batchSize - maxLogSize, maxLogSize) }
+    }
+
+    /// Whether the API is Prefect Cloud (Prefect's `determine_server_type`).
+    public var isCloud: Bool { apiURL.absoluteString.hasPrefix(cloudAPIURL) }
 
     public init(apiURL: URL, pool: String, workerName: String) {
         self.apiURL = apiURL
@@ -106,10 +135,15 @@ public enum CommandLineParser {
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
           --no-create-pool-if-not-found
-                                   wait for a missing pool instead of creating it
+                                   wait for a missing pool instead of creating it (--create-pool-if-not-found,
+                                   the default, creates it)
           --with-healthcheck       serve GET /health and /metrics [PREFECT_WORKER_WITH_HEALTHCHECK] on
                                    PREFECT_WORKER_WEBSERVER_HOST (127.0.0.1) : PREFECT_WORKER_WEBSERVER_PORT (8080)
-          --log-format text|json   worker log format [PREFECT_WORKER_LOG_FORMAT=text]; level from PREFECT_LOGGING_LEVEL
+          --log-format text|json   worker log format [PREFECT_WORKER_LOG_FORMAT=text]; level from PREFECT_LOGGING_LEVEL,
+                                   or DEBUG when PREFECT_WORKER_DEBUG_MODE is true
+          --base-job-template PATH JSON base job template for a pool the worker creates; ignored (with a
+                                   warning) when the pool exists
+          --install-policy P       always|if-not-present|never|prompt: accepted; a process worker installs nothing
 
     Environment:
       PREFECT_API_URL              API base URL, e.g. http://127.0.0.1:4200/api (required)
@@ -129,6 +163,17 @@ public enum CommandLineParser {
       PREFECT_API_ENABLE_HTTP2     offer HTTP/2 over TLS (false)
       HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY
                                    proxies, in either case, as curl reads them
+      PREFECT_CLOUD_API_URL        URLs under it are Prefect Cloud (https://api.prefect.cloud/api)
+      PREFECT_CLOUD_MAX_LOG_SIZE   on Cloud, caps PREFECT_LOGGING_TO_API_MAX_LOG_SIZE (25000)
+      PREFECT_LOGGING_TO_API_ENABLED (true), PREFECT_LOGGING_TO_API_BATCH_INTERVAL (2 s),
+      PREFECT_LOGGING_TO_API_BATCH_SIZE (4000000 bytes), PREFECT_LOGGING_TO_API_MAX_LOG_SIZE (1000000 bytes)
+                                   shipping job output and the worker's lines about runs to the run's logs
+      PREFECT_WORKER_DEBUG_MODE    debug logging for the worker (false)
+      PREFECT_WORKER_ENABLE_CANCELLATION
+                                   accepted; runs in flight are always cancellable
+      PREFECT_PROFILES_PATH, PREFECT_HOME, PREFECT_PROFILE
+                                   Prefect's profiles file ($PREFECT_HOME/profiles.toml, PREFECT_HOME=~/.prefect)
+                                   and its active profile; with ./prefect.toml, defaults beneath the environment
     """
 
     /// Parses `arguments` (without the program name) with `environment` as the fallback for settings.
@@ -150,6 +195,8 @@ public enum CommandLineParser {
         var flags: [String: String] = [:]
         var runOnce = false
         var createPool = true
+        var baseJobTemplatePath: String?
+        var installPolicy: String?
 
         while let arg = args.popFirst() {
             var option = arg
@@ -183,6 +230,13 @@ public enum CommandLineParser {
             case "--prefetch-seconds", "--heartbeat-seconds", "--query-seconds", "--kill-grace-seconds",
                  "--drain-timeout", "--log-format", "--state-dir", "--cancellation-poll-seconds":
                 flags[String(option.dropFirst(2))] = try value()
+            case "--base-job-template": baseJobTemplatePath = try value()
+            case "--install-policy":
+                let policy = try value()
+                guard installPolicies.contains(policy) else {
+                    throw UsageError("option '--install-policy': '\(policy)' is not one of \(installPolicies.joined(separator: ", "))")
+                }
+                installPolicy = policy
             case "--run-once": try noValue(); runOnce = true
             case "--with-healthcheck": try noValue(); flags["with-healthcheck"] = "true"
             case "--create-pool-if-not-found": try noValue(); createPool = true
@@ -217,6 +271,11 @@ public enum CommandLineParser {
         settings.createPoolIfNotFound = createPool
         settings.environment = environment
         settings.client = try ClientSettings.parse(environment)
+        settings.installPolicy = installPolicy
+        if let baseJobTemplatePath {
+            settings.baseJobTemplate = try loadBaseJobTemplate(baseJobTemplatePath)
+            settings.baseJobTemplatePath = baseJobTemplatePath
+        }
 
         func seconds(_ flag: String, _ env: String, minimum: Double) throws -> Double? {
             let (raw, source) = flags[flag].map { ($0, "--\(flag)") } ?? (environment[env].map { ($0, env) } ?? (nil, ""))
@@ -271,7 +330,67 @@ public enum CommandLineParser {
             }
             settings.logFormat = format
         }
+        // After PREFECT_LOGGING_LEVEL: debug mode wins.
+        try parseLoggingSettings(environment, into: &settings)
         return .start(settings)
+    }
+
+    static let installPolicies = ["always", "if-not-present", "never", "prompt"]
+
+    /// The `--base-job-template` file: a JSON object. A missing file or bad JSON is a usage error naming both.
+    static func loadBaseJobTemplate(_ path: String) throws -> JSON {
+        guard !path.isEmpty else { throw UsageError("option '--base-job-template' must not be empty") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
+            throw UsageError("--base-job-template: \(path) \(reason)")
+        }
+        let json: JSON
+        do {
+            json = try JSON.decode(data)
+        } catch {
+            throw UsageError("--base-job-template: \(path) is not valid JSON: \(error)")
+        }
+        guard case .object(let fields) = json else {
+            throw UsageError("--base-job-template: \(path) holds a JSON \(json.typeName), not an object with job_configuration and variables")
+        }
+        guard fields["job_configuration"]?.objectValue != nil else {
+            throw UsageError("--base-job-template: \(path) has no \"job_configuration\" object")
+        }
+        return json
+    }
+
+    /// `PREFECT_WORKER_DEBUG_MODE`, `PREFECT_WORKER_ENABLE_CANCELLATION`, `PREFECT_CLOUD_API_URL` and
+    /// `PREFECT_LOGGING_TO_API_*`.
+    static func parseLoggingSettings(_ environment: [String: String], into settings: inout Settings) throws {
+        func raw(_ key: String) -> String? { environment[key].flatMap { $0.isEmpty ? nil : $0 } }
+        func boolean(_ key: String) throws -> Bool? {
+            guard let value = raw(key) else { return nil }
+            guard let parsed = JSONBoolean.parse(value) else { throw UsageError("\(key): '\(value)' is not true or false") }
+            return parsed
+        }
+        func integer(_ key: String, minimum: Int) throws -> Int? {
+            guard let value = raw(key) else { return nil }
+            guard let parsed = Int(value), parsed >= minimum else { throw UsageError("\(key): '\(value)' is not a whole number >= \(minimum)") }
+            return parsed
+        }
+        if let debug = try boolean("PREFECT_WORKER_DEBUG_MODE") {
+            settings.debugMode = debug
+            if debug { settings.logLevel = .debug }
+        }
+        settings.enableCancellation = try boolean("PREFECT_WORKER_ENABLE_CANCELLATION")
+        if let url = raw("PREFECT_CLOUD_API_URL") { settings.cloudAPIURL = url }
+        if let enabled = try boolean("PREFECT_LOGGING_TO_API_ENABLED") { settings.logsToAPI.enabled = enabled }
+        if let value = raw("PREFECT_LOGGING_TO_API_BATCH_INTERVAL") {
+            guard let seconds = Double(value), seconds.isFinite, seconds >= 0.01 else {
+                throw UsageError("PREFECT_LOGGING_TO_API_BATCH_INTERVAL: '\(value)' is not a number of seconds >= 0.01")
+            }
+            settings.logsToAPI.batchInterval = seconds
+        }
+        if let size = try integer("PREFECT_LOGGING_TO_API_BATCH_SIZE", minimum: 1) { settings.logsToAPI.batchSize = size }
+        if let size = try integer("PREFECT_LOGGING_TO_API_MAX_LOG_SIZE", minimum: 100) { settings.logsToAPI.maxLogSize = size }
+        // Prefect caps the size on Cloud (`connected_to_cloud` in settings/models/root.py).
+        let cloudMax = try integer("PREFECT_CLOUD_MAX_LOG_SIZE", minimum: 100) ?? 25_000
+        if settings.isCloud { settings.logsToAPI.maxLogSize = min(settings.logsToAPI.maxLogSize, cloudMax) }
     }
 
     /// `--state-dir`, else `PREFECT_WORKER_STATE_DIR`, else systemd's `$STATE_DIRECTORY` (first entry),

@@ -10,9 +10,12 @@ public final class APIShipper: Sendable {
         public var body: JSON
         /// Records are counted per key when dropped (the flow run id for logs).
         public var key: String?
-        public init(body: JSON, key: String? = nil) {
+        /// About how many bytes the record takes in a batch (0: not counted against `maxBatchBytes`).
+        public var size: Int
+        public init(body: JSON, key: String? = nil, size: Int = 0) {
             self.body = body
             self.key = key
+            self.size = size
         }
     }
 
@@ -35,17 +38,21 @@ public final class APIShipper: Sendable {
     private let what: String
     private let capacity: Int
     private let batchSize: Int
+    private let maxBatchBytes: Int
     private let interval: Double
     private let droppedRecord: @Sendable (_ key: String, _ count: Int) -> Record?
     private let state = Mutex(State())
 
-    public init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200, interval: Double = 1,
+    /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
+    public init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
+                maxBatchBytes: Int = .max, interval: Double = 1,
                 droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil }) {
         self.client = client
         self.path = path
         self.what = what
         self.capacity = capacity
         self.batchSize = batchSize
+        self.maxBatchBytes = maxBatchBytes
         self.interval = interval
         self.droppedRecord = droppedRecord
     }
@@ -86,7 +93,14 @@ public final class APIShipper: Sendable {
     public func deliverAll() async -> Bool {
         while true {
             let (dropped, batch) = state.withLock { state in
-                let batch = Array(state.buffer.prefix(batchSize))
+                var bytes = 0
+                var count = 0
+                for entry in state.buffer.prefix(batchSize) {
+                    bytes += entry.record.size
+                    if count > 0 && bytes > maxBatchBytes { break }
+                    count += 1
+                }
+                let batch = Array(state.buffer.prefix(count))
                 state.inFlightThrough = batch.last?.seq
                 state.evictedInFlight = [:]
                 return (state.dropped, batch)

@@ -206,6 +206,7 @@ struct FlowRunSupervisor: Sendable {
         if let key = settings.apiKey { env["PREFECT_API_KEY"] = key }
         if let auth = settings.authString { env["PREFECT_API_AUTH_STRING"] = auth }
         env["PREFECT__WORKER_NAME"] = settings.workerName
+        if let workerID = context.workerID { env["PREFECT__WORKER_ID"] = workerID }
         if let flowID = run.flowID { env["PREFECT__FLOW_ID"] = flowID }
         if let deploymentID = run.deploymentID { env["PREFECT__DEPLOYMENT_ID"] = deploymentID }
         env["PREFECT_FLOW_RUN_PARAMETERS_FILE"] = parametersFile
@@ -257,7 +258,7 @@ struct FlowRunSupervisor: Sendable {
         let submitted = context.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
             run: run, deployment: deployment, flowName: flowName, pool: pool))
         // Output is captured when it is streamed, or when the worker ships it to the run's logs.
-        let shipOutput = job.stateOwner == .worker
+        let shipOutput = job.stateOwner == .worker && settings.logsToAPI.enabled
         let process: SpawnedProcess
         do {
             process = try ChildProcesses.shared.spawn(SpawnRequest(
@@ -274,10 +275,11 @@ struct FlowRunSupervisor: Sendable {
             workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
         Metrics.shared.runStarted()
         let logs = context.logs
+        let maxLogSize = settings.logsToAPI.maxLogSize
         func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {
             guard shipOutput else { return nil }
             return { line in
-                logs.add(APIShipper.Record(body: FlowRunLog.record(runID: id, level: level, message: line, name: "prefect.flow_runs.job"), key: id))
+                logs.add(FlowRunLog.shippable(runID: id, level: level, message: line, name: "prefect.flow_runs.job", maxSize: maxLogSize))
             }
         }
         let pumps = [

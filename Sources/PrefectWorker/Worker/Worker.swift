@@ -17,6 +17,8 @@ public final class Worker: Sendable {
 
     public init(settings: Settings) {
         let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString, settings: settings.client)
+        // Prefect's worker sends its name with every request it makes (`get_attribution_headers`), Cloud or not.
+        client.setHeader("X-Prefect-Worker-Name", settings.workerName)
         self.context = WorkerContext(settings: settings, client: client)
     }
 
@@ -44,10 +46,21 @@ public final class Worker: Sendable {
             Log.error("\(error)")
             return 1
         }
+        if let policy = settings.installPolicy {
+            Log.info("--install-policy \(policy): a process worker needs nothing installed; ignoring it")
+        }
+        if settings.enableCancellation == false {
+            Log.info("PREFECT_WORKER_ENABLE_CANCELLATION is false, but prefect-worker always cancels its runs in flight when they are CANCELLING")
+        }
+        if settings.debugMode { Log.debug("PREFECT_WORKER_DEBUG_MODE: debug logging for the worker") }
         ProcFS.becomeSubreaper()
-        let logs = context.logs
-        Log.setRunSink { level, runID, message in
-            logs.add(APIShipper.Record(body: FlowRunLog.record(runID: runID, level: level, message: message), key: runID))
+        let context = self.context
+        if settings.logsToAPI.enabled {
+            Log.setRunSink { level, runID, message in
+                context.logs.add(context.logRecord(runID: runID, level: level, message: message))
+            }
+        } else {
+            Log.info("PREFECT_LOGGING_TO_API_ENABLED is false: job output and the worker's lines about runs stay in the worker's log")
         }
         defer { Log.setRunSink(nil) }
         if settings.withHealthcheck {
@@ -60,7 +73,7 @@ public final class Worker: Sendable {
                 return 1
             }
         }
-        let shippers = [Task { await logs.run() }, Task { await self.context.events.shipper.run() },
+        let shippers = [Task { await context.logs.run() }, Task { await self.context.events.shipper.run() },
                         Task { await self.context.outbox.run() }]
         let watchdog = Task { await self.watchdogLoop() }
         let started = await firstOf({ () async -> Result<Bool, WorkerError> in
@@ -156,6 +169,7 @@ public final class Worker: Sendable {
     /// missing, and installing the default template when it is empty.
     func syncPool() async throws {
         var pool = try await client.readWorkPool(settings.pool, policy: .quick)
+        var created = false
         if pool == nil {
             guard settings.createPoolIfNotFound else {
                 Log.warning("work pool '\(settings.pool)' not found; waiting for it to be created")
@@ -163,13 +177,19 @@ public final class Worker: Sendable {
                 return
             }
             do {
-                pool = try await client.createWorkPool(name: settings.pool, type: "process", baseJobTemplate: JobTemplate.defaultProcessTemplate)
-                Log.info("created work pool '\(settings.pool)' of type 'process'")
+                pool = try await client.createWorkPool(name: settings.pool, type: "process",
+                                                       baseJobTemplate: settings.baseJobTemplate ?? JobTemplate.defaultProcessTemplate)
+                Log.info("created work pool '\(settings.pool)' of type 'process'"
+                         + (settings.baseJobTemplatePath.map { " with the base job template in \($0)" } ?? ""))
+                created = true
             } catch let error as APIError where error.status == 409 {
                 pool = try await client.readWorkPool(settings.pool, policy: .quick) // created by another worker meanwhile
             }
         }
         guard var pool else { return }
+        if context.pool == nil, !created, let path = settings.baseJobTemplatePath {
+            Log.warning("ignoring the base job template in \(path) because work pool '\(pool.name)' already exists")
+        }
         guard pool.type == "process" else {
             throw WorkerError(message: "work pool '\(pool.name)' has type '\(pool.type)', but prefect-worker runs only 'process' pools; use a process pool, or Prefect's own worker for '\(pool.type)'")
         }
@@ -198,8 +218,25 @@ public final class Worker: Sendable {
 
     func sendHeartbeat() async {
         do {
-            try await client.heartbeat(pool: settings.pool, worker: settings.workerName,
-                                       intervalSeconds: max(1, Int(settings.heartbeatSeconds.rounded())))
+            let interval = max(1, Int(settings.heartbeatSeconds.rounded()))
+            // Like Prefect's worker, ask Prefect Cloud for our id until it has told us.
+            if settings.isCloud, context.workerID == nil {
+                let id: String?
+                do {
+                    id = try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval, returnID: true)
+                } catch let error as APIError where error.status == 422 {
+                    id = try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval)
+                }
+                if let id {
+                    context.workerID = id
+                    client.setHeader("X-Prefect-Worker-Id", id)
+                    Log.info("Prefect Cloud knows this worker as \(id)")
+                } else {
+                    Log.warning("failed to retrieve the worker id from the Prefect API; sending requests without X-Prefect-Worker-Id")
+                }
+            } else {
+                try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval)
+            }
             let first = context.status.lastHeartbeat == nil
             context.status.heartbeatSucceeded()
             let status = "STATUS=pool \(settings.pool): \(Metrics.shared.inFlight) run(s) in flight"

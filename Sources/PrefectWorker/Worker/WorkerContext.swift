@@ -31,11 +31,12 @@ public final class WorkerContext: Sendable {
         self.status = WorkerStatus()
         self.journal = RunJournal(stateDirectory: settings.stateDirectory)
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client)
+        let logSettings = settings.logsToAPI
         self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
-                               interval: 1) { runID, count in
-            APIShipper.Record(body: FlowRunLog.record(runID: runID, level: .warning,
-                                                      message: "\(count) line(s) of output were dropped: the Prefect API was unreachable for too long."),
-                              key: runID)
+                               maxBatchBytes: logSettings.maxBatchBytes, interval: logSettings.batchInterval) { runID, count in
+            FlowRunLog.shippable(runID: runID, level: .warning,
+                                 message: "\(count) line(s) of output were dropped: the Prefect API was unreachable for too long.",
+                                 maxSize: logSettings.maxLogSize)
         }
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1))
@@ -71,6 +72,18 @@ public final class WorkerContext: Sendable {
         return name
     }
 
+    /// The worker's id, once Prefect Cloud has told us (a heartbeat with `return_id`); jobs get it as `PREFECT__WORKER_ID`.
+    public var workerID: String? {
+        get { workerIDValue.withLock { $0 } }
+        set { workerIDValue.withLock { $0 = newValue } }
+    }
+    private let workerIDValue = Mutex<String?>(nil)
+
+    /// A line about a run (job output or the worker's own), for `logs`, cut to `PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`.
+    public func logRecord(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker") -> APIShipper.Record {
+        FlowRunLog.shippable(runID: runID, level: level, message: message, name: name, maxSize: settings.logsToAPI.maxLogSize)
+    }
+
     /// The work pool as last read; each run freezes a copy when it is submitted.
     public var pool: WorkPool? {
         get { poolSnapshot.withLock { $0 } }
@@ -99,6 +112,31 @@ public final class WorkerStatus: Sendable {
 
 /// A flow run log record as `POST /logs/` takes it.
 public enum FlowRunLog {
+    /// Bytes a record takes besides its message (names, level, timestamp, ids), as an estimate of its JSON.
+    static let recordOverhead = 200
+
+    /// The record with its size, its message truncated like Prefect's `APILogHandler` when the record would
+    /// exceed `maxSize` bytes: cut 50 bytes short of the limit and ended with "... [truncated]".
+    public static func shippable(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
+                                 maxSize: Int) -> APIShipper.Record {
+        var text = message
+        var size = recordOverhead + name.utf8.count + text.utf8.count
+        if size > maxSize {
+            let keep = max(text.utf8.count - (size - maxSize) - 50, 0)
+            var kept = 0
+            var cut = String.UnicodeScalarView()
+            for scalar in text.unicodeScalars {
+                let length = String(scalar).utf8.count
+                if kept + length > keep { break }
+                kept += length
+                cut.append(scalar)
+            }
+            text = String(cut) + "... [truncated]"
+            size = recordOverhead + name.utf8.count + text.utf8.count
+        }
+        return APIShipper.Record(body: record(runID: runID, level: level, message: text, name: name), key: runID, size: size)
+    }
+
     public static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
                               at date: Date = Date()) -> JSON {
         .object([
