@@ -95,7 +95,9 @@ struct TestAPI: Sendable {
 
     /// `POST /deployments/{id}/create_flow_run`: a SCHEDULED run due now.
     func createFlowRun(deployment: String, parameters: JSON = .object([:]), jobVariables: JSON? = nil) async throws -> String {
-        var body: [String: JSON] = ["parameters": parameters]
+        // The idempotency key makes a retry after a lost answer (a 503 from a busy server that had already
+        // created the run) return the same run instead of adding a second one.
+        var body: [String: JSON] = ["parameters": parameters, "idempotency_key": .string(UUID().uuidString)]
         if let jobVariables { body["job_variables"] = jobVariables }
         return try await send("POST", "/deployments/\(Self.path(deployment))/create_flow_run", .object(body))["id"]!.asString!
     }
