@@ -39,6 +39,16 @@ public struct Settings: Sendable, Equatable {
     public var webserverPort: UInt16 = 8080
     /// The worker's own environment, handed to jobs.
     public var environment: [String: String] = [:]
+    /// Variables (shell globs on the name) whose values are redacted from job output, logs and events.
+    public var redactedVariablePatterns: [String] = Redactor.defaultPatterns
+
+    /// The secrets in the worker's own environment and credentials (see `Redactor.secretValues`).
+    public var secretValues: [String] {
+        var env = environment
+        if let apiKey { env["PREFECT_API_KEY"] = apiKey }
+        if let authString { env["PREFECT_API_AUTH_STRING"] = authString }
+        return Redactor.secretValues(environment: env, patterns: redactedVariablePatterns)
+    }
 
     public init(apiURL: URL, pool: String, workerName: String) {
         self.apiURL = apiURL
@@ -113,6 +123,9 @@ public enum CommandLineParser {
       PREFECT_API_URL              API base URL, e.g. http://127.0.0.1:4200/api (required)
       PREFECT_API_KEY              sent as `Authorization: Bearer` (Prefect Cloud)
       PREFECT_API_AUTH_STRING      sent as HTTP basic auth, "user:password" (self-hosted servers)
+      PREFECT_WORKER_REDACTED_VARS variables whose values are redacted from job output and logs, comma-separated
+                                   globs (default: *_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY,
+                                   *_CONNECTION_STRING,*_API_KEY); PREFECT_API_KEY and PREFECT_API_AUTH_STRING always
     """
 
     /// Parses `arguments` (without the program name) with `environment` as the fallback for settings.
@@ -200,6 +213,9 @@ public enum CommandLineParser {
         settings.runOnce = runOnce
         settings.createPoolIfNotFound = createPool
         settings.environment = environment
+        if let raw = environment["PREFECT_WORKER_REDACTED_VARS"] {
+            settings.redactedVariablePatterns = raw.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
 
         func seconds(_ flag: String, _ env: String, minimum: Double) throws -> Double? {
             let (raw, source) = flags[flag].map { ($0, "--\(flag)") } ?? (environment[env].map { ($0, env) } ?? (nil, ""))
