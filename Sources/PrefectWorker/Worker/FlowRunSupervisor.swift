@@ -290,11 +290,13 @@ struct FlowRunSupervisor: Sendable {
 
         let events = context.events
         // The engine heartbeats for its own runs; for a plain command the worker does, as the engine would.
+        // The first one as the job starts (as the engine does), then one per interval.
         let heartbeat = job.stateOwner == .worker ? Self.heartbeatSeconds(env, run: id).map { seconds in
-            Task {
-                while !Task.isCancelled {
-                    events.flowRunHeartbeat(run: run, flowName: flowName)
+            events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+            return Task {
+                while true {
                     do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                    events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
                 }
             }
         } : nil

@@ -65,9 +65,11 @@ public struct WorkerEvents: Sendable {
         return (id, now)
     }
 
-    /// `prefect.flow-run.heartbeat`, as the engine emits it (`FlowRunEngine._build_heartbeat_event_template`):
-    /// the flow run as resource; the flow, the deployment (without a name) and the run's tags as related.
-    func flowRunHeartbeat(run: FlowRun, flowName: String?) {
+    /// `prefect.flow-run.heartbeat`, as the engine emits it: the flow run as resource; related, the flow, the
+    /// deployment (without a name) and the run's tags (`FlowRunEngine._build_heartbeat_event_template`),
+    /// then the work queue and work pool that Prefect's events worker adds from the run context
+    /// (`related_resources_from_run_context`).
+    func flowRunHeartbeat(run: FlowRun, flowName: String?, pool: WorkPool?) {
         let resource: JSON = .object([
             "prefect.resource.id": .string("prefect.flow-run.\(run.id)"),
             "prefect.resource.name": .string(run.name ?? ""),
@@ -81,6 +83,8 @@ public struct WorkerEvents: Sendable {
         for tag in Set(run.tags ?? []).sorted() {
             related.append(.object(["prefect.resource.id": .string("prefect.tag.\(tag)"), "prefect.resource.role": "tag"]))
         }
+        if let queueID = run.workQueueID { related.append(.object(Self.related("work-queue", id: queueID, name: run.workQueueName))) }
+        related += Self.poolRelated(pool)
         emit("prefect.flow-run.heartbeat", resource: resource, related: related)
     }
 
