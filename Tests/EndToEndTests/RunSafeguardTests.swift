@@ -290,6 +290,23 @@ final class RunSafeguardTests: RunControlTestCase, @unchecked Sendable {
         }
     }
 
+    func testAnEngineRunThatTimesOutIsFailedTimedOut() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "sleepy", jobVariables: .object([
+            "timeout_seconds": .int(10),
+        ]))
+        _ = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 3)
+        let id = try await api.createFlowRun(deployment: deployment, parameters: try E2E.json(#"{"seconds": 120}"#))
+        track(id)
+        let run = try await waitForFinalState(id, timeout: engineTimeout)
+        let history = try await api.states(id).map { "\($0["type"]?.asString ?? "?")/\($0["name"]?.asString ?? "?")" }
+        XCTAssertEqual(run.stateType, "FAILED", "final state: \(run.stateSummary); history: \(history)")
+        XCTAssertEqual(run["state_name"]?.asString, "TimedOut")
+        XCTAssertTrue(run.stateMessage.contains("timeout of 10 second(s)"), run.stateMessage)
+        let gone = await waitForNoJobProcesses(id, timeout: 5)
+        XCTAssertTrue(gone, "left behind: \(ProcScan.describe(ProcScan.processes(ofRun: id)))")
+    }
+
     // MARK: - Heartbeats
 
     func testWorkerOwnedRunsHeartbeatLikeTheEngine() async throws {

@@ -184,17 +184,6 @@ final class JobConfigurationTests: XCTestCase {
         XCTAssertNil(try JobConfiguration(template.render(values: [:], environment: [:])).timeoutSeconds)
     }
 
-    func testHeartbeatFrequencyAsTheEngineReadsIt() {
-        typealias S = FlowRunSupervisor
-        XCTAssertEqual(S.heartbeatSeconds([:], run: "r"), 180, "Prefect's default")
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"], run: "r"), 30)
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "45"], run: "r"), 45)
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "5"], run: "r"), 30, "Prefect's minimum")
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "60"], run: "r"), 60, "the legacy name")
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "40", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "60"], run: "r"), 40)
-        XCTAssertEqual(S.heartbeatSeconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "often"], run: "r"), 180)
-    }
-
     // MARK: - state_owner
 
     func testStateOwnerExplicit() throws {

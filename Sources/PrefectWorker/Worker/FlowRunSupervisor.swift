@@ -289,43 +289,18 @@ struct FlowRunSupervisor: Sendable {
         Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
 
         let events = context.events
-        // The engine heartbeats for its own runs; for a plain command the worker does, as the engine would.
-        // The first one as the job starts (as the engine does), then one per interval.
-        let heartbeat = job.stateOwner == .worker ? Self.heartbeatSeconds(env, run: id).map { seconds in
-            events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
-            return Task {
-                while true {
-                    do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
-                    events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
-                }
-            }
-        } : nil
+        // The engine heartbeats for its own runs; for a plain command the worker does.
+        let heartbeat = job.stateOwner == .worker
+            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, run: id)) : nil
         await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds) {
             let end = await ChildProcesses.shared.waitForEnd(process.pid)
-            heartbeat?.cancel()
+            heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
             events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
                 run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: end.status.code),
                 payload: end.usage.payload, follows: submitted)
             return end
         }
-    }
-
-    /// Seconds between heartbeats, from the job's `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` (or its legacy name
-    /// `PREFECT_RUNNER_HEARTBEAT_FREQUENCY`) as the engine reads it: Prefect's default 180 when unset, at
-    /// least 30.
-    static func heartbeatSeconds(_ env: [String: String], run id: String) -> Double? {
-        let name = env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] != nil ? "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" : "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"
-        guard let raw = env[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return 180 }
-        guard let seconds = Int(raw) else {
-            Log.warning("\(name)='\(raw)' is not a whole number of seconds; sending heartbeats every 180 s (Prefect's default)", run: id)
-            return 180
-        }
-        if seconds < 30 {
-            Log.warning("\(name)=\(seconds) is below Prefect's minimum of 30; sending heartbeats every 30 s", run: id)
-            return 30
-        }
-        return Double(seconds)
     }
 
     /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
