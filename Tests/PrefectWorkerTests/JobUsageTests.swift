@@ -57,6 +57,24 @@ final class JobUsageTests: XCTestCase {
         XCTAssertLessThan(peak, 400_000_000, "peak memory \(peak)")
     }
 
+    func testASmallJobsPeakIsOnlyAnUpperBound() async throws {
+        // Linux folds the spawner's peak RSS (this test process's) into a child's ru_maxrss: a tiny job cannot
+        // be told apart from it, so its figure is reported as an upper bound, not as its own.
+        let own = try XCTUnwrap(JobUsage.ownPeakBytes())
+        XCTAssertGreaterThan(own, 1_000_000)
+        let process = try P.shell("true", captureOutput: false)
+        let end = await ChildProcesses.shared.waitForEnd(process.pid)
+        XCTAssertTrue(end.usage.peakMemoryIsUpperBound, "\(end.usage)")
+        XCTAssertTrue(JobUsage.closingLine(pid: process.pid, ending: "exited with code 0", usage: end.usage).contains("peak memory at most "))
+        XCTAssertNil(end.usage.payload["peak_memory_bytes"])
+        XCTAssertNotNil(end.usage.payload["peak_memory_bytes_at_most"])
+        XCTAssertEqual(JobUsage.closingLine(pid: 1, ending: "exited with code 0",
+                                            usage: JobUsage(wallSeconds: 1, userCPUSeconds: 0, systemCPUSeconds: 0, peakMemoryBytes: 38_000_000, peakMemoryIsUpperBound: true)),
+                       "job (pid 1) exited with code 0 after 1.0 s; CPU 0.00 s user + 0.00 s system; peak memory at most 38.0 MB")
+        // A source that knows the exact figure (a cgroup) replaces the bound.
+        XCTAssertFalse(end.usage.overridden(by: JobUsage(peakMemoryBytes: 123)).peakMemoryIsUpperBound)
+    }
+
     func testAnIdleJobUsesAlmostNoCPU() async throws {
         let process = try P.shell("sleep 0.5", captureOutput: false)
         let end = await ChildProcesses.shared.waitForEnd(process.pid)

@@ -47,7 +47,7 @@ public final class ChildProcesses: Sendable {
     public static let shared = ChildProcesses()
 
     private enum Entry {
-        case running(started: ContinuousClock.Instant, waiter: CheckedContinuation<JobEnd, Never>?)
+        case running(started: ContinuousClock.Instant, spawnerPeak: Int?, waiter: CheckedContinuation<JobEnd, Never>?)
         case exited(JobEnd)
     }
 
@@ -106,14 +106,22 @@ public final class ChildProcesses: Sendable {
         defer { argv.free(); envp.free() }
 
         var pid: pid_t = 0
+        // The worker's peak RSS, which Linux folds into the child's rusage (see `JobUsage`): read before the
+        // spawn (a job may be reaped at once) and again after it (posix_spawn returns once the child exec'd).
+        let peakBefore = JobUsage.ownPeakBytes()
         let result: Int32 = table.withLock { table in
             let rc = posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
-            if rc == 0 { table[pid] = .running(started: .now, waiter: nil) }
+            if rc == 0 { table[pid] = .running(started: .now, spawnerPeak: peakBefore, waiter: nil) }
             return rc
         }
         guard result == 0 else {
             closePipes(readEnds: true)
             throw SpawnError(message: "cannot start \(request.executable): \(String(cString: strerror(result)))")
+        }
+        if let peakAfter = JobUsage.ownPeakBytes() {
+            table.withLock { table in
+                if case .running(let started, _, let waiter)? = table[pid] { table[pid] = .running(started: started, spawnerPeak: peakAfter, waiter: waiter) }
+            }
         }
         spawned.signal()
         closePipes(readEnds: false)
@@ -134,11 +142,11 @@ public final class ChildProcesses: Sendable {
                 case .exited(let end)?:
                     table[pid] = nil
                     return end
-                case .running(let started, _)?:
-                    table[pid] = .running(started: started, waiter: continuation)
+                case .running(let started, let peak, _)?:
+                    table[pid] = .running(started: started, spawnerPeak: peak, waiter: continuation)
                     return nil
                 case nil:
-                    table[pid] = .running(started: .now, waiter: continuation)
+                    table[pid] = .running(started: .now, spawnerPeak: nil, waiter: continuation)
                     return nil
                 }
             }
@@ -175,11 +183,11 @@ public final class ChildProcesses: Sendable {
                 var usage = rusage()
                 let pid = wait4(-1, &status, WNOHANG, &usage)
                 if pid <= 0 { break }
-                guard case .running(let started, let waiter)? = table[pid] else {
+                guard case .running(let started, let spawnerPeak, let waiter)? = table[pid] else {
                     continue // a re-parented descendant: reaped, nothing to report
                 }
                 let end = JobEnd(status: ExitStatus(waitStatus: status),
-                                 usage: JobUsage(rusage: usage, wallSeconds: Self.seconds(started.duration(to: .now))))
+                                 usage: JobUsage(rusage: usage, wallSeconds: Self.seconds(started.duration(to: .now)), spawnerPeakBytes: spawnerPeak))
                 if let waiter {
                     table[pid] = nil
                     resumes.append((waiter, end))
