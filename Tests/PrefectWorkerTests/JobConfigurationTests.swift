@@ -148,6 +148,42 @@ final class JobConfigurationTests: XCTestCase {
         assertError(["stream_output": .array([])], "job variable 'stream_output' must be a boolean, got array []")
     }
 
+    // MARK: - timeout_seconds
+
+    func testTimeoutSeconds() throws {
+        XCTAssertNil(try job([:]).timeoutSeconds)
+        XCTAssertNil(try job(["timeout_seconds": .null]).timeoutSeconds)
+        XCTAssertEqual(try job(["timeout_seconds": .int(3)]).timeoutSeconds, 3)
+        XCTAssertEqual(try job(["timeout_seconds": .double(0.5)]).timeoutSeconds, 0.5)
+        XCTAssertEqual(try job(["timeout_seconds": " 90 "]).timeoutSeconds, 90, "a numeric string, as pydantic coerces it")
+        XCTAssertNil(try job(["timeout_seconds": .int(0)]).timeoutSeconds, "0 means no limit, as for a flow's timeout_seconds")
+        XCTAssertNil(try job(["timeout_seconds": ""]).timeoutSeconds)
+    }
+
+    func testTimeoutSecondsIsReadFromTheVariablesWhenThePoolTemplateLacksIt() throws {
+        XCTAssertEqual(try job([:], variables: ["timeout_seconds": .int(7)]).timeoutSeconds, 7)
+        XCTAssertEqual(try job(["timeout_seconds": .int(5)], variables: ["timeout_seconds": .int(7)]).timeoutSeconds, 5)
+        // Rendered from a template with Prefect's own (timeout-less) job configuration.
+        let template = try JobTemplate(.object(["job_configuration": .object(["command": "{{ command }}"]),
+                                                "variables": .object(["properties": .object(["command": .object(["type": "string"])])])]))
+        let rendered = try template.render(values: ["command": "sleep 9", "timeout_seconds": .int(2)], environment: [:])
+        XCTAssertEqual(try JobConfiguration(rendered).timeoutSeconds, 2)
+    }
+
+    func testBadTimeoutSecondsNameTheVariable() {
+        assertError(["timeout_seconds": .int(-1)], "job variable 'timeout_seconds' must be a number of seconds >= 0 or null, got -1")
+        assertError([:], variables: ["timeout_seconds": .double(-0.5)], "job variable 'timeout_seconds' must be a number of seconds >= 0 or null, got -0.5")
+        assertError(["timeout_seconds": "soon"], #"job variable 'timeout_seconds' must be a number of seconds or null, got string "soon""#)
+        assertError(["timeout_seconds": .bool(true)], "job variable 'timeout_seconds' must be a number of seconds or null, got boolean true")
+        assertError(["timeout_seconds": .array([.int(1)])], "job variable 'timeout_seconds' must be a number of seconds or null, got array [1]")
+    }
+
+    func testTheDefaultTemplateCarriesTimeoutSeconds() throws {
+        let template = try JobTemplate(JobTemplate.defaultProcessTemplate)
+        XCTAssertEqual(try JobConfiguration(template.render(values: ["timeout_seconds": .int(4)], environment: [:])).timeoutSeconds, 4)
+        XCTAssertNil(try JobConfiguration(template.render(values: [:], environment: [:])).timeoutSeconds)
+    }
+
     // MARK: - state_owner
 
     func testStateOwnerExplicit() throws {

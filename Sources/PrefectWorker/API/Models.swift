@@ -153,6 +153,7 @@ public struct FlowRun: Sendable, Decodable, Identifiable {
     public var labels: JSON?
     public var tags: [String]?
     public var workQueueName: String?
+    public var workQueueID: String?
     public var runCount: Int?
     public var startTime: String?
     /// When a poll returned this run (not part of the wire format).
@@ -171,6 +172,7 @@ public struct FlowRun: Sendable, Decodable, Identifiable {
         case expectedStartTime = "expected_start_time"
         case infrastructurePID = "infrastructure_pid"
         case workQueueName = "work_queue_name"
+        case workQueueID = "work_queue_id"
         case runCount = "run_count"
     }
 

@@ -71,6 +71,17 @@ public struct Settings: Sendable, Equatable {
     /// Whether the API is Prefect Cloud (Prefect's `determine_server_type`).
     public var isCloud: Bool { apiURL.absoluteString.hasPrefix(cloudAPIURL) }
 
+    /// Variables (shell globs on the name) whose values are redacted from job output, logs and events.
+    public var redactedVariablePatterns: [String] = Redactor.defaultPatterns
+
+    /// The secrets in the worker's own environment and credentials (see `Redactor.secretValues`).
+    public var secretValues: [String] {
+        var env = environment
+        if let apiKey { env["PREFECT_API_KEY"] = apiKey }
+        if let authString { env["PREFECT_API_AUTH_STRING"] = authString }
+        return Redactor.secretValues(environment: env, patterns: redactedVariablePatterns)
+    }
+
     public init(apiURL: URL, pool: String, workerName: String) {
         self.apiURL = apiURL
         self.pool = pool
@@ -174,6 +185,10 @@ public enum CommandLineParser {
       PREFECT_PROFILES_PATH, PREFECT_HOME, PREFECT_PROFILE
                                    Prefect's profiles file ($PREFECT_HOME/profiles.toml, PREFECT_HOME=~/.prefect)
                                    and its active profile; with ./prefect.toml, defaults beneath the environment
+
+      PREFECT_WORKER_REDACTED_VARS variables whose values are redacted from job output and logs, comma-separated
+                                   globs (default: *_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY,
+                                   *_CONNECTION_STRING,*_API_KEY); PREFECT_API_KEY and PREFECT_API_AUTH_STRING always
     """
 
     /// Parses `arguments` (without the program name) with `environment` as the fallback for settings.
@@ -275,6 +290,9 @@ public enum CommandLineParser {
         if let baseJobTemplatePath {
             settings.baseJobTemplate = try loadBaseJobTemplate(baseJobTemplatePath)
             settings.baseJobTemplatePath = baseJobTemplatePath
+        }
+        if let raw = environment["PREFECT_WORKER_REDACTED_VARS"] {
+            settings.redactedVariablePatterns = raw.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }
 
         func seconds(_ flag: String, _ env: String, minimum: Double) throws -> Double? {

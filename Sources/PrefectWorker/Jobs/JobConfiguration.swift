@@ -25,6 +25,8 @@ public struct JobConfiguration: Sendable, Equatable {
     public var labels: [String: String]
     public var streamOutput: Bool
     public var stateOwner: StateOwner
+    /// Stop the job and report the run FAILED (TimedOut) after this many seconds; nil = no limit.
+    public var timeoutSeconds: Double?
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
@@ -101,6 +103,29 @@ public struct JobConfiguration: Sendable, Equatable {
             stateOwner = owner
         case let other: throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(other.typeName)")
         }
+
+        // `timeout_seconds` is ours too, read the same way, so pools with Prefect's own template can use it.
+        timeoutSeconds = try Self.timeout(config["timeout_seconds"] ?? rendered.variables["timeout_seconds"] ?? .null)
+    }
+
+    /// A number of seconds >= 0 (a numeric string is accepted, as pydantic would); null or 0 = no limit, as
+    /// for a Prefect flow's `timeout_seconds`.
+    static func timeout(_ value: JSON) throws(JobConfigurationError) -> Double? {
+        let seconds: Double
+        switch value {
+        case .null: return nil
+        case .int(let n): seconds = Double(n)
+        case .double(let d): seconds = d
+        case .string(let s) where Double(s.trimmingCharacters(in: .whitespaces)) != nil:
+            seconds = Double(s.trimmingCharacters(in: .whitespaces))!
+        case .string(let s) where s.trimmingCharacters(in: .whitespaces).isEmpty: return nil
+        default:
+            throw JobConfigurationError("job variable 'timeout_seconds' must be a number of seconds or null, got \(value.typeName) \(value.encoded())")
+        }
+        guard seconds.isFinite, seconds >= 0 else {
+            throw JobConfigurationError("job variable 'timeout_seconds' must be a number of seconds >= 0 or null, got \(value.encoded())")
+        }
+        return seconds == 0 ? nil : seconds
     }
 
     /// The engine owns states when the command is the default or runs `prefect.engine` /

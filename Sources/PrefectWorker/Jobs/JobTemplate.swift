@@ -27,7 +27,8 @@ public struct JobTemplate: Sendable {
         self.properties = properties
     }
 
-    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`).
+    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`),
+    /// plus this worker's `timeout_seconds`.
     public static let defaultProcessTemplate: JSON = {
         func nullable(_ type: String, title: String, description: String, extra: [String: JSON] = [:]) -> JSON {
             var inner: [String: JSON] = ["type": .string(type)]
@@ -39,6 +40,7 @@ public struct JobTemplate: Sendable {
             "job_configuration": .object([
                 "command": "{{ command }}", "env": "{{ env }}", "labels": "{{ labels }}", "name": "{{ name }}",
                 "stream_output": "{{ stream_output }}", "working_dir": "{{ working_dir }}",
+                "timeout_seconds": "{{ timeout_seconds }}",
             ]),
             "variables": .object([
                 "type": "object",
@@ -63,6 +65,8 @@ public struct JobTemplate: Sendable {
                     "working_dir": nullable("string", title: "Working Directory",
                                             description: "If provided, workers will open flow run processes within the specified path as the working directory. Otherwise, a temporary directory will be created.",
                                             extra: ["format": "path"]),
+                    "timeout_seconds": nullable("number", title: "Timeout Seconds",
+                                                description: "If the flow run's process runs longer than this many seconds, the worker stops its process tree (SIGTERM, then SIGKILL after the kill grace period) and reports the run FAILED (TimedOut). Empty means no limit."),
                 ]),
             ]),
         ])

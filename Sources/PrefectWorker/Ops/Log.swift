@@ -39,6 +39,13 @@ public enum Log {
     /// Receives every line about a flow run, so it can be shipped to the run's logs in Prefect.
     private static let runSink = Mutex<(@Sendable (Level, String, String) -> Void)?>(nil)
 
+    /// Applied to every line before it is written or given to the run sink: it removes secrets.
+    private static let redaction = Mutex<(@Sendable (String) -> String)?>(nil)
+
+    public static func setRedaction(_ redact: (@Sendable (String) -> String)?) {
+        redaction.withLock { $0 = redact }
+    }
+
     public static func setRunSink(_ sink: (@Sendable (_ level: Level, _ runID: String, _ message: String) -> Void)?) {
         runSink.withLock { $0 = sink }
     }
@@ -56,7 +63,8 @@ public enum Log {
         let current = config.withLock { $0 }
         let sink = run == nil ? nil : runSink.withLock { $0 }
         guard level >= current.level || (sink != nil && level >= .info) else { return }
-        let text = message()
+        var text = message()
+        if let redact = redaction.withLock({ $0 }) { text = redact(text) }
         if let run, let sink, level >= .info { sink(level, run, text) }
         guard level >= current.level else { return }
         let time = Timestamp.format(Date())

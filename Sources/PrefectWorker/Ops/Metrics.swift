@@ -16,7 +16,16 @@ public final class Metrics: Sendable {
         var errors: [String: Int] = [:]
         var logLinesDropped = 0
         var inFlight = 0
+        /// Wall time of finished jobs: cumulative counts per `durationBuckets` bound, sum, count.
+        var durationCounts = [Int](repeating: 0, count: Metrics.durationBuckets.count)
+        var durationSum = 0.0
+        var durationCount = 0
+        var cpuUser = 0.0
+        var cpuSystem = 0.0
     }
+
+    /// Upper bounds (seconds) of the run duration histogram.
+    static let durationBuckets: [Double] = [1, 5, 10, 30, 60, 300, 900, 3600, 14400]
 
     private let state = Mutex(State())
 
@@ -24,6 +33,18 @@ public final class Metrics: Sendable {
     public func runStarted() { state.withLock { $0.started += 1 } }
     public func runFinished(_ type: StateType) {
         state.withLock { $0.finished[type.rawValue.lowercased(), default: 0] += 1 }
+    }
+    /// Counts what a finished job used (figures that are unknown are left out).
+    public func runUsage(_ usage: JobUsage) {
+        state.withLock { s in
+            if let wall = usage.wallSeconds {
+                for (i, bound) in Self.durationBuckets.enumerated() where wall <= bound { s.durationCounts[i] += 1 }
+                s.durationSum += wall
+                s.durationCount += 1
+            }
+            s.cpuUser += usage.userCPUSeconds ?? 0
+            s.cpuSystem += usage.systemCPUSeconds ?? 0
+        }
     }
     public func request(_ endpoint: String, failed: Bool) {
         state.withLock {
@@ -75,6 +96,14 @@ public final class Metrics: Sendable {
                [("", String(format: "%.3f", lastPoll?.timeIntervalSince1970 ?? 0))])
         metric("prefect_worker_log_lines_dropped_total", "counter", "Job output lines not shipped to the API because it was away too long.",
                [("", "\(s.logLinesDropped)")])
+        var buckets = Self.durationBuckets.enumerated().map { ("{le=\"\(String(format: "%g", $0.element))\"}", "\(s.durationCounts[$0.offset])") }
+        buckets.append(("{le=\"+Inf\"}", "\(s.durationCount)"))
+        out += "# HELP prefect_worker_run_duration_seconds Wall time of job processes, from start to exit.\n# TYPE prefect_worker_run_duration_seconds histogram\n"
+        for (labels, value) in buckets { out += "prefect_worker_run_duration_seconds_bucket\(labels) \(value)\n" }
+        out += "prefect_worker_run_duration_seconds_sum \(String(format: "%.3f", s.durationSum))\n"
+        out += "prefect_worker_run_duration_seconds_count \(s.durationCount)\n"
+        metric("prefect_worker_run_cpu_seconds_total", "counter", "CPU time used by job processes (and the descendants they waited for), by mode.",
+               [("{mode=\"system\"}", String(format: "%.3f", s.cpuSystem)), ("{mode=\"user\"}", String(format: "%.3f", s.cpuUser))])
         metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [("", "\(Self.residentBytes())")])
         return out
     }

@@ -39,15 +39,16 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
 /// Starts jobs and reaps them. Each job is the leader of a new process group, with stdin from /dev/null,
 /// default signal dispositions, an empty signal mask and no inherited file descriptors but 0-2.
 ///
-/// One thread waits for any child to exit (`waitid` with `WNOWAIT`) and then reaps with `waitpid(-1)`, so
-/// descendants re-parented to us as a subreaper are reaped too and no zombie stays behind. Spawning and
-/// reaping share a lock, so a child cannot be reaped before it is registered.
+/// One thread waits for any child to exit (`waitid` with `WNOWAIT`) and then reaps with `wait4(-1)`, so
+/// descendants re-parented to us as a subreaper are reaped too and no zombie stays behind, and each job's
+/// rusage (CPU time, peak memory) is known. Spawning and reaping share a lock, so a child cannot be reaped
+/// before it is registered.
 public final class ChildProcesses: Sendable {
     public static let shared = ChildProcesses()
 
     private enum Entry {
-        case running(waiter: CheckedContinuation<ExitStatus, Never>?)
-        case exited(ExitStatus)
+        case running(started: ContinuousClock.Instant, spawnerPeak: Int?, waiter: CheckedContinuation<JobEnd, Never>?)
+        case exited(JobEnd)
     }
 
     private let table = Mutex<[pid_t: Entry]>([:])
@@ -105,14 +106,22 @@ public final class ChildProcesses: Sendable {
         defer { argv.free(); envp.free() }
 
         var pid: pid_t = 0
+        // The worker's peak RSS, which Linux folds into the child's rusage (see `JobUsage`): read before the
+        // spawn (a job may be reaped at once) and again after it (posix_spawn returns once the child exec'd).
+        let peakBefore = JobUsage.ownPeakBytes()
         let result: Int32 = table.withLock { table in
             let rc = posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
-            if rc == 0 { table[pid] = .running(waiter: nil) }
+            if rc == 0 { table[pid] = .running(started: .now, spawnerPeak: peakBefore, waiter: nil) }
             return rc
         }
         guard result == 0 else {
             closePipes(readEnds: true)
             throw SpawnError(message: "cannot start \(request.executable): \(String(cString: strerror(result)))")
+        }
+        if let peakAfter = JobUsage.ownPeakBytes() {
+            table.withLock { table in
+                if case .running(let started, _, let waiter)? = table[pid] { table[pid] = .running(started: started, spawnerPeak: peakAfter, waiter: waiter) }
+            }
         }
         spawned.signal()
         closePipes(readEnds: false)
@@ -122,18 +131,26 @@ public final class ChildProcesses: Sendable {
 
     /// Waits until the job with this pid exits (returns at once if it already has).
     public func waitForExit(_ pid: pid_t) async -> ExitStatus {
+        await waitForEnd(pid).status
+    }
+
+    /// Waits until the job with this pid exits, and returns how it ended and what it used.
+    public func waitForEnd(_ pid: pid_t) async -> JobEnd {
         await withCheckedContinuation { continuation in
-            let status: ExitStatus? = table.withLock { table in
+            let end: JobEnd? = table.withLock { table in
                 switch table[pid] {
-                case .exited(let status)?:
+                case .exited(let end)?:
                     table[pid] = nil
-                    return status
-                case .running?, nil:
-                    table[pid] = .running(waiter: continuation)
+                    return end
+                case .running(let started, let peak, _)?:
+                    table[pid] = .running(started: started, spawnerPeak: peak, waiter: continuation)
+                    return nil
+                case nil:
+                    table[pid] = .running(started: .now, spawnerPeak: nil, waiter: continuation)
                     return nil
                 }
             }
-            if let status { continuation.resume(returning: status) }
+            if let end { continuation.resume(returning: end) }
         }
     }
 
@@ -159,25 +176,31 @@ public final class ChildProcesses: Sendable {
     }
 
     private func reapExited() {
-        var resumes: [(CheckedContinuation<ExitStatus, Never>, ExitStatus)] = []
+        var resumes: [(CheckedContinuation<JobEnd, Never>, JobEnd)] = []
         table.withLock { table in
             while true {
                 var status: Int32 = 0
-                let pid = waitpid(-1, &status, WNOHANG)
+                var usage = rusage()
+                let pid = wait4(-1, &status, WNOHANG, &usage)
                 if pid <= 0 { break }
-                let exit = ExitStatus(waitStatus: status)
-                switch table[pid] {
-                case .running(let waiter?)?:
+                guard case .running(let started, let spawnerPeak, let waiter)? = table[pid] else {
+                    continue // a re-parented descendant: reaped, nothing to report
+                }
+                let end = JobEnd(status: ExitStatus(waitStatus: status),
+                                 usage: JobUsage(rusage: usage, wallSeconds: Self.seconds(started.duration(to: .now)), spawnerPeakBytes: spawnerPeak))
+                if let waiter {
                     table[pid] = nil
-                    resumes.append((waiter, exit))
-                case .running(nil)?:
-                    table[pid] = .exited(exit)
-                default:
-                    break // a re-parented descendant: reaped, nothing to report
+                    resumes.append((waiter, end))
+                } else {
+                    table[pid] = .exited(end)
                 }
             }
         }
-        for (continuation, status) in resumes { continuation.resume(returning: status) }
+        for (continuation, end) in resumes { continuation.resume(returning: end) }
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
 

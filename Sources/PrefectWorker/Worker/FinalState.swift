@@ -3,6 +3,8 @@
 public struct FinalState: Sendable, Equatable {
     public var type: StateType
     public var message: String
+    /// The state's name when it is not the type's default (`TimedOut`).
+    public var name: String? = nil
 
     /// `nil` means the worker reports nothing (the engine has reported, or will).
     ///

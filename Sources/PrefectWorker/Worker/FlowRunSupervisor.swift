@@ -238,6 +238,10 @@ struct FlowRunSupervisor: Sendable {
         defer { workspace.remove() }
 
         let env = environment(for: run, job: job, parameters: parameters, parametersFile: workspace.parametersFile)
+        // The job's own secrets (its `env`) are kept out of everything the worker writes while it runs.
+        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns)
+        context.secrets.add(runSecrets)
+        defer { context.secrets.remove(runSecrets) }
         var arguments = job.arguments
         let executable: String
         do {
@@ -282,9 +286,10 @@ struct FlowRunSupervisor: Sendable {
                 logs.add(FlowRunLog.shippable(runID: id, level: level, message: line, name: "prefect.flow_runs.job", maxSize: maxLogSize))
             }
         }
+        let redactor = context.secrets.redactor
         let pumps = [
-            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, onLine: shipper(.info)) },
-            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, onLine: shipper(.warning)) },
+            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, redactor: redactor, onLine: shipper(.info)) },
+            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, redactor: redactor, onLine: shipper(.warning)) },
         ].compactMap { $0 }
         Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
 
@@ -292,13 +297,17 @@ struct FlowRunSupervisor: Sendable {
         Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
 
         let events = context.events
-        await watch(id, pid: process.pid, owner: job.stateOwner) {
-            let exit = await ChildProcesses.shared.waitForExit(process.pid)
+        // The engine heartbeats for its own runs; for a plain command the worker does.
+        let heartbeat = job.stateOwner == .worker
+            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, run: id)) : nil
+        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds) {
+            let end = await ChildProcesses.shared.waitForEnd(process.pid)
+            heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
             events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
-                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: exit.code),
-                follows: submitted)
-            return exit
+                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: end.status.code),
+                payload: end.usage.payload, follows: submitted)
+            return end
         }
     }
 
@@ -316,16 +325,27 @@ struct FlowRunSupervisor: Sendable {
         return true
     }
 
-    /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled or
-    /// the worker shuts down, then reports the final state and clears the journal entry. `exitStatus` is nil
-    /// for an adopted job, whose status cannot be known.
-    func watch(_ id: String, pid: pid_t, owner: StateOwner, exitStatus: @escaping @Sendable () async -> ExitStatus?) async {
+    /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled,
+    /// runs past `timeout` seconds, or the worker shuts down, then reports the final state and clears the
+    /// journal entry. `exitStatus` is nil for an adopted job, whose status and usage cannot be known.
+    func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil,
+               exitStatus: @escaping @Sendable () async -> JobEnd?) async {
         let registry = context.registry
         let grace = settings.killGraceSeconds
+        let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
+        let timer = timeout.map { seconds in
+            Task {
+                do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                await registry.requestTimeout(id, reason: limit!)
+            }
+        }
         let stopper = Task { () -> Teardown.Outcome? in
             await registry.waitForStopRequest(id)
             if Task.isCancelled { return nil }
-            let why = await registry.isCancelRequested(id) ? "the run is being cancelled" : "the worker is shutting down"
+            let entry = await registry.entry(id)
+            let why = entry?.cancelRequested == true ? "the run is being cancelled"
+                : entry?.timedOut == true ? "it ran longer than timeout_seconds=\(String(format: "%g", timeout ?? 0))"
+                : "the worker is shutting down"
             Log.info("\(why): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s", run: id)
             let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id) {
                 await registry.entry(id)?.pid == nil
@@ -333,15 +353,20 @@ struct FlowRunSupervisor: Sendable {
             Log.info("job (pid \(pid)) \(outcome)", run: id)
             return outcome
         }
-        let exit = await exitStatus()
+        let end = await exitStatus()
+        timer?.cancel()
+        let exit = end?.status
         await registry.setPID(id, nil)
-        Log.info("job (pid \(pid)) " + (exit.map { "\($0)" } ?? "exited"), run: id)
+        Log.info(JobUsage.closingLine(pid: pid, ending: exit?.description, usage: end?.usage ?? .unknown), run: id)
+        if let usage = end?.usage, !usage.isUnknown { Metrics.shared.runUsage(usage) }
 
         let entry = await registry.entry(id)
         if entry?.cancelRequested == true || entry?.stopReason != nil {
             let outcome = await stopper.value
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
-            if entry?.cancelRequested == true {
+            if entry?.timedOut == true, entry?.cancelRequested != true {
+                await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
+            } else if entry?.cancelRequested == true {
                 await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."))
             } else {
                 await report(id, FinalState(type: .crashed, message: "\(entry?.stopReason ?? "Worker shut down"): \(how)."))
@@ -435,8 +460,9 @@ struct FlowRunSupervisor: Sendable {
     /// a final state is never overwritten, and a run being cancelled becomes CANCELLED). If the server is
     /// away, the outbox keeps trying, also after a restart.
     func report(_ id: String, _ final: FinalState, force: Bool = false) async {
-        let proposal = StateProposal(final.type, message: final.message, force: force)
-        await context.outbox.send(id, .finalState(type: final.type.rawValue, message: final.message,
-                                                  transitionID: proposal.transitionID, force: force))
+        let message = context.secrets.redact(final.message)
+        let proposal = StateProposal(final.type, name: final.name, message: message, force: force)
+        await context.outbox.send(id, .finalState(type: final.type.rawValue, message: message,
+                                                  transitionID: proposal.transitionID, force: force, name: final.name))
     }
 }

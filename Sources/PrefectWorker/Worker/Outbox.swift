@@ -7,8 +7,9 @@ import Glibc
 public enum OutboxItem: Codable, Sendable, Equatable {
     /// `PATCH /flow_runs/{id}` with the job's pid.
     case infrastructurePID(pid: Int32)
-    /// A final state (transition id kept, so a retry after a lost answer is recognised).
-    case finalState(type: String, message: String, transitionID: String, force: Bool)
+    /// A final state (transition id kept, so a retry after a lost answer is recognised); `name` if not the
+    /// type's default (`TimedOut`).
+    case finalState(type: String, message: String, transitionID: String, force: Bool, name: String? = nil)
 }
 
 /// Final states and infrastructure pids that have not reached the server yet, persisted in
@@ -131,13 +132,15 @@ public actor Outbox {
         switch item {
         case .infrastructurePID(let pid):
             try await client.setInfrastructurePID(runID, pid: pid, policy: policy)
-        case .finalState(let rawType, let message, let transitionID, let force):
+        case .finalState(let rawType, let message, let transitionID, let force, let name):
             var type = StateType(rawValue: rawType)
             var message = message
             var force = force
             // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED.
             let current = try await client.readFlowRun(runID, policy: policy).currentStateType
-            if let current, current.isTerminal {
+            // A timed-out engine may report CRASHED on the SIGTERM the worker sent it: the timeout is why.
+            let timeoutOverCrash = name == "TimedOut" && current == .crashed
+            if let current, current.isTerminal, !timeoutOverCrash {
                 Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
                 Metrics.shared.runFinished(current)
                 return
@@ -147,7 +150,7 @@ public actor Outbox {
                 type = .cancelled
                 force = true
             }
-            var proposal = StateProposal(type, message: message, force: force)
+            var proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
             proposal.transitionID = transitionID
             for _ in 0..<20 {
                 let result = try await client.setState(runID, proposal, policy: policy)

@@ -14,6 +14,8 @@ public actor RunRegistry {
         public var stopReason: String?
         /// The run was seen CANCELLING (or CANCELLED): do not start it, or stop it, and report CANCELLED.
         public var cancelRequested = false
+        /// The job ran past its `timeout_seconds`: stop it and report FAILED (TimedOut).
+        public var timedOut = false
     }
 
     private let limit: Int?
@@ -96,6 +98,15 @@ public actor RunRegistry {
             wakeStopWaiters(id)
         }
         return entries.values.filter { $0.pid != nil }.map(\.runID).sorted()
+    }
+
+    /// Records that the run's job exceeded its time limit and wakes its supervisor, which stops the job.
+    /// Does nothing if the run is already being stopped.
+    public func requestTimeout(_ runID: String, reason: String) {
+        guard let entry = entries[runID], !entry.cancelRequested, entry.stopReason == nil else { return }
+        entries[runID]?.timedOut = true
+        entries[runID]?.stopReason = reason
+        wakeStopWaiters(runID)
     }
 
     private func wakeStopWaiters(_ runID: String) {

@@ -37,6 +37,9 @@ public final class Worker: Sendable {
 
     /// Runs until shutdown; returns the process exit code.
     public func run() async -> Int32 {
+        let secrets = context.secrets
+        Log.setRedaction { secrets.redact($0) }
+        defer { Log.setRedaction(nil) }
         Log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))"
                  + (client.proxyDescription.map { " through proxy \($0)" } ?? ""))
         do {

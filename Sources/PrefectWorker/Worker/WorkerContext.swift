@@ -22,6 +22,8 @@ public final class WorkerContext: Sendable {
     public let logs: APIShipper
     public let events: WorkerEvents
     public let notifier: SystemdNotifier
+    /// The secrets to keep out of job output, the worker's log lines and its events.
+    public let secrets: KnownSecrets
 
     public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
         self.settings = settings
@@ -38,8 +40,11 @@ public final class WorkerContext: Sendable {
                                  message: "\(count) line(s) of output were dropped: the Prefect API was unreachable for too long.",
                                  maxSize: logSettings.maxLogSize)
         }
+        let secrets = KnownSecrets(settings.secretValues)
+        self.secrets = secrets
         self.events = WorkerEvents(settings: settings,
-                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1))
+                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1),
+                                   secrets: secrets)
         self.notifier = SystemdNotifier(environment: settings.environment)
     }
 

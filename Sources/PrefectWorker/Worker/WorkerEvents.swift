@@ -8,6 +8,8 @@ public struct WorkerEvents: Sendable {
 
     let settings: Settings
     let shipper: APIShipper
+    /// Every event is redacted before it is shipped.
+    let secrets: KnownSecrets
 
     /// `prefect.worker.process.<slug of the name>`, slugged like python-slugify.
     public static func slug(_ name: String) -> String {
@@ -47,19 +49,43 @@ public struct WorkerEvents: Sendable {
         return [.object(related("work-pool", id: pool.id, name: pool.name))]
     }
 
-    /// Emits an event and returns its id (for `follows`).
+    /// Emits an event (about the worker, unless `resource` says otherwise) and returns its id (for `follows`).
     @discardableResult
-    func emit(_ name: String, related: [JSON], follows: (id: String, at: Date)? = nil) -> (id: String, at: Date) {
+    func emit(_ name: String, resource: JSON? = nil, related: [JSON], payload: [String: JSON] = [:],
+              follows: (id: String, at: Date)? = nil) -> (id: String, at: Date) {
         let id = UUID().uuidString.lowercased()
         let now = Date()
         var body: [String: JSON] = [
             "id": .string(id), "occurred": .string(Timestamp.format(now)), "event": .string(name),
-            "resource": resource, "related": .array(related), "payload": .object([:]),
+            "resource": resource ?? self.resource, "related": .array(related), "payload": .object(payload),
         ]
         // Prefect sets `follows` only when the followed event is recent.
         if let follows, now.timeIntervalSince(follows.at) < 300 { body["follows"] = .string(follows.id) }
-        shipper.add(APIShipper.Record(body: .object(body)))
+        shipper.add(APIShipper.Record(body: secrets.redact(.object(body))))
         return (id, now)
+    }
+
+    /// `prefect.flow-run.heartbeat`, as the engine emits it: the flow run as resource; related, the flow, the
+    /// deployment (without a name) and the run's tags (`FlowRunEngine._build_heartbeat_event_template`),
+    /// then the work queue and work pool that Prefect's events worker adds from the run context
+    /// (`related_resources_from_run_context`).
+    func flowRunHeartbeat(run: FlowRun, flowName: String?, pool: WorkPool?) {
+        let resource: JSON = .object([
+            "prefect.resource.id": .string("prefect.flow-run.\(run.id)"),
+            "prefect.resource.name": .string(run.name ?? ""),
+            "prefect.version": .string(Self.prefectVersion),
+        ])
+        var related: [JSON] = []
+        if let flowID = run.flowID { related.append(.object(Self.related("flow", id: flowID, name: flowName))) }
+        if let deploymentID = run.deploymentID {
+            related.append(.object(["prefect.resource.id": .string("prefect.deployment.\(deploymentID)"), "prefect.resource.role": "deployment"]))
+        }
+        for tag in Set(run.tags ?? []).sorted() {
+            related.append(.object(["prefect.resource.id": .string("prefect.tag.\(tag)"), "prefect.resource.role": "tag"]))
+        }
+        if let queueID = run.workQueueID { related.append(.object(Self.related("work-queue", id: queueID, name: run.workQueueName))) }
+        related += Self.poolRelated(pool)
+        emit("prefect.flow-run.heartbeat", resource: resource, related: related)
     }
 
     func started(pool: WorkPool?) -> (id: String, at: Date) {

@@ -1,0 +1,37 @@
+import Foundation
+
+/// `prefect.flow-run.heartbeat` events for a worker-owned run while its job runs: the engine sends them for
+/// its own runs, and Prefect's zombie-run automation relies on them, so a plain command gets them from the
+/// worker: one as the job starts (as the engine does), then one per interval until `stop`.
+struct FlowRunHeartbeat: Sendable {
+    private let task: Task<Void, Never>
+
+    init(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) {
+        events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+        task = Task {
+            while true {
+                do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+            }
+        }
+    }
+
+    func stop() { task.cancel() }
+
+    /// Seconds between heartbeats, from the job's `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` (or its legacy name
+    /// `PREFECT_RUNNER_HEARTBEAT_FREQUENCY`) as the engine reads it: Prefect's default 180 when unset, at
+    /// least 30 (Prefect's minimum).
+    static func seconds(_ env: [String: String], run id: String) -> Double {
+        let name = env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] != nil ? "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" : "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"
+        guard let raw = env[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return 180 }
+        guard let seconds = Int(raw) else {
+            Log.warning("\(name)='\(raw)' is not a whole number of seconds; sending heartbeats every 180 s (Prefect's default)", run: id)
+            return 180
+        }
+        if seconds < 30 {
+            Log.warning("\(name)=\(seconds) is below Prefect's minimum of 30; sending heartbeats every 30 s", run: id)
+            return 30
+        }
+        return Double(seconds)
+    }
+}
