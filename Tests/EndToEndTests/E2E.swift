@@ -171,13 +171,14 @@ class E2ETestCase: XCTestCase, @unchecked Sendable {
     /// Starts `prefect-worker start --pool POOL --name NAME ARGS...`; stopped in tearDown.
     @discardableResult
     func startWorker(pool: String, name: String? = nil, arguments: [String] = [],
-                     environment: [String: String] = [:], apiURL: String? = nil) throws -> WorkerProcess {
+                     environment: [String: String] = [:], apiURL: String? = nil, launcher: [String] = []) throws -> WorkerProcess {
         var args = ["start", "--pool", pool]
         let workerName = name ?? uniqueName("-worker")
         args += ["--name", workerName]
         args += arguments
         let worker = try WorkerProcess.start(env: env, arguments: args, label: workerName,
-                                             apiURL: apiURL ?? env.apiURL.absoluteString, extraEnvironment: environment)
+                                             apiURL: apiURL ?? env.apiURL.absoluteString, extraEnvironment: environment,
+                                             launcher: launcher)
         worker.isServing = true
         workers.append(worker)
         return worker

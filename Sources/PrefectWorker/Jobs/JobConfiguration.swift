@@ -25,6 +25,8 @@ public struct JobConfiguration: Sendable, Equatable {
     public var labels: [String: String]
     public var streamOutput: Bool
     public var stateOwner: StateOwner
+    /// Issue 13: `memory_max` and `cpu_max`, applied to the job's cgroup.
+    public var limits: CgroupLimits = .none
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
@@ -101,6 +103,10 @@ public struct JobConfiguration: Sendable, Equatable {
             stateOwner = owner
         case let other: throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(other.typeName)")
         }
+
+        // Issue 13: like `state_owner`, read even when the pool's template does not map them.
+        limits = try CgroupLimits(memoryMax: config["memory_max"] ?? rendered.variables["memory_max"] ?? .null,
+                                  cpuMax: config["cpu_max"] ?? rendered.variables["cpu_max"] ?? .null)
     }
 
     /// The engine owns states when the command is the default or runs `prefect.engine` /

@@ -27,8 +27,41 @@ public struct JobTemplate: Sendable {
         self.properties = properties
     }
 
-    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`).
+    /// The template the worker gives a process pool that has none: Prefect's, plus this worker's own job
+    /// variables (`ownVariables`), so they show in the UI with their descriptions.
     public static let defaultProcessTemplate: JSON = {
+        guard case .object(var template) = prefectProcessTemplate,
+              case .object(var configuration)? = template["job_configuration"],
+              case .object(var variables)? = template["variables"],
+              case .object(var properties)? = variables["properties"] else { return prefectProcessTemplate }
+        for (name, schema) in ownVariables {
+            configuration[name] = .string("{{ \(name) }}")
+            properties[name] = schema
+        }
+        template["job_configuration"] = .object(configuration)
+        variables["properties"] = .object(properties)
+        template["variables"] = .object(variables)
+        return .object(template)
+    }()
+
+    /// Job variables of this worker that Prefect's process worker does not have. A pool's template may lack
+    /// them; `JobConfiguration` then reads them from the job variables directly.
+    public static let ownVariables: [String: JSON] = [
+        // Issue 13: per-job cgroup limits.
+        "memory_max": .object([
+            "anyOf": .array([.object(["type": "string"]), .object(["type": "integer"]), .object(["type": "null"])]), "default": .null,
+            "title": "Memory Limit",
+            "description": "Memory limit of the flow run's process tree, in cgroup v2 memory.max syntax: \"512M\", \"2G\", a number of bytes, or \"max\". Needs the cgroup v2 memory controller delegated to the worker; a run whose limit cannot be applied is CRASHED before it starts.",
+        ]),
+        "cpu_max": .object([
+            "anyOf": .array([.object(["type": "string"]), .object(["type": "number"]), .object(["type": "null"])]), "default": .null,
+            "title": "CPU Limit",
+            "description": "CPU limit of the flow run's process tree: a number of CPUs (\"0.5\", \"2\"), \"max\", or cgroup v2 cpu.max syntax \"QUOTA PERIOD\" in microseconds (\"50000 100000\"). Needs the cgroup v2 cpu controller delegated to the worker; a run whose limit cannot be applied is CRASHED before it starts.",
+        ]),
+    ]
+
+    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`).
+    public static let prefectProcessTemplate: JSON = {
         func nullable(_ type: String, title: String, description: String, extra: [String: JSON] = [:]) -> JSON {
             var inner: [String: JSON] = ["type": .string(type)]
             inner.merge(extra) { $1 }

@@ -13,6 +13,8 @@ public struct SpawnRequest: Sendable {
     public var workingDirectory: String
     /// Pipe stdout and stderr back to the worker; otherwise they go to /dev/null.
     public var captureOutput: Bool
+    /// Issue 13: the open directory of the run's cgroup to start the job in (`CgroupSpawn`); nil: posix_spawn as before.
+    public var cgroupFD: Int32? = nil
 
     public init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
         self.executable = executable
@@ -106,7 +108,12 @@ public final class ChildProcesses: Sendable {
 
         var pid: pid_t = 0
         let result: Int32 = table.withLock { table in
-            let rc = posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
+            let rc = if let cgroupFD = request.cgroupFD {  // issue 13: straight into the run's cgroup
+                CgroupSpawn.spawn(&pid, executable: request.executable, arguments: argv.pointers, environment: envp.pointers,
+                                  workingDirectory: request.workingDirectory, stdout: outPipe[1], stderr: errPipe[1], cgroupFD: cgroupFD)
+            } else {
+                posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
+            }
             if rc == 0 { table[pid] = .running(waiter: nil) }
             return rc
         }

@@ -241,6 +241,17 @@ struct FlowRunSupervisor: Sendable {
             return
         }
 
+        // Issue 13: the job's own cgroup, with its limits, before anything starts (Process/RunCgroup.swift).
+        let cgroup: RunCgroup?
+        do {
+            cgroup = try RunCgroup.prepare(host: context.cgroups.host, whyNoHost: context.cgroups.reason, runID: id, limits: job.limits)
+        } catch {
+            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        }
+        defer { cgroup?.remove() }
+
         // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
         guard await startAllowed(id) else { return }
         if job.stateOwner == .worker {
@@ -254,9 +265,11 @@ struct FlowRunSupervisor: Sendable {
         let shipOutput = job.stateOwner == .worker
         let process: SpawnedProcess
         do {
-            process = try ChildProcesses.shared.spawn(SpawnRequest(
+            var request = SpawnRequest(
                 executable: executable, arguments: arguments, environment: env,
-                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput))
+                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
+            request.cgroupFD = cgroup?.fd  // issue 13
+            process = try ChildProcesses.shared.spawn(request)
         } catch {
             Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
@@ -278,13 +291,13 @@ struct FlowRunSupervisor: Sendable {
             process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, onLine: shipper(.info)) },
             process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, onLine: shipper(.warning)) },
         ].compactMap { $0 }
-        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
+        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")", run: id)
 
         let outbox = context.outbox
         Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
 
         let events = context.events
-        await watch(id, pid: process.pid, owner: job.stateOwner) {
+        await watch(id, pid: process.pid, owner: job.stateOwner, cgroup: cgroup) {
             let exit = await ChildProcesses.shared.waitForExit(process.pid)
             for pump in pumps { await pump.finish(timeout: 2) }
             events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
@@ -311,7 +324,8 @@ struct FlowRunSupervisor: Sendable {
     /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled or
     /// the worker shuts down, then reports the final state and clears the journal entry. `exitStatus` is nil
     /// for an adopted job, whose status cannot be known.
-    func watch(_ id: String, pid: pid_t, owner: StateOwner, exitStatus: @escaping @Sendable () async -> ExitStatus?) async {
+    func watch(_ id: String, pid: pid_t, owner: StateOwner, cgroup: RunCgroup? = nil,
+               exitStatus: @escaping @Sendable () async -> ExitStatus?) async {
         let registry = context.registry
         let grace = settings.killGraceSeconds
         let stopper = Task { () -> Teardown.Outcome? in
@@ -319,7 +333,7 @@ struct FlowRunSupervisor: Sendable {
             if Task.isCancelled { return nil }
             let why = await registry.isCancelRequested(id) ? "the run is being cancelled" : "the worker is shutting down"
             Log.info("\(why): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s", run: id)
-            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id) {
+            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup) {
                 await registry.entry(id)?.pid == nil
             }
             Log.info("job (pid \(pid)) \(outcome)", run: id)
@@ -332,6 +346,7 @@ struct FlowRunSupervisor: Sendable {
         let entry = await registry.entry(id)
         if entry?.cancelRequested == true || entry?.stopReason != nil {
             let outcome = await stopper.value
+            _ = await finishCgroup(cgroup, id)  // issue 13
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if entry?.cancelRequested == true {
                 await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."))
@@ -340,8 +355,11 @@ struct FlowRunSupervisor: Sendable {
             }
         } else {
             stopper.cancel()
+            let usage = await finishCgroup(cgroup, id)  // issue 13
             if let exit {
-                if let final = FinalState.decide(owner: owner, exit: exit) {
+                if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
+                    await report(id, oom)
+                } else if let final = FinalState.decide(owner: owner, exit: exit) {
                     await report(id, final)
                 } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
                     // The engine reported; count and log what it reported.
@@ -353,6 +371,14 @@ struct FlowRunSupervisor: Sendable {
             }
         }
         context.journal.remove(id)
+    }
+
+    /// Issue 13: once the job has exited, empties and removes its cgroup and logs what its whole tree used.
+    func finishCgroup(_ cgroup: RunCgroup?, _ id: String) async -> CgroupUsage? {
+        guard let cgroup else { return nil }
+        let usage = await cgroup.finish(runID: id)
+        Log.info("cgroup usage: \(usage.summary)", run: id)
+        return usage
     }
 
     /// An adopted job exited with a status we cannot know: a worker-owned run is CRASHED (saying why), an

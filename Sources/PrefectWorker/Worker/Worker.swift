@@ -44,6 +44,7 @@ public final class Worker: Sendable {
             return 1
         }
         ProcFS.becomeSubreaper()
+        context.cgroups = CgroupHost.setUp()  // issue 13: per-job cgroups when the worker's cgroup is delegated
         let logs = context.logs
         Log.setRunSink { level, runID, message in
             logs.add(APIShipper.Record(body: FlowRunLog.record(runID: runID, level: level, message: message), key: runID))

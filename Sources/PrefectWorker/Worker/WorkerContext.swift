@@ -22,6 +22,8 @@ public final class WorkerContext: Sendable {
     public let logs: APIShipper
     public let events: WorkerEvents
     public let notifier: SystemdNotifier
+    /// Issue 13: the worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
+    private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
     public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
         self.settings = settings
@@ -69,6 +71,12 @@ public final class WorkerContext: Sendable {
         guard let name = try? await client.readFlowName(id) else { return nil }
         flowNames.withLock { $0[id] = name }
         return name
+    }
+
+    /// Issue 13: set once at start-up by `CgroupHost.setUp`.
+    public var cgroups: CgroupHost.Detection {
+        get { cgroupDetection.withLock { $0 } }
+        set { cgroupDetection.withLock { $0 = newValue } }
     }
 
     /// The work pool as last read; each run freezes a copy when it is submitted.
