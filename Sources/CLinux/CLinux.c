@@ -34,14 +34,16 @@ struct cl_clone_args {
 
 // Runs in the child of clone3, a copy of a multithreaded process: only async-signal-safe calls until execve.
 static void cl_child_exec(int error_fd, const char *path, char *const argv[], char *const envp[], const char *cwd,
-                          int stdout_fd, int stderr_fd) {
+                          int stdout_fd, int stderr_fd, int procs_fd) {
+    int err = 0;
+    // Without clone3 the child moves itself into the cgroup ("0" is the writer) before anything else.
+    if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) goto fail;
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; sig++) {
         if (sig != SIGKILL && sig != SIGSTOP) (void)sigaction(sig, &dfl, NULL);
     }
-    int err = 0;
     if (setpgid(0, 0) != 0) goto fail;
     int null_in = open("/dev/null", O_RDONLY);
     if (null_in < 0 || dup2(null_in, 0) < 0) goto fail;
@@ -66,23 +68,43 @@ fail:
 }
 
 int cl_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *cwd,
-                         int stdout_fd, int stderr_fd, int cgroup_fd) {
+                         int stdout_fd, int stderr_fd, int cgroup_fd, int allow_clone3, int *used_clone3) {
     int error_pipe[2];
     if (pipe2(error_pipe, O_CLOEXEC) != 0) return errno;
-    struct cl_clone_args args;
-    memset(&args, 0, sizeof args);
-    args.flags = CL_CLONE_INTO_CGROUP;
-    args.exit_signal = SIGCHLD;
-    args.cgroup = (unsigned long long)cgroup_fd;
-    long child = syscall(SYS_clone3, &args, sizeof args);
+    long child = -1;
+    int procs_fd = -1;
+    *used_clone3 = 0;
+    if (allow_clone3) {
+        struct cl_clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = CL_CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (unsigned long long)cgroup_fd;
+        child = syscall(SYS_clone3, &args, sizeof args);
+        if (child >= 0) *used_clone3 = 1;
+    }
+    // clone3 missing (Linux < 5.7: ENOSYS; E2BIG/EINVAL before CLONE_INTO_CGROUP) or filtered by seccomp
+    // (systemd's RestrictNamespaces= makes it fail with ENOSYS so that callers fall back to clone).
+    if (child < 0 && (!allow_clone3 || errno == ENOSYS || errno == E2BIG || errno == EINVAL || errno == EPERM)) {
+        procs_fd = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (procs_fd < 0) {
+            int err = errno;
+            close(error_pipe[0]);
+            close(error_pipe[1]);
+            return err;
+        }
+        child = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    }
     if (child < 0) {
         int err = errno;
         close(error_pipe[0]);
         close(error_pipe[1]);
+        if (procs_fd >= 0) close(procs_fd);
         return err;
     }
-    if (child == 0) cl_child_exec(error_pipe[1], path, argv, envp, cwd, stdout_fd, stderr_fd);
+    if (child == 0) cl_child_exec(error_pipe[1], path, argv, envp, cwd, stdout_fd, stderr_fd, procs_fd);
     close(error_pipe[1]);
+    if (procs_fd >= 0) close(procs_fd);
     int child_errno = 0;
     ssize_t n;
     while ((n = read(error_pipe[0], &child_errno, sizeof child_errno)) < 0 && errno == EINTR) {}

@@ -71,13 +71,6 @@ public struct CgroupHost: Sendable, Equatable {
         return base + cgroup.dropFirst(root.count)
     }
 
-    /// True for a kernel release (`uname -r`) of at least `major.minor`.
-    public static func kernel(_ release: String, atLeast major: Int, _ minor: Int) -> Bool {
-        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard parts.count == 2 else { return false }
-        return parts[0] > major || (parts[0] == major && parts[1] >= minor)
-    }
-
     /// mountinfo escapes space, tab, newline and backslash as \ooo.
     static func unescape(_ field: String) -> String {
         guard field.contains("\\") else { return field }
@@ -136,12 +129,6 @@ public struct CgroupHost: Sendable, Equatable {
         }
         guard let directory = directory(of: cgroup, mountPoint: mountPoint, root: root) else {
             return .unusable(reason: "the worker's cgroup \(cgroup) is outside the cgroup v2 mount at \(mountPoint)")
-        }
-        var name = utsname()
-        uname(&name)
-        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard kernel(release, atLeast: 5, 7) else {
-            return .unusable(reason: "kernel \(release) cannot start a process directly in a cgroup (CLONE_INTO_CGROUP needs Linux 5.7)")
         }
         // The host's root cgroup has no cgroup.type; it belongs to the host, never to us.
         let fm = FileManager.default
