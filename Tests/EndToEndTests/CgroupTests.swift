@@ -228,6 +228,46 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertEqual(values[0], values[1] + values[2], accuracy: 0.01, "usage = user + system: \(line)")
     }
 
+    func testAnEngineRunInItsCgroupCompletesAndReportsItsUsage() async throws {
+        let subtree = try subtree()
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hello")
+        let worker = try await startWorker(pool: pool, in: subtree)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let run = try await waitForFinalState(id, timeout: 90)
+        XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
+        let usage = await waitForLogLine(worker, run: id, containing: "cgroup usage: cpu ", timeout: 5)
+        XCTAssertNotNil(usage, "log: \(Self.lines(of: worker.log, mentioning: id))")
+        let cpu = Double(usage?.components(separatedBy: "cgroup usage: cpu ").last?.prefix { $0.isNumber || $0 == "." } ?? "") ?? 0
+        XCTAssertGreaterThan(cpu, 0.2, "a Python engine uses some CPU: \(usage ?? "")")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: subtree.top + "/run-" + id))
+    }
+
+    func testProcessesAJobLeavesBehindAreKilledWithItsCgroup() async throws {
+        let subtree = try subtree()
+        let dir = try temporaryDirectory("left")
+        let pool = try await makeProcessPool()
+        // Exits at once, leaving a daemonised sleep in a new session.
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string("sh -c 'setsid sleep 300 > /dev/null 2>&1 & echo $! > \(dir)/left'"),
+        ]))
+        let worker = try await startWorker(pool: pool, in: subtree)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let run = try await waitForFinalState(id, timeout: 30)
+        XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
+        let pid = try XCTUnwrap(E2E.readText(dir + "/left").flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+        let said = await waitForLogLine(worker, run: id, containing: "leaving 1 process(es) in its cgroup", timeout: 5)
+        XCTAssertTrue(said?.contains("pid \(pid)") == true, "log: \(Self.lines(of: worker.log, mentioning: id))")
+        let gone = try? await E2E.eventually(timeout: 5, "the left-behind sleep \(pid) to be gone") { () -> Bool? in
+            let state = ProcScan.stat(pid)?.state
+            return state == nil || state == "Z" ? true : nil
+        }
+        XCTAssertNotNil(gone)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: subtree.top + "/run-" + id))
+    }
+
     func testMemoryMaxWithoutTheMemoryControllerIsCrashedBeforeStartWithAClearMessage() async throws {
         // The worker's cgroup is nested under one whose subtree_control the test leaves empty: no controllers,
         // whatever the host offers.
