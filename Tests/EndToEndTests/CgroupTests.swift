@@ -106,9 +106,10 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         return subtree
     }
 
-    private func startWorker(pool: String, in subtree: TestCgroupSubtree, killGrace: Double = 2) async throws -> WorkerProcess {
-        let worker = try startWorker(pool: pool, arguments: Self.fastArguments + [
-            "--kill-grace-seconds", String(format: "%g", killGrace), "--state-dir", try stateDirectory(),
+    private func startWorker(pool: String, in subtree: TestCgroupSubtree, killGrace: Double = 2, stateDir: String? = nil,
+                             name: String? = nil) async throws -> WorkerProcess {
+        let worker = try startWorker(pool: pool, name: name, arguments: Self.fastArguments + [
+            "--kill-grace-seconds", String(format: "%g", killGrace), "--state-dir", try stateDir ?? stateDirectory(),
         ], launcher: subtree.launcher)
         let line = await worker.waitForLog(containing: "cgroups:", timeout: 20)
         XCTAssertNotNil(line, "the worker should log what it found about cgroups; log: \(worker.log.suffix(2000))")
@@ -201,6 +202,46 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         let cgroups = try FileManager.default.contentsOfDirectory(atPath: subtree.top).filter { $0.hasPrefix("run-") }
         XCTAssertEqual(cgroups, [], "no run cgroup is left")
         XCTAssertTrue(worker.isRunning)
+    }
+
+    func testAJobAdoptedAfterAWorkerCrashIsStillStoppedAsAWholeThroughItsCgroup() async throws {
+        let subtree = try subtree()
+        let dir = try temporaryDirectory("adopted")
+        let stateDir = try stateDirectory()
+        let pool = try await makeProcessPool()
+        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string(command),
+        ]))
+        let first = try await startWorker(pool: pool, in: subtree, stateDir: stateDir)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let jobPID = try await waitForJobPID(id, timeout: 30)
+        let escaped = try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
+            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+                  E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
+            return pid
+        }
+        await killWorker(first)
+        XCTAssertTrue(subtree.populated(subtree.top + "/run-" + id), "the job outlives the worker in its cgroup")
+
+        let second = try await startWorker(pool: pool, in: subtree, stateDir: stateDir)
+        let adopted = await waitForLogLine(second, run: id, containing: "adopting job pid \(jobPID)", timeout: 20)
+        XCTAssertNotNil(adopted, "log: \(second.log.suffix(3000))")
+        let result = try await setState(id, "CANCELLING")
+        XCTAssertEqual(result["status"]?.asString, "ACCEPT", "set CANCELLING: \(result)")
+        let run = try await waitForFinalState(id, timeout: 40)
+        XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
+        let gone = try? await E2E.eventually(timeout: 5, "the escaped descendant \(escaped) to be gone") { () -> Bool? in
+            let state = ProcScan.stat(escaped)?.state
+            return state == nil || state == "Z" ? true : nil
+        }
+        XCTAssertNotNil(gone, "the env-cleared descendant of the adopted job outlived the cancellation")
+        let removed = try? await E2E.eventually(timeout: 5, "the run's cgroup to be removed") { () -> Bool? in
+            FileManager.default.fileExists(atPath: subtree.top + "/run-" + id) ? nil : true
+        }
+        XCTAssertNotNil(removed)
+        XCTAssertTrue(second.isRunning)
     }
 
     func testCPUStatUsageOfTheWholeTreeAppearsInTheRunsUsageLine() async throws {
