@@ -244,6 +244,38 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertTrue(second.isRunning)
     }
 
+    func testStoppingTheWorkerStopsAJobsWholeTreeThroughItsCgroup() async throws {
+        let subtree = try subtree()
+        let dir = try temporaryDirectory("shutdown")
+        let pool = try await makeProcessPool()
+        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string(command),
+        ]))
+        let worker = try await startWorker(pool: pool, in: subtree)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        _ = try await waitForJobPID(id, timeout: 30)
+        let escaped = try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
+            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+                  E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
+            return pid
+        }
+        // SIGTERM drains; the second stops the jobs.
+        kill(worker.pid, SIGTERM)
+        _ = await worker.waitForLog(containing: "no longer claiming runs", timeout: 5)
+        kill(worker.pid, SIGTERM)
+        worker.isServing = false
+        let code = await worker.waitForExit(timeout: 30)
+        XCTAssertEqual(code, 0, "log: \(worker.log.suffix(2000))")
+        let run = try await api.readFlowRun(id)
+        XCTAssertEqual(run.stateType, "CRASHED", run.stateSummary)
+        XCTAssertTrue(run.stateMessage.contains("SIGKILL"), run.stateMessage)
+        let state = ProcScan.stat(escaped)?.state
+        XCTAssertTrue(state == nil || state == "Z", "the env-cleared descendant outlived the worker's stop: \(String(describing: state))")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: subtree.top + "/run-" + id), "the run's cgroup was removed")
+    }
+
     func testCPUStatUsageOfTheWholeTreeAppearsInTheRunsUsageLine() async throws {
         let subtree = try subtree()
         let pool = try await makeProcessPool()
