@@ -399,9 +399,9 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
     func testMemoryMaxIsEnforcedAndAnOOMKillIsCrashedAsOutOfMemory() async throws {
         let subtree = try subtreeWithControllers(["memory"])
         let pool = try await makeProcessPool()
-        // 1 GiB touched page by page under a 64 MiB limit.
+        // 1 GiB written under a 64 MiB limit.
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": "python3 -c 'b = bytearray(1 << 30); print(len(b))'", "memory_max": "64M",
+            "command": "python3 -c 'b = b\"x\" * (1 << 30); print(len(b))'", "memory_max": "64M",
         ]))
         let worker = try await startWorker(pool: pool, in: subtree)
         let id = try await api.createFlowRun(deployment: deployment)
