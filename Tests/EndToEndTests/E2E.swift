@@ -172,14 +172,15 @@ class E2ETestCase: XCTestCase, @unchecked Sendable {
     /// `setAPIURL: false` the worker gets no PREFECT_API_URL in its environment (a profile must give it).
     @discardableResult
     func startWorker(pool: String, name: String? = nil, arguments: [String] = [],
-                     environment: [String: String] = [:], apiURL: String? = nil, setAPIURL: Bool = true) throws -> WorkerProcess {
+                     environment: [String: String] = [:], apiURL: String? = nil, setAPIURL: Bool = true,
+                     launcher: [String] = []) throws -> WorkerProcess {
         var args = ["start", "--pool", pool]
         let workerName = name ?? uniqueName("-worker")
         args += ["--name", workerName]
         args += arguments
         let worker = try WorkerProcess.start(env: env, arguments: args, label: workerName,
                                              apiURL: setAPIURL ? apiURL ?? env.apiURL.absoluteString : nil,
-                                             extraEnvironment: environment)
+                                             extraEnvironment: environment, launcher: launcher)
         worker.isServing = true
         workers.append(worker)
         return worker

@@ -27,8 +27,9 @@ final class WorkerProcess: @unchecked Sendable {
     /// Starts the binary. The environment is the test's own without any PREFECT_* variable, plus:
     /// PREFECT_API_URL (unless nil), the virtualenv's bin/ first on PATH, a private PREFECT_HOME and TMPDIR,
     /// PREFECT_WORKER_QUERY_SECONDS=0.5, PREFECT_WORKER_HEARTBEAT_SECONDS=2, then `extraEnvironment`.
+    /// `launcher`, when given, is a command that ends by exec'ing the worker binary and `arguments` appended to it.
     static func start(env: E2EEnvironment, arguments: [String], label: String, apiURL: String?,
-                      extraEnvironment: [String: String]) throws -> WorkerProcess {
+                      extraEnvironment: [String: String], launcher: [String] = []) throws -> WorkerProcess {
         let directory = try E2E.makeTemporaryDirectory("worker")
         let home = directory + "/prefect-home"
         let tmp = directory + "/tmp"
@@ -51,8 +52,13 @@ final class WorkerProcess: @unchecked Sendable {
         environment.merge(extraEnvironment) { $1 }
 
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: env.worker)
-        process.arguments = arguments
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = launcher.dropFirst() + [env.worker] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: env.worker)
+            process.arguments = arguments
+        }
         process.environment = environment
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         process.standardInput = FileHandle.nullDevice

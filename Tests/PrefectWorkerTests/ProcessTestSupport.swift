@@ -14,9 +14,15 @@ enum ProcessTestSupport {
 
     static func request(_ executable: String, _ arguments: [String], environment: [String: String] = ["PATH": "/usr/bin:/bin"],
                         workingDirectory: String = "/", captureOutput: Bool = false) -> SpawnRequest {
-        SpawnRequest(executable: executable, arguments: [executable] + arguments, environment: environment,
-                     workingDirectory: workingDirectory, captureOutput: captureOutput)
+        var request = SpawnRequest(executable: executable, arguments: [executable] + arguments, environment: environment,
+                                   workingDirectory: workingDirectory, captureOutput: captureOutput)
+        request.cgroupFD = spawnCgroupFD.withLock { $0 }
+        return request
     }
+
+    /// Set by `CgroupSpawnTests`: every request then starts its child in that cgroup (clone3), so the same
+    /// tests check both ways of spawning.
+    static let spawnCgroupFD = Mutex<Int32?>(nil)
 
     /// Starts `sh -c script`.
     static func shell(_ script: String, environment: [String: String] = ["PATH": "/usr/bin:/bin"], workingDirectory: String = "/",

@@ -5,8 +5,8 @@ import XCTest
 import Glibc
 #endif
 
-/// Real processes through `ChildProcesses.shared.spawn` and `waitForExit`.
-final class ProcessTests: XCTestCase {
+/// Real processes through `ChildProcesses.shared.spawn` and `waitForExit` (subclassed by `CgroupSpawnTests`).
+class ProcessTests: XCTestCase {
     private typealias P = ProcessTestSupport
     private let children = ChildProcesses.shared
 

@@ -18,4 +18,15 @@ int cl_set_child_subreaper(void);
 /// pidfd_open(pid, 0): a descriptor that becomes readable when the process exits.
 int cl_pidfd_open(pid_t pid);
 
+/// Starts a job inside the cgroup open at `cgroup_fd`, with what our posix_spawn gives every job: a new process
+/// group, stdin from /dev/null, stdout and stderr on `stdout_fd`/`stderr_fd` (or /dev/null when negative), no
+/// descriptors but 0-2, `cwd` as its directory, default signal dispositions and an empty signal mask.
+/// With clone3 and CLONE_INTO_CGROUP (Linux 5.7) the child is created inside the cgroup (`*used_clone3` = 1);
+/// where clone3 is unavailable or `allow_clone3` is 0, the forked child writes itself to the cgroup's
+/// cgroup.procs before anything else, so the program is never executed outside it.
+/// Returns 0 and sets `*pid` once the program is executing, or an errno value (the child is then reaped here).
+/// Call with the reaper's lock held, as for posix_spawn.
+int cl_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *cwd,
+                         int stdout_fd, int stderr_fd, int cgroup_fd, int allow_clone3, int *used_clone3);
+
 #endif

@@ -27,6 +27,8 @@ public struct JobConfiguration: Sendable, Equatable {
     public var stateOwner: StateOwner
     /// Stop the job and report the run FAILED (TimedOut) after this many seconds; nil = no limit.
     public var timeoutSeconds: Double?
+    /// Issue 13: `memory_max` and `cpu_max`, applied to the job's cgroup.
+    public var limits: CgroupLimits = .none
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
@@ -103,9 +105,11 @@ public struct JobConfiguration: Sendable, Equatable {
             stateOwner = owner
         case let other: throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(other.typeName)")
         }
-
         // `timeout_seconds` is ours too, read the same way, so pools with Prefect's own template can use it.
         timeoutSeconds = try Self.timeout(config["timeout_seconds"] ?? rendered.variables["timeout_seconds"] ?? .null)
+        // Issue 13: like `state_owner`, read even when the pool's template does not map them.
+        limits = try CgroupLimits(memoryMax: config["memory_max"] ?? rendered.variables["memory_max"] ?? .null,
+                                  cpuMax: config["cpu_max"] ?? rendered.variables["cpu_max"] ?? .null)
     }
 
     /// A number of seconds >= 0 (a numeric string is accepted, as pydantic would); null or 0 = no limit, as

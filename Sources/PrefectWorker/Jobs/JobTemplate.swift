@@ -27,9 +27,47 @@ public struct JobTemplate: Sendable {
         self.properties = properties
     }
 
-    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`),
-    /// plus this worker's `timeout_seconds`.
+    /// The template the worker gives a process pool that has none: Prefect's, plus this worker's own job
+    /// variables (`ownVariables`), so they show in the UI with their descriptions.
     public static let defaultProcessTemplate: JSON = {
+        guard case .object(var template) = prefectProcessTemplate,
+              case .object(var configuration)? = template["job_configuration"],
+              case .object(var variables)? = template["variables"],
+              case .object(var properties)? = variables["properties"] else { return prefectProcessTemplate }
+        for (name, schema) in ownVariables {
+            configuration[name] = .string("{{ \(name) }}")
+            properties[name] = schema
+        }
+        template["job_configuration"] = .object(configuration)
+        variables["properties"] = .object(properties)
+        template["variables"] = .object(variables)
+        return .object(template)
+    }()
+
+    /// Job variables of this worker that Prefect's process worker does not have. A pool's template may lack
+    /// them; `JobConfiguration` then reads them from the job variables directly.
+    public static let ownVariables: [String: JSON] = [
+        // Issue 12: the run's time limit.
+        "timeout_seconds": .object([
+            "anyOf": .array([.object(["type": "number"]), .object(["type": "null"])]), "default": .null,
+            "title": "Timeout Seconds",
+            "description": "If the flow run's process runs longer than this many seconds, the worker stops its process tree (SIGTERM, then SIGKILL after the kill grace period) and reports the run FAILED (TimedOut). Empty means no limit.",
+        ]),
+        // Issue 13: per-job cgroup limits.
+        "memory_max": .object([
+            "anyOf": .array([.object(["type": "string"]), .object(["type": "integer"]), .object(["type": "null"])]), "default": .null,
+            "title": "Memory Limit",
+            "description": "Memory limit of the flow run's process tree, in cgroup v2 memory.max syntax: \"512M\", \"2G\", a number of bytes, or \"max\". Needs the cgroup v2 memory controller delegated to the worker; a run whose limit cannot be applied is CRASHED before it starts.",
+        ]),
+        "cpu_max": .object([
+            "anyOf": .array([.object(["type": "string"]), .object(["type": "number"]), .object(["type": "null"])]), "default": .null,
+            "title": "CPU Limit",
+            "description": "CPU limit of the flow run's process tree: a number of CPUs (\"0.5\", \"2\"), \"max\", or cgroup v2 cpu.max syntax \"QUOTA PERIOD\" in microseconds (\"50000 100000\"). Needs the cgroup v2 cpu controller delegated to the worker; a run whose limit cannot be applied is CRASHED before it starts.",
+        ]),
+    ]
+
+    /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`).
+    public static let prefectProcessTemplate: JSON = {
         func nullable(_ type: String, title: String, description: String, extra: [String: JSON] = [:]) -> JSON {
             var inner: [String: JSON] = ["type": .string(type)]
             inner.merge(extra) { $1 }
@@ -40,7 +78,6 @@ public struct JobTemplate: Sendable {
             "job_configuration": .object([
                 "command": "{{ command }}", "env": "{{ env }}", "labels": "{{ labels }}", "name": "{{ name }}",
                 "stream_output": "{{ stream_output }}", "working_dir": "{{ working_dir }}",
-                "timeout_seconds": "{{ timeout_seconds }}",
             ]),
             "variables": .object([
                 "type": "object",
@@ -65,8 +102,6 @@ public struct JobTemplate: Sendable {
                     "working_dir": nullable("string", title: "Working Directory",
                                             description: "If provided, workers will open flow run processes within the specified path as the working directory. Otherwise, a temporary directory will be created.",
                                             extra: ["format": "path"]),
-                    "timeout_seconds": nullable("number", title: "Timeout Seconds",
-                                                description: "If the flow run's process runs longer than this many seconds, the worker stops its process tree (SIGTERM, then SIGKILL after the kill grace period) and reports the run FAILED (TimedOut). Empty means no limit."),
                 ]),
             ]),
         ])

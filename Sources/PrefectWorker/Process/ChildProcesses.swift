@@ -13,6 +13,8 @@ public struct SpawnRequest: Sendable {
     public var workingDirectory: String
     /// Pipe stdout and stderr back to the worker; otherwise they go to /dev/null.
     public var captureOutput: Bool
+    /// Issue 13: the open directory of the run's cgroup to start the job in (`CgroupSpawn`); nil: posix_spawn as before.
+    public var cgroupFD: Int32? = nil
 
     public init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
         self.executable = executable
@@ -110,7 +112,12 @@ public final class ChildProcesses: Sendable {
         // spawn (a job may be reaped at once) and again after it (posix_spawn returns once the child exec'd).
         let peakBefore = JobUsage.ownPeakBytes()
         let result: Int32 = table.withLock { table in
-            let rc = posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
+            let rc = if let cgroupFD = request.cgroupFD {  // issue 13: straight into the run's cgroup
+                CgroupSpawn.spawn(&pid, executable: request.executable, arguments: argv.pointers, environment: envp.pointers,
+                                  workingDirectory: request.workingDirectory, stdout: outPipe[1], stderr: errPipe[1], cgroupFD: cgroupFD)
+            } else {
+                posix_spawn(&pid, request.executable, &actions, &attributes, argv.pointers, envp.pointers)
+            }
             if rc == 0 { table[pid] = .running(started: .now, spawnerPeak: peakBefore, waiter: nil) }
             return rc
         }

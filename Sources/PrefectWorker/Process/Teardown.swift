@@ -36,13 +36,18 @@ public struct Teardown: Sendable, Equatable {
     /// Runs the steps against process group `pgid` and against every process carrying the run's marker
     /// (descendants that left the group), until `leaderExited` reports the job gone and no marked process
     /// is left. The leader is checked every 50 ms, /proc every 500 ms.
-    public func run(processGroup pgid: pid_t, runID: String?, leaderExited: @Sendable () async -> Bool) async -> Outcome {
-        func stragglers() -> [pid_t] { runID.map(ProcFS.processes(ofRun:)) ?? [] }
+    ///
+    /// Issue 13: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
+    /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0`.
+    public func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExited: @Sendable () async -> Bool) async -> Outcome {
+        func stragglers() -> [pid_t] { cgroup?.processes() ?? runID.map(ProcFS.processes(ofRun:)) ?? [] }
+        func treeGone() -> Bool { cgroup.map { !$0.isPopulated } ?? stragglers().isEmpty }
         func send(_ signal: Int32) {
+            if signal == SIGKILL { cgroup?.kill() }
             _ = kill(-pgid, signal)
             for pid in stragglers() { _ = kill(pid, signal) }
         }
-        if await leaderExited(), stragglers().isEmpty { return .alreadyExited }
+        if await leaderExited(), treeGone() { return .alreadyExited }
         for step in steps {
             send(step.signal)
             let deadline = Date().addingTimeInterval(step.grace)
@@ -50,18 +55,18 @@ public struct Teardown: Sendable, Equatable {
             while Date() < deadline {
                 if await leaderExited() {
                     if Date() >= nextScan {
-                        if stragglers().isEmpty { return .exitedAfter(signal: step.signal) }
+                        if treeGone() { return .exitedAfter(signal: step.signal) }
                         nextScan = Date().addingTimeInterval(0.5)
                     }
                 }
                 try? await Task.sleep(nanoseconds: 50_000_000)
             }
-            if await leaderExited(), stragglers().isEmpty { return .exitedAfter(signal: step.signal) }
+            if await leaderExited(), treeGone() { return .exitedAfter(signal: step.signal) }
         }
         send(SIGKILL)
         // SIGKILL cannot be ignored; wait (bounded) until the tree is gone and reaped.
         for _ in 0..<100 {
-            if await leaderExited(), stragglers().isEmpty { break }
+            if await leaderExited(), treeGone() { break }
             try? await Task.sleep(nanoseconds: 50_000_000)
             send(SIGKILL)
         }

@@ -252,6 +252,17 @@ struct FlowRunSupervisor: Sendable {
             return
         }
 
+        // Issue 13: the job's own cgroup, with its limits, before anything starts (Process/RunCgroup.swift).
+        let cgroup: RunCgroup?
+        do {
+            cgroup = try RunCgroup.prepare(host: context.cgroups.host, whyNoHost: context.cgroups.reason, runID: id, limits: job.limits)
+        } catch {
+            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            return
+        }
+        defer { cgroup?.remove() }
+
         // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
         guard await startAllowed(id) else { return }
         if job.stateOwner == .worker {
@@ -265,9 +276,11 @@ struct FlowRunSupervisor: Sendable {
         let shipOutput = job.stateOwner == .worker && settings.logsToAPI.enabled
         let process: SpawnedProcess
         do {
-            process = try ChildProcesses.shared.spawn(SpawnRequest(
+            var request = SpawnRequest(
                 executable: executable, arguments: arguments, environment: env,
-                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput))
+                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
+            request.cgroupFD = cgroup?.fd  // issue 13
+            process = try ChildProcesses.shared.spawn(request)
         } catch {
             Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
@@ -291,7 +304,7 @@ struct FlowRunSupervisor: Sendable {
             process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, redactor: redactor, onLine: shipper(.info)) },
             process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, redactor: redactor, onLine: shipper(.warning)) },
         ].compactMap { $0 }
-        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
+        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")", run: id)
 
         let outbox = context.outbox
         Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
@@ -300,7 +313,7 @@ struct FlowRunSupervisor: Sendable {
         // The engine heartbeats for its own runs; for a plain command the worker does.
         let heartbeat = job.stateOwner == .worker
             ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, run: id)) : nil
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds) {
+        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup) {
             let end = await ChildProcesses.shared.waitForEnd(process.pid)
             heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
@@ -328,7 +341,7 @@ struct FlowRunSupervisor: Sendable {
     /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled,
     /// runs past `timeout` seconds, or the worker shuts down, then reports the final state and clears the
     /// journal entry. `exitStatus` is nil for an adopted job, whose status and usage cannot be known.
-    func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil,
+    func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
                exitStatus: @escaping @Sendable () async -> JobEnd?) async {
         let registry = context.registry
         let grace = settings.killGraceSeconds
@@ -347,7 +360,7 @@ struct FlowRunSupervisor: Sendable {
                 : entry?.timedOut == true ? "it ran longer than timeout_seconds=\(String(format: "%g", timeout ?? 0))"
                 : "the worker is shutting down"
             Log.info("\(why): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s", run: id)
-            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id) {
+            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup) {
                 await registry.entry(id)?.pid == nil
             }
             Log.info("job (pid \(pid)) \(outcome)", run: id)
@@ -363,6 +376,7 @@ struct FlowRunSupervisor: Sendable {
         let entry = await registry.entry(id)
         if entry?.cancelRequested == true || entry?.stopReason != nil {
             let outcome = await stopper.value
+            _ = await finishCgroup(cgroup, id)  // issue 13
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if entry?.timedOut == true, entry?.cancelRequested != true {
                 await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
@@ -373,8 +387,11 @@ struct FlowRunSupervisor: Sendable {
             }
         } else {
             stopper.cancel()
+            let usage = await finishCgroup(cgroup, id)  // issue 13
             if let exit {
-                if let final = FinalState.decide(owner: owner, exit: exit) {
+                if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
+                    await report(id, oom)
+                } else if let final = FinalState.decide(owner: owner, exit: exit) {
                     await report(id, final)
                 } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
                     // The engine reported; count and log what it reported.
@@ -386,6 +403,14 @@ struct FlowRunSupervisor: Sendable {
             }
         }
         context.journal.remove(id)
+    }
+
+    /// Issue 13: once the job has exited, empties and removes its cgroup and logs what its whole tree used.
+    func finishCgroup(_ cgroup: RunCgroup?, _ id: String) async -> CgroupUsage? {
+        guard let cgroup else { return nil }
+        let usage = await cgroup.finish(runID: id)
+        Log.info("cgroup usage: \(usage.summary)", run: id)
+        return usage
     }
 
     /// An adopted job exited with a status we cannot know: a worker-owned run is CRASHED (saying why), an

@@ -35,7 +35,9 @@ struct Recovery: Sendable {
         let supervisor = self.supervisor
         Task {
             await registry.adopt(runID, pid: pid)
-            await supervisor.watch(runID, pid: pid, owner: owner) {
+            // Issue 13: the run's cgroup, if the previous worker made one, still holds the whole tree.
+            let cgroup = RunCgroup.existing(host: supervisor.context.cgroups.host, runID: runID)
+            await supervisor.watch(runID, pid: pid, owner: owner, cgroup: cgroup) {
                 await ProcFS.waitForExit(of: pid, startTime: processStart)
                 return nil
             }

@@ -57,6 +57,7 @@ public final class Worker: Sendable {
         }
         if settings.debugMode { Log.debug("PREFECT_WORKER_DEBUG_MODE: debug logging for the worker") }
         ProcFS.becomeSubreaper()
+        context.cgroups = CgroupHost.setUp()  // issue 13: per-job cgroups when the worker's cgroup is delegated
         let context = self.context
         if settings.logsToAPI.enabled {
             Log.setRunSink { level, runID, message in

@@ -24,6 +24,8 @@ public final class WorkerContext: Sendable {
     public let notifier: SystemdNotifier
     /// The secrets to keep out of job output, the worker's log lines and its events.
     public let secrets: KnownSecrets
+    /// Issue 13: the worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
+    private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
     public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
         self.settings = settings
@@ -87,6 +89,12 @@ public final class WorkerContext: Sendable {
     /// A line about a run (job output or the worker's own), for `logs`, cut to `PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`.
     public func logRecord(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker") -> APIShipper.Record {
         FlowRunLog.shippable(runID: runID, level: level, message: message, name: name, maxSize: settings.logsToAPI.maxLogSize)
+    }
+
+    /// Issue 13: set once at start-up by `CgroupHost.setUp`.
+    public var cgroups: CgroupHost.Detection {
+        get { cgroupDetection.withLock { $0 } }
+        set { cgroupDetection.withLock { $0 = newValue } }
     }
 
     /// The work pool as last read; each run freezes a copy when it is submitted.
