@@ -12,11 +12,16 @@ public enum OutboxItem: Codable, Sendable, Equatable {
 }
 
 /// Final states and infrastructure pids that have not reached the server yet, persisted in
-/// `<state dir>/outbox/<run id>.json` (written atomically) and delivered in order per run: at once when
-/// possible, else by a background loop when the server is back, and after a worker restart.
+/// `<state dir>/outbox/<run id>.json` (written atomically and durably) and delivered in order per run: at
+/// once when possible, else by a background loop when the server is back, and after a worker restart.
+/// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
 public actor Outbox {
     public let directory: String
     private let client: PrefectClient
+    /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
+    private let shutdown: Shutdown?
+    /// WAIT answers waited out in one delivery attempt before the item is left for the background loop.
+    static let waitsPerAttempt = 20
     /// The items, kept in memory as well: the file is for a restart, memory is what we deliver from, so a
     /// disk that cannot be written loses nothing while the worker runs.
     private var memory: [String: [OutboxItem]] = [:]
@@ -24,9 +29,10 @@ public actor Outbox {
     private var delivering: Set<String> = []
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
-    public init(stateDirectory: String, client: PrefectClient) {
+    public init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
         self.directory = stateDirectory + "/outbox"
         self.client = client
+        self.shutdown = shutdown
     }
 
     public func prepare() throws {
@@ -66,16 +72,21 @@ public actor Outbox {
     func store(_ runID: String, _ items: [OutboxItem]) {
         memory[runID] = items.isEmpty ? nil : items
         if items.isEmpty {
-            unlink(path(runID))
+            AtomicFile.remove(path(runID))
             return
         }
         guard let data = try? JSONEncoder().encode(items) else { return }
-        let temporary = path(runID) + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]),
-              rename(temporary, path(runID)) == 0 else {
-            Log.error("cannot write the outbox entry \(path(runID)): \(errnoText()); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
-            return
+        do {
+            try AtomicFile.write(data, to: path(runID))
+        } catch {
+            Log.error("cannot write the outbox entry \(path(runID)): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
         }
+    }
+
+    /// Persists `item` after the run's earlier items, without delivering it: once this returns, anything the
+    /// caller queues for the run later is delivered after it.
+    public func enqueue(_ runID: String, _ item: OutboxItem) {
+        store(runID, items(runID) + [item])
     }
 
     /// Persists `item` for the run, then tries to deliver the run's items now, with a few quick retries only:
@@ -83,7 +94,7 @@ public actor Outbox {
     /// is not held up. Returns true if all arrived.
     @discardableResult
     public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
-        store(runID, items(runID) + [item])
+        enqueue(runID, item)
         return await deliver(runID, policy: .quick)
     }
 
@@ -107,7 +118,7 @@ public actor Outbox {
         }
         while let item = items(runID).first {
             do {
-                try await deliverItem(runID, item, policy: policy)
+                guard try await deliverItem(runID, item, policy: policy) else { return false }
             } catch is CancellationError {
                 return false
             } catch let error as APIError where error.isRetryable {
@@ -125,10 +136,13 @@ public actor Outbox {
         return true
     }
 
-    private func deliverItem(_ runID: String, _ item: OutboxItem, policy: RetryPolicy) async throws {
+    /// Delivers one item. True when it may leave the outbox (the server has it, or said the run is final or
+    /// otherwise decided); false when it must stay for a later attempt (the server kept asking to wait).
+    private func deliverItem(_ runID: String, _ item: OutboxItem, policy: RetryPolicy) async throws -> Bool {
         switch item {
         case .infrastructurePID(let pid):
             try await client.setInfrastructurePID(runID, pid: pid, policy: policy)
+            return true
         case .finalState(let rawType, let message, let transitionID, let force):
             var type = StateType(rawValue: rawType)
             var message = message
@@ -138,7 +152,7 @@ public actor Outbox {
             if let current, current.isTerminal {
                 Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
                 Metrics.shared.runFinished(current)
-                return
+                return true
             }
             if current == .cancelling {
                 if type != .cancelled { message = "Flow run was cancelled. \(message)" }
@@ -147,31 +161,44 @@ public actor Outbox {
             }
             var proposal = StateProposal(type, message: message, force: force)
             proposal.transitionID = transitionID
-            for _ in 0..<20 {
+            var waits = 0
+            while true {
                 let result = try await client.setState(runID, proposal, policy: policy)
-                switch result.status {
-                case .accept:
-                    Log.info("reported \(type.rawValue): \(message)", run: runID)
+                switch Orchestration.decide(proposed: type, result) {
+                case .accepted:
+                    Log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
                     Metrics.shared.runFinished(type)
-                    return
-                case .reject where result.state?.type == type:
-                    Log.info("reported \(type.rawValue) (already recorded)", run: runID)
-                    Metrics.shared.runFinished(type)
-                    return
-                case .wait:
-                    try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
-                case .reject where result.state?.type == .cancelling && type != .cancelled:
+                    return true
+                case .wait(let seconds):
+                    waits += 1
+                    if waits > Self.waitsPerAttempt {
+                        Log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
+                        return false
+                    }
+                    guard await pause(seconds), !Task.isCancelled else {
+                        Log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
+                        return false
+                    }
+                case .proposeCancelled:
                     // The run went CANCELLING between our read and the proposal: only CANCELLED is accepted now.
                     message = "Flow run was cancelled. \(message)"
                     type = .cancelled
                     proposal = StateProposal(.cancelled, message: message, force: true)
-                case .reject, .abort:
-                    let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
-                    Log.warning("server did not accept \(type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: runID)
-                    return
+                case .refused(let state, let reason):
+                    // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
+                    let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
+                    Log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
+                    return true
                 }
             }
         }
+    }
+
+    /// Waits as the server asked; false if the worker started terminating meanwhile.
+    private func pause(_ seconds: Double) async -> Bool {
+        if let shutdown { return await shutdown.sleep(seconds, unless: .terminating) }
+        try? await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000))
+        return true
     }
 
     /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).

@@ -28,7 +28,7 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 }
 
 /// The runs this host's workers launched and have not finished reporting: one small JSON file per run in
-/// `<state dir>/journal/`, written atomically after the spawn and removed after the final report. A worker
+/// `<state dir>/journal/`, written atomically and durably (`AtomicFile`) after the spawn and removed after the final report. A worker
 /// that starts after a crash finds the entries of workers that are gone and recovers their runs.
 public final class RunJournal: Sendable {
     public let directory: String
@@ -53,23 +53,15 @@ public final class RunJournal: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         guard let data = try? encoder.encode(entry) else { return }
-        let temporary = path(entry.runID) + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            Log.warning("cannot write journal entry \(temporary): \(errnoText())", run: entry.runID)
-            return
-        }
-        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        if rename(temporary, path(entry.runID)) != 0 {
-            Log.warning("cannot write journal entry \(path(entry.runID)): \(errnoText())", run: entry.runID)
-            unlink(temporary)
+        do {
+            try AtomicFile.write(data, to: path(entry.runID))
+        } catch {
+            Log.warning("cannot write journal entry \(path(entry.runID)): \(error); a worker started after a crash of this one would not recover the run", run: entry.runID)
         }
     }
 
     public func remove(_ runID: String) {
-        unlink(path(runID))
+        AtomicFile.remove(path(runID))
     }
 
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name

@@ -30,7 +30,7 @@ public final class WorkerContext: Sendable {
         self.shutdown = shutdown
         self.status = WorkerStatus()
         self.journal = RunJournal(stateDirectory: settings.stateDirectory)
-        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client)
+        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown)
         self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
                                interval: 1) { runID, count in
             APIShipper.Record(body: FlowRunLog.record(runID: runID, level: .warning,
