@@ -90,6 +90,13 @@ struct FlowRunSupervisor: Sendable {
     /// right before each proposal, and a proposal is never retried blindly: after a failed attempt the run is
     /// read again, which also recognises our own PENDING if only the answer was lost.
     func claim(_ run: FlowRun) async -> Bool {
+        let claimed = await proposePending(run)
+        // Only a claim is remembered: a run left for the next poll is taken on the next poll.
+        if claimed { await context.registry.markClaimed(run.id) }
+        return claimed
+    }
+
+    private func proposePending(_ run: FlowRun) async -> Bool {
         let id = run.id
         var ours: Set<String> = []  // every transition id we proposed: any of them may be the one that landed
         func isOurs(_ current: FlowRun) -> Bool {
@@ -122,12 +129,10 @@ struct FlowRunSupervisor: Sendable {
                 Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
                 return false
             }
-            switch result.status {
-            case .accept:
+            switch Orchestration.decide(proposed: .pending, result, ours: ours) {
+            case .accepted:
                 return await confirmFirstClaim(run)
-            case .reject where result.state?.type == .pending && result.state?.transitionID.map(ours.contains) == true:
-                return await confirmFirstClaim(run)
-            case .reject, .abort:
+            case .refused, .proposeCancelled:
                 // An earlier attempt of ours may have landed late (its answer was lost): then the run is ours.
                 if ours.count > 1, let again = try? await client.readFlowRun(id, policy: .quick), isOurs(again) {
                     return await confirmFirstClaim(run)
@@ -135,12 +140,15 @@ struct FlowRunSupervisor: Sendable {
                 let now = result.state.map { " (run is \($0.type.rawValue))" } ?? ""
                 Log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
                 return false
-            case .wait:
-                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+            case .wait(let delay):
                 Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
-                guard await context.shutdown.sleep(delay) else { return false }
+                guard await context.shutdown.sleep(delay) else {
+                    Log.info("the worker is stopping; not claiming it", run: id)
+                    return false
+                }
             }
         }
+        Log.warning("not claimed after 20 attempts (the server kept asking to wait, or failing); leaving it for the next poll", run: id)
         return false
     }
 
@@ -280,8 +288,11 @@ struct FlowRunSupervisor: Sendable {
         ].compactMap { $0 }
         Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)", run: id)
 
+        // Queued here, before the job can end, so it reaches the server before the final state (per-run
+        // order); delivered in the background, so a slow server does not hold up the watch.
         let outbox = context.outbox
-        Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
+        await outbox.enqueue(id, .infrastructurePID(pid: process.pid))
+        Task { await outbox.deliver(id, policy: .quick) }
 
         let events = context.events
         await watch(id, pid: process.pid, owner: job.stateOwner) {
@@ -401,16 +412,14 @@ struct FlowRunSupervisor: Sendable {
                 await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
                 return false
             }
-            switch result.status {
-            case .accept:
+            switch Orchestration.decide(proposed: .running, result) {
+            case .accepted:
                 return true
-            case .reject where result.state?.type == .running:
-                return true
-            case .wait:
-                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+            case .wait(let delay):
+                Log.info("server asked to wait \(String(format: "%.1f", delay)) s before RUNNING", run: id)
                 guard await context.shutdown.sleep(delay) else { await handBack(id); return false }
                 proposal = StateProposal(.running)
-            case .reject, .abort:
+            case .refused, .proposeCancelled:
                 let state = result.state?.type
                 Log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job", run: id)
                 if state == .cancelling || state == .cancelled {
