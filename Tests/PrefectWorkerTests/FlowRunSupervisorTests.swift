@@ -107,4 +107,38 @@ final class FlowRunSupervisorTests: XCTestCase {
         let again = await registry.reserve(run)
         XCTAssertTrue(again, "a run left for the next poll must be taken on the next poll")
     }
+
+    /// Per-run order: the job's pid is queued before its final state, so it reaches the server first even
+    /// for a job that ends at once. (It was handed to the outbox from an unstructured Task, which could run
+    /// after the final state had been queued.)
+    func testAFastJobsPidReachesTheServerBeforeItsFinalState() async throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        settings.environment = ["PATH": "/usr/bin:/bin"]
+        let context = WorkerContext(settings: settings, client: fake.client())
+        try context.journal.prepare()
+        try await context.outbox.prepare()
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .noContent }
+        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in .noContent }
+        let supervisor = FlowRunSupervisor(context: context)
+        // Before the fix about one run in fifteen came out in the wrong order here; twenty make a failure likely.
+        for i in 0..<20 {
+            let id = "run-fast-\(i)"
+            server.value = (type: "SCHEDULED", stateID: "s-\(i)", transitionID: "t-0")
+            let json = JSON.object(["id": .string(id), "state_id": .string("s-\(i)"), "run_count": .int(0),
+                                    "job_variables": .object(["command": "true", "stream_output": .bool(false)]),
+                                    "state": .object(["id": .string("s-\(i)"), "type": "SCHEDULED", "name": "Scheduled"])])
+            let run = try JSONDecoder().decode(FlowRun.self, from: Data(json.encoded().utf8))
+            let reserved = await context.registry.reserve(run)
+            XCTAssertTrue(reserved)
+            let finished = await finishes(within: 30) { await supervisor.run(run) }
+            XCTAssertTrue(finished, "the run should be supervised to its end")
+            await context.registry.release(id)
+            let reports = fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
+                .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
+            XCTAssertEqual(reports, ["PENDING", "RUNNING", "pid", "COMPLETED"], "run \(i)")
+            XCTAssertEqual(server.value.type, "COMPLETED")
+        }
+    }
 }
