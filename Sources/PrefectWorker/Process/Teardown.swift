@@ -35,7 +35,8 @@ public struct Teardown: Sendable, Equatable {
 
     /// Runs the steps against process group `pgid` and against every process carrying the run's marker
     /// (descendants that left the group), until `leaderExited` reports the job gone and no marked process
-    /// is left. The leader is checked every 50 ms, /proc every 500 ms.
+    /// is left. The leader is checked every 50 ms, /proc every 500 ms. Its waits are real waits even when the
+    /// calling task is cancelled: a teardown that has started always completes.
     public func run(processGroup pgid: pid_t, runID: String?, leaderExited: @Sendable () async -> Bool) async -> Outcome {
         func stragglers() -> [pid_t] { runID.map(ProcFS.processes(ofRun:)) ?? [] }
         func send(_ signal: Int32) {
@@ -54,7 +55,7 @@ public struct Teardown: Sendable, Equatable {
                         nextScan = Date().addingTimeInterval(0.5)
                     }
                 }
-                try? await Task.sleep(nanoseconds: 50_000_000)
+                await sleepThroughCancellation(0.05)
             }
             if await leaderExited(), stragglers().isEmpty { return .exitedAfter(signal: step.signal) }
         }
@@ -62,7 +63,7 @@ public struct Teardown: Sendable, Equatable {
         // SIGKILL cannot be ignored; wait (bounded) until the tree is gone and reaped.
         for _ in 0..<100 {
             if await leaderExited(), stragglers().isEmpty { break }
-            try? await Task.sleep(nanoseconds: 50_000_000)
+            await sleepThroughCancellation(0.05)
             send(SIGKILL)
         }
         return .killed
