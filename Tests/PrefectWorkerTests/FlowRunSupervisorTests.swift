@@ -91,6 +91,27 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(rerun)
     }
 
+    /// A PENDING whose answer was lost may have landed: the run may be ours. Left "for the next poll" then, it
+    /// would stay PENDING with nobody to start it (a poll returns only SCHEDULED runs). So after an unanswered
+    /// proposal the claim keeps reading the run until it knows.
+    func testAClaimWhoseAnswerWasLostKeepsReadingUntilItKnows() async throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        let context = WorkerContext(settings: settings, client: fake.client(requestTimeout: 1))
+        let supervisor = FlowRunSupervisor(context: context)
+        let run = try polledRun("run-lost-answer")
+        // The proposal is applied after 2 s, when the client has given up on its answer (1 s timeout)...
+        fake.inject([.delay(2)], method: "POST", path: "/api/flow_runs/*/set_state")
+        // ... and the reads after it fail for a while (the first read, before the proposal, passes).
+        fake.inject([.delay(0)] + Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "GET", path: "/api/flow_runs/*")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let claimed = await supervisor.claim(run)
+        XCTAssertEqual(server.value.type, "PENDING", "the lost proposal did land")
+        XCTAssertTrue(claimed, "the run is ours (PENDING with our transition id): it must not be left PENDING with nobody to run it")
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 1, "one proposal; the rest were reads")
+    }
+
     /// The same when the claim was never tried because the deployment could not be read.
     func testARunLeftBecauseItsDeploymentCouldNotBeReadIsTakenAgain() async throws {
         let context = makeContext()

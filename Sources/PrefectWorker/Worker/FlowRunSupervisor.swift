@@ -102,28 +102,51 @@ struct FlowRunSupervisor: Sendable {
         func isOurs(_ current: FlowRun) -> Bool {
             current.currentStateType == .pending && current.state?.transitionID.map(ours.contains) == true
         }
-        for attempt in 1...20 {
+        var attempt = 0
+        var unanswered = false  // a proposal of ours got no answer: it may have landed, making the run ours
+        var readFailures = 0
+        while attempt < 20 {
             let current: FlowRun
             do {
                 current = try await client.readFlowRun(id, policy: .quick)
+                readFailures = 0
             } catch {
-                Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
-                return false
+                guard unanswered else {
+                    Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
+                    return false
+                }
+                // Left now, a PENDING of ours that landed would stay PENDING with nobody to start it (a poll
+                // returns only SCHEDULED runs): keep reading until we know, through a drain too.
+                readFailures += 1
+                let delay = RetryPolicy.standard.delay(afterAttempt: readFailures, retryAfter: nil)
+                Log.warning("cannot read the run after a claim attempt whose answer was lost (\(error)); it may be ours, reading it again in \(String(format: "%.1f", delay)) s", run: id)
+                guard await context.shutdown.sleep(delay, unless: .terminating) else {
+                    Log.error("the worker is stopping before it could learn whether its claim landed; the run may stay PENDING", run: id)
+                    return false
+                }
+                continue
             }
             if isOurs(current) { return await confirmFirstClaim(run) }
             guard current.currentStateType == .scheduled else {
                 Log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it", run: id)
                 return false
             }
+            guard context.shutdown.phase < .draining else {
+                Log.info("the worker is stopping; not claiming it", run: id)
+                return false
+            }
+            attempt += 1
             let proposal = StateProposal(.pending)
             ours.insert(proposal.transitionID)
             let result: OrchestrationResult
             do {
                 result = try await client.setState(id, proposal, policy: .once)
             } catch let error as APIError where error.isRetryable {
+                unanswered = true
                 let delay = RetryPolicy.quick.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 Log.debug("claim attempt failed (\(error)); checking the run again in \(String(format: "%.1f", delay)) s", run: id)
-                guard await context.shutdown.sleep(delay) else { return false }
+                // Not cut short by a drain: the run is read once more in any case, as the proposal may have landed.
+                _ = await context.shutdown.sleep(delay, unless: .terminating)
                 continue
             } catch {
                 Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
@@ -142,7 +165,8 @@ struct FlowRunSupervisor: Sendable {
                 return false
             case .wait(let delay):
                 Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
-                guard await context.shutdown.sleep(delay) else {
+                // After an unanswered proposal the run is read once more even if a drain starts meanwhile.
+                if await !context.shutdown.sleep(delay, unless: unanswered ? .terminating : .draining) {
                     Log.info("the worker is stopping; not claiming it", run: id)
                     return false
                 }
