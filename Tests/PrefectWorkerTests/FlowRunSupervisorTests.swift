@@ -162,4 +162,133 @@ final class FlowRunSupervisorTests: XCTestCase {
             XCTAssertEqual(server.value.type, "COMPLETED")
         }
     }
+
+    // MARK: - A run from claim to final state (a real job, the fake API)
+
+    /// A context ready to launch jobs: state directories prepared, a process pool with the default template.
+    private func makeLaunchingContext() async throws -> WorkerContext {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        settings.environment = ["PATH": "/usr/bin:/bin"]
+        let context = WorkerContext(settings: settings, client: fake.client())
+        try context.journal.prepare()
+        try await context.outbox.prepare()
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .noContent }
+        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in .noContent }
+        return context
+    }
+
+    private func commandRun(_ id: String, _ command: String, startingAt start: Date? = nil) throws -> FlowRun {
+        var fields: [String: JSON] = [
+            "id": .string(id), "state_id": "s-1", "run_count": .int(0),
+            "job_variables": .object(["command": .string(command), "stream_output": .bool(false)]),
+            "state": .object(["id": "s-1", "type": "SCHEDULED", "name": "Scheduled"]),
+        ]
+        if let start { fields["next_scheduled_start_time"] = .string(Timestamp.format(start)) }
+        return try JSONDecoder().decode(FlowRun.self, from: Data(JSON.object(fields).encoded().utf8))
+    }
+
+    /// What reached the server about the run, in order: proposed state types, and "pid" for the pid.
+    private func reports(_ id: String) -> [String] {
+        fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
+            .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
+    }
+
+    private func lastProposal(_ id: String) -> JSON? { fake.requests("POST", "/api/flow_runs/\(id)/set_state").last?.json }
+
+    func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        // Another worker's PENDING landed first: the server rejects ours and returns theirs.
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
+            .json(200, #"{"status":"REJECT","details":{"type":"reject_details","reason":"This run is already PENDING."},"state":{"type":"PENDING","name":"Pending","state_details":{"transition_id":"t-someone-else"}}}"#)
+        }
+        let run = try polledRun("run-race")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let claimed = await supervisor.claim(run)
+        XCTAssertFalse(claimed, "another worker's PENDING is not ours")
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 1, "not proposed again")
+    }
+
+    func testCancelledBeforeItStartsIsReportedCancelledAndNeverStarted() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let marker = stateDirectory + "/started"
+        let run = try commandRun("run-cancel-early", "touch \(marker)")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        await context.registry.requestCancel(run.id)
+        let finished = await finishes(within: 30) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "CANCELLED"])
+        XCTAssertEqual(server.value.type, "CANCELLED")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+    }
+
+    func testWaitBeforeRunningIsWaitedOutThenTheJobRuns() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let server = server
+        let waits = FakeAPIBox(0)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
+            let state = (try? JSON.decode(body))?["state"] ?? .null
+            if state["type"]?.stringValue == "RUNNING", waits.update({ count -> Bool in count += 1; return count <= 2 }) {
+                return .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0.2}}"#)
+            }
+            server.update { run in
+                run.type = state["type"]?.stringValue ?? run.type
+                run.transitionID = state["state_details"]?["transition_id"]?.stringValue ?? ""
+            }
+            return .json(201, JSON.object(["status": "ACCEPT", "details": .object(["type": "accept_details"]), "state": state]))
+        }
+        let run = try commandRun("run-wait-running", "true")
+        _ = await context.registry.reserve(run)
+        let start = Date()
+        let finished = await finishes(within: 30) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.4, "both WAITs were waited out")
+        XCTAssertEqual(server.value.type, "COMPLETED")
+    }
+
+    func testCancelWhileTheJobRunsStopsItAndReportsCancelled() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let run = try commandRun("run-cancel-running", "sleep 30")
+        _ = await context.registry.reserve(run)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(20)
+        while await context.registry.entry(run.id)?.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        let pid = await context.registry.entry(run.id)?.pid
+        XCTAssertNotNil(pid, "the job should have started")
+        let cancelledAt = Date()
+        await context.registry.requestCancel(run.id)
+        let finished = await finishes(within: 20) { await supervision.value }
+        XCTAssertTrue(finished)
+        XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 10, "SIGTERM ends sleep at once; no need for the grace period")
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"])
+        XCTAssertEqual(server.value.type, "CANCELLED")
+        XCTAssertTrue(lastProposal(run.id)?["state"]?["message"]?.stringValue?.contains("SIGTERM") == true, "\(String(describing: lastProposal(run.id)))")
+        if let pid { XCTAssertNotEqual(kill(pid, 0), 0, "the job is gone") }
+    }
+
+    func testADrainBeforeAScheduledStartHandsTheRunBack() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let marker = stateDirectory + "/started"
+        let run = try commandRun("run-drained", "touch \(marker)", startingAt: Date().addingTimeInterval(60))
+        _ = await context.registry.reserve(run)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(10)
+        while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        context.shutdown.advance()  // draining: a run that has not started goes back to the pool
+        let finished = await finishes(within: 20) { await supervision.value }
+        XCTAssertTrue(finished, "a drain must not wait for a scheduled start a minute away")
+        XCTAssertEqual(reports(run.id), ["PENDING", "SCHEDULED"])
+        XCTAssertEqual(server.value.type, "SCHEDULED")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+    }
 }
