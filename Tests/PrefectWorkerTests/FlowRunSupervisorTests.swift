@@ -112,6 +112,25 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 1, "one proposal; the rest were reads")
     }
 
+    /// The claim gives up after 20 WAIT answers, and only right after a read that shows the run still SCHEDULED,
+    /// saying so; the run is then left for the next poll (and is taken there, as it was not claimed).
+    func testAClaimThatIsToldToWaitAgainAndAgainGivesUpAfterAReadAndSaysSo() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
+            .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0}}"#)
+        }
+        let run = try polledRun("run-waits")
+        _ = await context.registry.reserve(run)
+        let claimed = await supervisor.claim(run)
+        XCTAssertFalse(claimed)
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 20)
+        XCTAssertEqual(fake.requests("GET", "/api/flow_runs/*").count, 21, "a read before each proposal, and one before giving up")
+        await context.registry.release(run.id)
+        let again = await context.registry.reserve(run)
+        XCTAssertTrue(again, "not claimed: taken again on the next poll")
+    }
+
     /// The same when the claim was never tried because the deployment could not be read.
     func testARunLeftBecauseItsDeploymentCouldNotBeReadIsTakenAgain() async throws {
         let context = makeContext()

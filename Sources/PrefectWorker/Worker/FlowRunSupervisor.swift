@@ -105,7 +105,7 @@ struct FlowRunSupervisor: Sendable {
         var attempt = 0
         var unanswered = false  // a proposal of ours got no answer: it may have landed, making the run ours
         var readFailures = 0
-        while attempt < 20 {
+        while true {
             let current: FlowRun
             do {
                 current = try await client.readFlowRun(id, policy: .quick)
@@ -133,6 +133,11 @@ struct FlowRunSupervisor: Sendable {
             }
             guard context.shutdown.phase < .draining else {
                 Log.info("the worker is stopping; not claiming it", run: id)
+                return false
+            }
+            // Given up only here, right after a read that shows the run still SCHEDULED, not ours.
+            guard attempt < 20 else {
+                Log.warning("not claimed after \(attempt) attempts (the server kept asking to wait, or failing); leaving it for the next poll", run: id)
                 return false
             }
             attempt += 1
@@ -172,8 +177,6 @@ struct FlowRunSupervisor: Sendable {
                 }
             }
         }
-        Log.warning("not claimed after 20 attempts (the server kept asking to wait, or failing); leaving it for the next poll", run: id)
-        return false
     }
 
     /// The server accepts PENDING from a final state, so a slow PENDING can land after another worker ran the
