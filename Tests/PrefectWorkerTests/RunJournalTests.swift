@@ -22,25 +22,25 @@ final class RunJournalTests: XCTestCase {
                      workerPID: 1, workerStart: 2)
     }
 
-    func testRecordThenRemove() throws {
+    func testRecordThenRemove() async throws {
         let journal = RunJournal(stateDirectory: stateDirectory)
         try journal.prepare()
-        journal.record(entry("run-a"))
+        await journal.record(entry("run-a"))
         let data = try XCTUnwrap(FileManager.default.contents(atPath: journal.path("run-a")))
         XCTAssertEqual(try JSONDecoder().decode(JournalEntry.self, from: data), entry("run-a"))
         let mode = try FileManager.default.attributesOfItem(atPath: journal.path("run-a"))[.posixPermissions] as? Int
         XCTAssertEqual(mode, 0o600)
-        journal.remove("run-a")
+        await journal.remove("run-a")
         XCTAssertFalse(FileManager.default.fileExists(atPath: journal.path("run-a")))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: journal.directory), [], "no temporary file left")
     }
 
     /// Regression: `record` ignored short writes, so a write cut off (disk full, file size limit) renamed a
     /// truncated entry over the good one. A failed write must leave the previous entry as it was.
-    func testAShortWriteLeavesThePreviousEntryInPlace() throws {
+    func testAShortWriteLeavesThePreviousEntryInPlace() async throws {
         let journal = RunJournal(stateDirectory: stateDirectory)
         try journal.prepare()
-        journal.record(entry("run-s"))
+        await journal.record(entry("run-s"))
         let before = try XCTUnwrap(FileManager.default.contents(atPath: journal.path("run-s")))
 
         // A file size limit below the new entry's size: write() stops short at the limit (then fails with EFBIG).
@@ -51,7 +51,7 @@ final class RunJournalTests: XCTestCase {
         var limit = saved
         limit.rlim_cur = 4096
         XCTAssertEqual(setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limit), 0)
-        journal.record(bigger)
+        await journal.record(bigger)
         XCTAssertEqual(setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &saved), 0)
         signal(SIGXFSZ, previousHandler)
 
@@ -61,7 +61,7 @@ final class RunJournalTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: journal.directory), ["run-s.json"], "no temporary file left")
 
         // Without the limit the new entry is written whole.
-        journal.record(bigger)
+        await journal.record(bigger)
         let whole = try XCTUnwrap(FileManager.default.contents(atPath: journal.path("run-s")))
         XCTAssertEqual(try JSONDecoder().decode(JournalEntry.self, from: whole), bigger)
     }

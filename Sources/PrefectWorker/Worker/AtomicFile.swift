@@ -47,6 +47,33 @@ enum AtomicFile {
         if unlink(path) == 0 { syncDirectory(of: path) }
     }
 
+    /// `write` on `queue` (serial, one per owner of the files): a slow fsync (tens of ms on a busy disk) then
+    /// holds a thread of that queue, not one of the few threads all async code runs on, and writes submitted
+    /// in order land in order.
+    static func write(_ data: Data, to path: String, mode: mode_t = 0o600, on queue: DispatchQueue) async throws(Failure) {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, Failure>, Never>) in
+            queue.async {
+                do throws(Failure) {
+                    try write(data, to: path, mode: mode)
+                    continuation.resume(returning: .success(()))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        try result.get()
+    }
+
+    /// `remove` on `queue`, in order with the writes submitted there.
+    static func remove(_ path: String, on queue: DispatchQueue) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async {
+                remove(path)
+                continuation.resume()
+            }
+        }
+    }
+
     /// A rename or unlink is durable only once the directory holding it is synced.
     private static func syncDirectory(of path: String) {
         let fd = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -298,7 +298,7 @@ struct FlowRunSupervisor: Sendable {
             return
         }
         await context.registry.setPID(id, process.pid)
-        context.journal.record(JournalEntry(
+        await context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
             workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
         Metrics.shared.runStarted()
@@ -390,7 +390,7 @@ struct FlowRunSupervisor: Sendable {
                 await reportAdoptedExit(id, owner: owner)
             }
         }
-        context.journal.remove(id)
+        await context.journal.remove(id)
     }
 
     /// An adopted job exited with a status we cannot know: a worker-owned run is CRASHED (saying why), an

@@ -27,6 +27,8 @@ public actor Outbox {
     private var memory: [String: [OutboxItem]] = [:]
     private var loaded = false
     private var delivering: Set<String> = []
+    /// File writes and removals, in order, off the threads async code runs on.
+    private let disk = DispatchQueue(label: "prefect-worker.outbox.disk")
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
     public init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
@@ -69,15 +71,16 @@ public actor Outbox {
         return memory[runID] ?? []
     }
 
-    func store(_ runID: String, _ items: [OutboxItem]) {
+    /// Memory first (what is delivered from, so order holds even while the write is under way), then the file.
+    func store(_ runID: String, _ items: [OutboxItem]) async {
         memory[runID] = items.isEmpty ? nil : items
         if items.isEmpty {
-            AtomicFile.remove(path(runID))
+            await AtomicFile.remove(path(runID), on: disk)
             return
         }
         guard let data = try? JSONEncoder().encode(items) else { return }
         do {
-            try AtomicFile.write(data, to: path(runID))
+            try await AtomicFile.write(data, to: path(runID), on: disk)
         } catch {
             Log.error("cannot write the outbox entry \(path(runID)): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
         }
@@ -85,8 +88,8 @@ public actor Outbox {
 
     /// Persists `item` after the run's earlier items, without delivering it: once this returns, anything the
     /// caller queues for the run later is delivered after it.
-    public func enqueue(_ runID: String, _ item: OutboxItem) {
-        store(runID, items(runID) + [item])
+    public func enqueue(_ runID: String, _ item: OutboxItem) async {
+        await store(runID, items(runID) + [item])
     }
 
     /// Persists `item` for the run, then tries to deliver the run's items now, with a few quick retries only:
@@ -94,7 +97,7 @@ public actor Outbox {
     /// is not held up. Returns true if all arrived.
     @discardableResult
     public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
-        enqueue(runID, item)
+        await enqueue(runID, item)
         return await deliver(runID, policy: .quick)
     }
 
@@ -131,7 +134,7 @@ public actor Outbox {
             // Items may have been added while we were delivering: remove just the one delivered.
             var current = items(runID)
             if current.first == item { current.removeFirst() }
-            store(runID, current)
+            await store(runID, current)
         }
         return true
     }

@@ -32,6 +32,8 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 /// that starts after a crash finds the entries of workers that are gone and recovers their runs.
 public final class RunJournal: Sendable {
     public let directory: String
+    /// Entry writes and removals, in order, off the threads async code runs on.
+    private let disk = DispatchQueue(label: "prefect-worker.journal.disk")
 
     public init(stateDirectory: String) {
         directory = stateDirectory + "/journal"
@@ -49,19 +51,38 @@ public final class RunJournal: Sendable {
 
     func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
 
-    public func record(_ entry: JournalEntry) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        guard let data = try? encoder.encode(entry) else { return }
+    /// Writes the run's entry (atomically and durably); it is on disk when this returns.
+    public func record(_ entry: JournalEntry) async {
+        guard let data = encoded(entry) else { return }
         do {
-            try AtomicFile.write(data, to: path(entry.runID))
+            try await AtomicFile.write(data, to: path(entry.runID), on: disk)
         } catch {
-            Log.warning("cannot write journal entry \(path(entry.runID)): \(error); a worker started after a crash of this one would not recover the run", run: entry.runID)
+            logFailure(entry.runID, error)
         }
     }
 
-    public func remove(_ runID: String) {
-        AtomicFile.remove(path(runID))
+    /// `record` for callers that are not async (taking over entries at start-up).
+    func recordNow(_ entry: JournalEntry) {
+        guard let data = encoded(entry) else { return }
+        do {
+            try AtomicFile.write(data, to: path(entry.runID))
+        } catch {
+            logFailure(entry.runID, error)
+        }
+    }
+
+    private func encoded(_ entry: JournalEntry) -> Data? {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return try? encoder.encode(entry)
+    }
+
+    private func logFailure(_ runID: String, _ error: AtomicFile.Failure) {
+        Log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
+    }
+
+    public func remove(_ runID: String) async {
+        await AtomicFile.remove(path(runID), on: disk)
     }
 
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
@@ -85,7 +106,7 @@ public final class RunJournal: Sendable {
             var mine = entry
             mine.workerPID = me.pid
             mine.workerStart = me.start
-            record(mine)
+            recordNow(mine)
             unlink(claimed)
             taken.append(entry)
         }
