@@ -28,8 +28,9 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 }
 
 /// The runs this host's workers launched and have not finished reporting: one small JSON file per run in
-/// `<state dir>/journal/`, written atomically and durably (`AtomicFile`) after the spawn and removed after the final report. A worker
-/// that starts after a crash finds the entries of workers that are gone and recovers their runs.
+/// `<state dir>/journal/`, written atomically and durably (`AtomicFile`) after the spawn and removed after the
+/// final report. A worker that starts after a crash finds the entries of workers that are gone and recovers
+/// their runs.
 public final class RunJournal: Sendable {
     public let directory: String
     /// Entry writes and removals, in order, off the threads async code runs on.
