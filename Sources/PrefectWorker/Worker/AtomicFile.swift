@@ -47,9 +47,10 @@ enum AtomicFile {
         if unlink(path) == 0 { syncDirectory(of: path) }
     }
 
-    /// `write` on `queue` (serial, one per owner of the files): a slow fsync (tens of ms on a busy disk) then
-    /// holds a thread of that queue, not one of the few threads all async code runs on, and writes submitted
-    /// in order land in order.
+    /// `write` on `queue`: a slow fsync (tens of ms on a busy disk) then holds a thread of that queue, not one
+    /// of the few threads all async code runs on. Writes to one file must not overlap: await each one, or
+    /// submit them to one serial queue. Writes to different files may run at once (the file system then
+    /// commits their fsyncs together).
     static func write(_ data: Data, to path: String, mode: mode_t = 0o600, on queue: DispatchQueue) async throws(Failure) {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, Failure>, Never>) in
             queue.async {
@@ -64,7 +65,7 @@ enum AtomicFile {
         try result.get()
     }
 
-    /// `remove` on `queue`, in order with the writes submitted there.
+    /// `remove` on `queue` (see `write(_:to:mode:on:)`).
     static func remove(_ path: String, on queue: DispatchQueue) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             queue.async {

@@ -27,8 +27,9 @@ public actor Outbox {
     private var memory: [String: [OutboxItem]] = [:]
     private var loaded = false
     private var delivering: Set<String> = []
-    /// File writes and removals, in order, off the threads async code runs on.
-    private let disk = DispatchQueue(label: "prefect-worker.outbox.disk")
+    /// Each run's file writes and removals go through a serial queue of the run's (in order), off the threads
+    /// async code runs on; different runs are written concurrently. A queue lives while it has work.
+    private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
     public init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
@@ -74,16 +75,36 @@ public actor Outbox {
     /// Memory first (what is delivered from, so order holds even while the write is under way), then the file.
     func store(_ runID: String, _ items: [OutboxItem]) async {
         memory[runID] = items.isEmpty ? nil : items
+        let path = path(runID)
         if items.isEmpty {
-            await AtomicFile.remove(path(runID), on: disk)
+            await onDisk(runID) { AtomicFile.remove(path) }
             return
         }
         guard let data = try? JSONEncoder().encode(items) else { return }
-        do {
-            try await AtomicFile.write(data, to: path(runID), on: disk)
-        } catch {
-            Log.error("cannot write the outbox entry \(path(runID)): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
+        let failure = await onDisk(runID) { () -> AtomicFile.Failure? in
+            do throws(AtomicFile.Failure) {
+                try AtomicFile.write(data, to: path)
+                return nil
+            } catch {
+                return error
+            }
         }
+        if let error = failure {
+            Log.error("cannot write the outbox entry \(path): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
+        }
+    }
+
+    /// Runs `operation` on the run's serial disk queue and waits for it.
+    private func onDisk<T: Sendable>(_ runID: String, _ operation: @escaping @Sendable () -> T) async -> T {
+        var disk = disks[runID] ?? (DispatchQueue(label: "prefect-worker.outbox.disk", target: .global(qos: .utility)), 0)
+        disk.pending += 1
+        disks[runID] = disk
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            disk.queue.async { continuation.resume(returning: operation()) }
+        }
+        disks[runID]?.pending -= 1
+        if disks[runID]?.pending == 0 { disks[runID] = nil }
+        return result
     }
 
     /// Persists `item` after the run's earlier items, without delivering it: once this returns, anything the

@@ -33,8 +33,9 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 /// their runs.
 public final class RunJournal: Sendable {
     public let directory: String
-    /// Entry writes and removals, in order, off the threads async code runs on.
-    private let disk = DispatchQueue(label: "prefect-worker.journal.disk")
+    /// Entry writes and removals, off the threads async code runs on. One run's writes never overlap (its
+    /// supervisor awaits each), so runs are written concurrently.
+    private let disk = DispatchQueue.global(qos: .utility)
 
     public init(stateDirectory: String) {
         directory = stateDirectory + "/journal"
