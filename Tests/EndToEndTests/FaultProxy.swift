@@ -46,6 +46,8 @@ final class FaultProxy: @unchecked Sendable {
     private var _down = false
     private var _lostAnswerRate = 0.0
     private var _lostAnswerPath = ""
+    /// "METHOD /path" -> how many more of those requests get a 503 (`failNext`).
+    private var _targetedFailures: [String: Int] = [:]
     private var _stopped = false
     private var _counters = Counters()
 
@@ -90,6 +92,15 @@ final class FaultProxy: @unchecked Sendable {
     }
 
     var counters: Counters { locked { _counters } }
+
+    /// Answers 503 (without forwarding) to the next `count` requests whose method and path (no query) are
+    /// exactly `summary`, e.g. `"GET /api/flow_runs/<id>"`; on top of `failRate`.
+    func failNext(_ count: Int, matching summary: String) {
+        locked { _targetedFailures[summary, default: 0] += count }
+    }
+
+    /// Targeted failures (`failNext`) not used yet.
+    var unusedTargetedFailures: Int { locked { _targetedFailures.values.reduce(0, +) } }
 
     /// `http://127.0.0.1:<port>/api`: what the worker is pointed at.
     var apiURL: String { "http://127.0.0.1:\(port)/api" }
@@ -167,6 +178,11 @@ final class FaultProxy: @unchecked Sendable {
     private func decideFault(_ summary: String) -> Fault {
         locked {
             _counters.requests += 1
+            if let left = _targetedFailures[summary], left > 0 {
+                _targetedFailures[summary] = left - 1
+                _counters.injected503 += 1
+                return .fail503
+            }
             if !_lostAnswerPath.isEmpty, summary.contains(_lostAnswerPath), Double.random(in: 0..<1) < _lostAnswerRate {
                 return .resetAfter
             }

@@ -166,6 +166,37 @@ final class ResilienceTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertTrue(worker.isRunning)
     }
 
+    // MARK: - a3. A claim that met failed reads
+
+    /// Regression: the read before a claim failed a few times in a row; the worker logged "leaving it for the next
+    /// poll" but never took the run again, until the server re-marked it Late (a new state id), 15 s or more later.
+    func testARunWhoseClaimMetFailedReadsIsTakenAgainOnTheNextPoll() async throws {
+        let proxy = try startProxy()
+        let pool = try await makeProcessPool()
+        let stateDir = try stateDirectory()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": "true",
+        ]))
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        // The claim reads the run with a few quick attempts (4): all of them fail.
+        proxy.failNext(4, matching: "GET /api/flow_runs/\(id)")
+        let worker = try startProxiedWorker(pool: pool, stateDir: stateDir, proxy: proxy)
+        let gaveUp = await waitForLogLine(worker, run: id, containing: "leaving it for the next poll", timeout: 30)
+        XCTAssertNotNil(gaveUp, "the claim should have met the failed reads; log: \(Self.lines(of: worker.log, mentioning: id))")
+        XCTAssertEqual(proxy.unusedTargetedFailures, 0)
+        let leftAt = Date()
+        let run = try await waitForFinalState(id, timeout: 90)
+        let seconds = Date().timeIntervalSince(leftAt)
+        let names = try await api.states(id).compactMap { $0["name"]?.asString }
+        print("FAULT-FIGURES: stranded-claim taken again \(String(format: "%.1f", seconds)) s after the failed claim; states \(names)")
+        XCTAssertEqual(run.stateType, "COMPLETED", "\(run.stateSummary); log: \(Self.lines(of: worker.log, mentioning: id))")
+        XCTAssertFalse(names.contains("Late"), "the run was taken only after the server marked it Late: \(names)")
+        XCTAssertEqual(names, ["Scheduled", "Pending", "Running", "Completed"])
+        XCTAssertLessThan(seconds, 10, "the next poll (every 0.5 s) should have taken the run")
+        XCTAssertEqual(run["run_count"]?.asInt, 1)
+    }
+
     // MARK: - b. Outage longer than a minute while jobs run
 
     func testOutageOfMoreThanAMinuteWhileJobsRunEndsCompleted() async throws {

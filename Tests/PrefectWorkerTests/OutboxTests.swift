@@ -202,4 +202,38 @@ final class OutboxTests: XCTestCase {
         XCTAssertEqual(proposals.map { $0.json?["state"]?["state_details"]?["transition_id"] }, [.string("t-r"), .string("t-r")])
         XCTAssertFalse(FileManager.default.fileExists(atPath: outboxFile("run-r")))
     }
+
+    /// Regression: after 20 WAIT answers the delivery loop fell through and the final state was removed from
+    /// the outbox as if delivered, with no log line. A WAIT never drops a report: it stays until accepted.
+    func testManyWaitAnswersNeverDropTheFinalState() async throws {
+        let answers = FakeAPIBox(0)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
+            let n = answers.update { count -> Int in
+                count += 1
+                return count
+            }
+            if n <= 25 {
+                return .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0}}"#)
+            }
+            let state = (try? JSON.decode(body))?["state"] ?? .null
+            return .json(201, JSON.object(["status": .string("ACCEPT"), "details": .object(["type": .string("accept_details")]),
+                                           "state": state]))
+        }
+        let outbox = try makeOutbox()
+        try await outbox.prepare()
+        let final = OutboxItem.finalState(type: "COMPLETED", message: "done", transitionID: "t-wait", force: false)
+        var delivered = await outbox.send("run-wait", final)
+        if !delivered {
+            let pending = await outbox.pendingRuns()
+            XCTAssertEqual(pending, ["run-wait"], "not delivered yet: it must still be in the outbox")
+            XCTAssertEqual(try storedItems("run-wait"), [final])
+        }
+        // The background loop delivers it later.
+        for _ in 0..<5 where !delivered { delivered = await outbox.deliver("run-wait") }
+        XCTAssertTrue(delivered)
+        XCTAssertEqual(answers.value, 26, "delivered only once the server accepted it (after 25 WAITs)")
+        let pending = await outbox.pendingRuns()
+        XCTAssertEqual(pending, [])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: outboxFile("run-wait")))
+    }
 }

@@ -45,17 +45,37 @@ final class RunRegistryTests: XCTestCase {
         let registry = RunRegistry(limit: nil)
         let first = await registry.reserve(try run("a", state: "s1"))
         XCTAssertTrue(first)
+        await registry.markClaimed("a")
         await registry.release("a")
         let sameState = await registry.reserve(try run("a", state: "s1"))
-        XCTAssertFalse(sameState, "this scheduled state was submitted already")
+        XCTAssertFalse(sameState, "this scheduled state was claimed already")
         let newState = await registry.reserve(try run("a", state: "s2"))
         XCTAssertTrue(newState, "a re-run in a new SCHEDULED state may be taken again")
         await registry.release("a")
         let noState = await registry.reserve(try run("b", state: nil))
         XCTAssertTrue(noState)
+        await registry.markClaimed("b")
         await registry.release("b")
         let noStateAgain = await registry.reserve(try run("b", state: nil))
         XCTAssertFalse(noStateAgain)
+    }
+
+    /// Regression: `reserve` remembered every run it reserved as submitted, and `release` never forgot it, so a
+    /// run whose claim failed (and was left for the next poll) was never taken again in that scheduled state.
+    func testARunReleasedWithoutAClaimMayBeReservedAgain() async throws {
+        let registry = RunRegistry(limit: nil)
+        let first = await registry.reserve(try run("a", state: "s1"))
+        XCTAssertTrue(first)
+        await registry.release("a")
+        let again = await registry.reserve(try run("a", state: "s1"))
+        XCTAssertTrue(again, "not claimed: the next poll may take it")
+        let twice = await registry.reserve(try run("a", state: "s1"))
+        XCTAssertFalse(twice, "never two supervisors for one run")
+        await registry.markClaimed("a")
+        await registry.release("a")
+        let claimed = await registry.reserve(try run("a", state: "s1"))
+        XCTAssertFalse(claimed, "claimed in this state: never again")
+        await registry.markClaimed("unknown") // harmless
     }
 
     func testLimit() async throws {

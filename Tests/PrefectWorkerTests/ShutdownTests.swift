@@ -49,17 +49,44 @@ final class ShutdownTests: XCTestCase {
     func testWaitForAPhaseAlreadyReachedReturnsAtOnce() async {
         let shutdown = Shutdown()
         shutdown.advance(to: .terminating)
-        await shutdown.wait(for: .draining)
-        await shutdown.wait(for: .terminating)
-        await shutdown.wait(for: .running)
+        let start = Date()
+        let returned = await finishes(within: 2) {
+            await shutdown.wait(for: .draining)
+            await shutdown.wait(for: .terminating)
+            await shutdown.wait(for: .running)
+        }
+        XCTAssertTrue(returned, "waiting for a phase already reached must return, not hang")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5, "and at once")
+        XCTAssertEqual(shutdown.phase, .terminating)
     }
 
     func testManyWaitersAreAllWoken() async {
         let shutdown = Shutdown()
-        let tasks = (0..<20).map { i in Task { await shutdown.wait(for: i.isMultiple(of: 2) ? .draining : .terminating) } }
-        try? await Task.sleep(nanoseconds: 20_000_000)
+        let woken = FakeAPIBox<[Int: Shutdown.Phase]>([:])
+        let tasks = (0..<20).map { i in
+            Task {
+                await shutdown.wait(for: i.isMultiple(of: 2) ? .draining : .terminating)
+                let phase = shutdown.phase
+                woken.update { $0[i] = phase }
+            }
+        }
+        try? await Task.sleep(nanoseconds: 50_000_000)
+        XCTAssertEqual(woken.value.count, 0, "nobody is woken before the shutdown starts")
+
+        shutdown.advance(to: .draining)
+        let evens = await finishes(within: 2) { for i in stride(from: 0, to: 20, by: 2) { await tasks[i].value } }
+        XCTAssertTrue(evens, "every waiter for draining is woken")
+        try? await Task.sleep(nanoseconds: 50_000_000)
+        XCTAssertEqual(woken.value.keys.sorted(), Array(stride(from: 0, to: 20, by: 2)), "only the waiters for draining")
+
         shutdown.advance(to: .terminating)
-        for task in tasks { await task.value }
+        let all = await finishes(within: 2) { for task in tasks { await task.value } }
+        XCTAssertTrue(all, "every waiter for terminating is woken")
+        XCTAssertEqual(woken.value.keys.sorted(), Array(0..<20))
+        for i in stride(from: 1, to: 20, by: 2) {
+            XCTAssertEqual(woken.value[i], .terminating, "waiter \(i) woke before terminating")
+        }
+        for task in tasks { task.cancel() }
     }
 
     func testWaitIsCancellable() async {

@@ -20,8 +20,56 @@ final class TeardownTests: XCTestCase {
         return (flag, task)
     }
 
-    func testTerminateIsSIGTERMThenSIGKILL() {
+    func testTerminateIsSIGTERMThenSIGKILL() async throws {
         XCTAssertEqual(Teardown.terminate(grace: 3).steps, [Teardown.Step(signal: SIGTERM, grace: 3)])
+        // A job that notes SIGTERM and carries on: it gets SIGTERM first, then SIGKILL once the grace is over.
+        let process = try P.shell("trap 'echo TERM' TERM; echo ready; while :; do sleep 0.05; done")
+        let stdout = try XCTUnwrap(process.stdout)
+        defer {
+            close(stdout)
+            if let stderr = process.stderr { close(stderr) }
+        }
+        XCTAssertEqual(P.readLine(stdout), "ready")
+        let (flag, task) = watch(process.pid)
+        let start = Date()
+        let result = FakeAPIBox<Teardown.Outcome?>(nil)
+        let finished = await finishes(within: 10) {
+            result.value = await Teardown.terminate(grace: 0.6).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertTrue(finished, "the teardown should end within 10 s")
+        XCTAssertEqual(result.value, .killed)
+        XCTAssertEqual(P.readLine(stdout, timeout: 2), "TERM", "SIGTERM came first, and the job saw it")
+        XCTAssertGreaterThanOrEqual(elapsed, 0.6, "SIGKILL only after the grace period")
+        XCTAssertLessThan(elapsed, 5)
+        let reaped = await finishes(within: 5) { _ = await task.value }
+        XCTAssertTrue(reaped)
+        XCTAssertEqual(flag.status, .signaled(SIGKILL), "then SIGKILL")
+    }
+
+    /// Regression: the waits were `try? await Task.sleep`, which returns at once in a cancelled task, so a
+    /// teardown whose task was cancelled spun through its grace period and gave up waiting for SIGKILL to
+    /// take effect before the job was gone. A teardown that starts always completes, and its waits are real.
+    func testATeardownInACancelledTaskStillWaitsForReal() async throws {
+        let process = try P.shell("trap '' TERM; sleep 30", captureOutput: false)
+        XCTAssertTrue(P.waitUntilIgnoring(process.pid, SIGTERM), "the shell should have set its trap")
+        let (flag, task) = watch(process.pid)
+        let checks = FakeAPIBox(0)
+        let teardown = Task { () -> (Teardown.Outcome, Bool, Double) in
+            withUnsafeCurrentTask { $0?.cancel() }
+            let start = Date()
+            let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil) {
+                checks.update { $0 += 1 }
+                return flag.isSet
+            }
+            return (outcome, flag.isSet, Date().timeIntervalSince(start))
+        }
+        let (outcome, reapedWhenItReturned, elapsed) = await teardown.value
+        XCTAssertEqual(outcome, .killed)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.5)
+        XCTAssertTrue(reapedWhenItReturned, "the teardown returned before the killed job was gone")
+        XCTAssertLessThan(checks.value, 100, "checked the job \(checks.value) times in \(elapsed) s: the waits spin")
+        _ = await task.value
     }
 
     func testOutcomeDescriptions() {
@@ -98,6 +146,17 @@ final class TeardownTests: XCTestCase {
         let outcome2 = await teardown.run(processGroup: second.pid, runID: nil) { flag2.isSet }
         XCTAssertEqual(outcome2, .exitedAfter(signal: SIGTERM))
         _ = await task2.value
+    }
+
+    func testSleepThroughCancellationWaitsInACancelledTask() async {
+        let elapsed = await Task { () -> Double in
+            withUnsafeCurrentTask { $0?.cancel() }
+            let start = Date()
+            await sleepThroughCancellation(0.2)
+            return Date().timeIntervalSince(start)
+        }.value
+        XCTAssertGreaterThanOrEqual(elapsed, 0.19)
+        XCTAssertLessThan(elapsed, 2)
     }
 
     // MARK: - Descendants that left the group (found by the run's environment marker)

@@ -58,7 +58,8 @@ public enum ProcFS {
     public static func waitForExit(of pid: pid_t, startTime: UInt64?) async {
         let fd = cl_pidfd_open(pid)
         if fd < 0 {
-            while isAlive(pid, startTime: startTime) { try? await Task.sleep(nanoseconds: 500_000_000) }
+            // A real wait, like the pidfd's: a cancelled caller does not make this loop spin.
+            while isAlive(pid, startTime: startTime) { await sleepThroughCancellation(0.5) }
             return
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -35,7 +35,8 @@ public struct Teardown: Sendable, Equatable {
 
     /// Runs the steps against process group `pgid` and against every process carrying the run's marker
     /// (descendants that left the group), until `leaderExited` reports the job gone and no marked process
-    /// is left. The leader is checked every 50 ms, /proc every 500 ms.
+    /// is left. The leader is checked every 50 ms, /proc every 500 ms. Its waits are real waits even when the
+    /// calling task is cancelled: a teardown that has started always completes.
     ///
     /// Issue 13: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
     /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0`.
@@ -59,7 +60,7 @@ public struct Teardown: Sendable, Equatable {
                         nextScan = Date().addingTimeInterval(0.5)
                     }
                 }
-                try? await Task.sleep(nanoseconds: 50_000_000)
+                await sleepThroughCancellation(0.05)
             }
             if await leaderExited(), treeGone() { return .exitedAfter(signal: step.signal) }
         }
@@ -67,7 +68,7 @@ public struct Teardown: Sendable, Equatable {
         // SIGKILL cannot be ignored; wait (bounded) until the tree is gone and reaped.
         for _ in 0..<100 {
             if await leaderExited(), treeGone() { break }
-            try? await Task.sleep(nanoseconds: 50_000_000)
+            await sleepThroughCancellation(0.05)
             send(SIGKILL)
         }
         return .killed

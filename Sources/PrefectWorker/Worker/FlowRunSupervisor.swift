@@ -95,45 +95,79 @@ struct FlowRunSupervisor: Sendable {
     /// run the poll returned a moment ago goes without that read: the read after the claim
     /// (`confirmFirstClaim`) catches a run that was finished in between, as it does after any read.
     func claim(_ run: FlowRun) async -> Bool {
+        let claimed = await proposePending(run)
+        // Only a claim is remembered: a run left for the next poll is taken on the next poll.
+        if claimed { await context.registry.markClaimed(run.id) }
+        return claimed
+    }
+
+    private func proposePending(_ run: FlowRun) async -> Bool {
         let id = run.id
         var ours: Set<String> = []  // every transition id we proposed: any of them may be the one that landed
         func isOurs(_ current: FlowRun) -> Bool {
             current.currentStateType == .pending && current.state?.transitionID.map(ours.contains) == true
         }
         let fresh = run.polledAt.map { Date().timeIntervalSince($0) < Self.freshPollSeconds } ?? false
-        for attempt in 1...20 {
+        var attempt = 0
+        var unanswered = false  // a proposal of ours got no answer: it may have landed, making the run ours
+        var readFailures = 0
+        while true {
             let current: FlowRun
             do {
-                current = attempt == 1 && fresh ? run : try await client.readFlowRun(id, policy: .quick)
+                // The first proposal of a freshly polled run takes the poll's answer as the run's state.
+                current = attempt == 0 && fresh ? run : try await client.readFlowRun(id, policy: .quick)
+                readFailures = 0
             } catch {
-                Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
-                return false
+                guard unanswered else {
+                    Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
+                    return false
+                }
+                // Left now, a PENDING of ours that landed would stay PENDING with nobody to start it (a poll
+                // returns only SCHEDULED runs): keep reading until we know, through a drain too.
+                readFailures += 1
+                let delay = RetryPolicy.standard.delay(afterAttempt: readFailures, retryAfter: nil)
+                Log.warning("cannot read the run after a claim attempt whose answer was lost (\(error)); it may be ours, reading it again in \(String(format: "%.1f", delay)) s", run: id)
+                guard await context.shutdown.sleep(delay, unless: .terminating) else {
+                    Log.error("the worker is stopping before it could learn whether its claim landed; the run may stay PENDING", run: id)
+                    return false
+                }
+                continue
             }
             if isOurs(current) { return await confirmFirstClaim(run) }
             guard current.currentStateType == .scheduled else {
                 Log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it", run: id)
                 return false
             }
+            guard context.shutdown.phase < .draining else {
+                Log.info("the worker is stopping; not claiming it", run: id)
+                return false
+            }
+            // Given up only here, right after a read that shows the run still SCHEDULED, not ours.
+            guard attempt < 20 else {
+                Log.warning("not claimed after \(attempt) attempts (the server kept asking to wait, or failing); leaving it for the next poll", run: id)
+                return false
+            }
+            attempt += 1
             let proposal = StateProposal(.pending)
             ours.insert(proposal.transitionID)
             let result: OrchestrationResult
             do {
                 result = try await client.setState(id, proposal, policy: .once)
             } catch let error as APIError where error.isRetryable {
+                unanswered = true
                 let delay = RetryPolicy.quick.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 Log.debug("claim attempt failed (\(error)); checking the run again in \(String(format: "%.1f", delay)) s", run: id)
-                guard await context.shutdown.sleep(delay) else { return false }
+                // Not cut short by a drain: the run is read once more in any case, as the proposal may have landed.
+                _ = await context.shutdown.sleep(delay, unless: .terminating)
                 continue
             } catch {
                 Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
                 return false
             }
-            switch result.status {
-            case .accept:
+            switch Orchestration.decide(proposed: .pending, result, ours: ours) {
+            case .accepted:
                 return await confirmFirstClaim(run)
-            case .reject where result.state?.type == .pending && result.state?.transitionID.map(ours.contains) == true:
-                return await confirmFirstClaim(run)
-            case .reject, .abort:
+            case .refused, .proposeCancelled:
                 // An earlier attempt of ours may have landed late (its answer was lost): then the run is ours.
                 if ours.count > 1, let again = try? await client.readFlowRun(id, policy: .quick), isOurs(again) {
                     return await confirmFirstClaim(run)
@@ -141,13 +175,15 @@ struct FlowRunSupervisor: Sendable {
                 let now = result.state.map { " (run is \($0.type.rawValue))" } ?? ""
                 Log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
                 return false
-            case .wait:
-                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+            case .wait(let delay):
                 Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
-                guard await context.shutdown.sleep(delay) else { return false }
+                // After an unanswered proposal the run is read once more even if a drain starts meanwhile.
+                if await !context.shutdown.sleep(delay, unless: unanswered ? .terminating : .draining) {
+                    Log.info("the worker is stopping; not claiming it", run: id)
+                    return false
+                }
             }
         }
-        return false
     }
 
     /// The server accepts PENDING from a final state, so a slow PENDING can land after another worker ran the
@@ -287,7 +323,7 @@ struct FlowRunSupervisor: Sendable {
             return
         }
         await context.registry.setPID(id, process.pid)
-        context.journal.record(JournalEntry(
+        await context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
             workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
         Metrics.shared.runStarted()
@@ -306,8 +342,11 @@ struct FlowRunSupervisor: Sendable {
         ].compactMap { $0 }
         Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")", run: id)
 
+        // Queued here, before the job can end, so it reaches the server before the final state (per-run
+        // order); delivered in the background, so a slow server does not hold up the watch.
         let outbox = context.outbox
-        Task { await outbox.send(id, .infrastructurePID(pid: process.pid)) }
+        await outbox.enqueue(id, .infrastructurePID(pid: process.pid))
+        Task { await outbox.deliver(id, policy: .quick) }
 
         let events = context.events
         // The engine heartbeats for its own runs; for a plain command the worker does.
@@ -402,7 +441,7 @@ struct FlowRunSupervisor: Sendable {
                 await reportAdoptedExit(id, owner: owner)
             }
         }
-        context.journal.remove(id)
+        await context.journal.remove(id)
     }
 
     /// Issue 13: once the job has exited, empties and removes its cgroup and logs what its whole tree used.
@@ -459,16 +498,14 @@ struct FlowRunSupervisor: Sendable {
                 await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
                 return false
             }
-            switch result.status {
-            case .accept:
+            switch Orchestration.decide(proposed: .running, result) {
+            case .accepted:
                 return true
-            case .reject where result.state?.type == .running:
-                return true
-            case .wait:
-                let delay = max(0.1, result.details?.delaySeconds ?? 1)
+            case .wait(let delay):
+                Log.info("server asked to wait \(String(format: "%.1f", delay)) s before RUNNING", run: id)
                 guard await context.shutdown.sleep(delay) else { await handBack(id); return false }
                 proposal = StateProposal(.running)
-            case .reject, .abort:
+            case .refused, .proposeCancelled:
                 let state = result.state?.type
                 Log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job", run: id)
                 if state == .cancelling || state == .cancelled {

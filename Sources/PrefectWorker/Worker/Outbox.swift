@@ -13,21 +13,30 @@ public enum OutboxItem: Codable, Sendable, Equatable {
 }
 
 /// Final states and infrastructure pids that have not reached the server yet, persisted in
-/// `<state dir>/outbox/<run id>.json` (written atomically) and delivered in order per run: at once when
-/// possible, else by a background loop when the server is back, and after a worker restart.
+/// `<state dir>/outbox/<run id>.json` (written atomically and durably) and delivered in order per run: at
+/// once when possible, else by a background loop when the server is back, and after a worker restart.
+/// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
 public actor Outbox {
     public let directory: String
     private let client: PrefectClient
+    /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
+    private let shutdown: Shutdown?
+    /// WAIT answers waited out in one delivery attempt before the item is left for the background loop.
+    static let waitsPerAttempt = 20
     /// The items, kept in memory as well: the file is for a restart, memory is what we deliver from, so a
     /// disk that cannot be written loses nothing while the worker runs.
     private var memory: [String: [OutboxItem]] = [:]
     private var loaded = false
     private var delivering: Set<String> = []
+    /// Each run's file writes and removals go through a serial queue of the run's (in order), off the threads
+    /// async code runs on; different runs are written concurrently. A queue lives while it has work.
+    private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
-    public init(stateDirectory: String, client: PrefectClient) {
+    public init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
         self.directory = stateDirectory + "/outbox"
         self.client = client
+        self.shutdown = shutdown
     }
 
     public func prepare() throws {
@@ -64,19 +73,45 @@ public actor Outbox {
         return memory[runID] ?? []
     }
 
-    func store(_ runID: String, _ items: [OutboxItem]) {
+    /// Memory first (what is delivered from, so order holds even while the write is under way), then the file.
+    func store(_ runID: String, _ items: [OutboxItem]) async {
         memory[runID] = items.isEmpty ? nil : items
+        let path = path(runID)
         if items.isEmpty {
-            unlink(path(runID))
+            await onDisk(runID) { AtomicFile.remove(path) }
             return
         }
         guard let data = try? JSONEncoder().encode(items) else { return }
-        let temporary = path(runID) + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]),
-              rename(temporary, path(runID)) == 0 else {
-            Log.error("cannot write the outbox entry \(path(runID)): \(errnoText()); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
-            return
+        let failure = await onDisk(runID) { () -> AtomicFile.Failure? in
+            do throws(AtomicFile.Failure) {
+                try AtomicFile.write(data, to: path)
+                return nil
+            } catch {
+                return error
+            }
         }
+        if let error = failure {
+            Log.error("cannot write the outbox entry \(path): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
+        }
+    }
+
+    /// Runs `operation` on the run's serial disk queue and waits for it.
+    private func onDisk<T: Sendable>(_ runID: String, _ operation: @escaping @Sendable () -> T) async -> T {
+        var disk = disks[runID] ?? (DispatchQueue(label: "prefect-worker.outbox.disk", target: .global(qos: .utility)), 0)
+        disk.pending += 1
+        disks[runID] = disk
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            disk.queue.async { continuation.resume(returning: operation()) }
+        }
+        disks[runID]?.pending -= 1
+        if disks[runID]?.pending == 0 { disks[runID] = nil }
+        return result
+    }
+
+    /// Persists `item` after the run's earlier items, without delivering it: once this returns, anything the
+    /// caller queues for the run later is delivered after it.
+    public func enqueue(_ runID: String, _ item: OutboxItem) async {
+        await store(runID, items(runID) + [item])
     }
 
     /// Persists `item` for the run, then tries to deliver the run's items now, with a few quick retries only:
@@ -84,7 +119,7 @@ public actor Outbox {
     /// is not held up. Returns true if all arrived.
     @discardableResult
     public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
-        store(runID, items(runID) + [item])
+        await enqueue(runID, item)
         return await deliver(runID, policy: .quick)
     }
 
@@ -108,7 +143,7 @@ public actor Outbox {
         }
         while let item = items(runID).first {
             do {
-                try await deliverItem(runID, item, policy: policy)
+                guard try await deliverItem(runID, item, policy: policy) else { return false }
             } catch is CancellationError {
                 return false
             } catch let error as APIError where error.isRetryable {
@@ -123,15 +158,18 @@ public actor Outbox {
             // Items may have been added while we were delivering: remove just the one delivered.
             var current = items(runID)
             if current.first == item { current.removeFirst() }
-            store(runID, current)
+            await store(runID, current)
         }
         return true
     }
 
-    private func deliverItem(_ runID: String, _ item: OutboxItem, policy: RetryPolicy) async throws {
+    /// Delivers one item. True when it may leave the outbox (the server has it, or said the run is final or
+    /// otherwise decided); false when it must stay for a later attempt (the server kept asking to wait).
+    private func deliverItem(_ runID: String, _ item: OutboxItem, policy: RetryPolicy) async throws -> Bool {
         switch item {
         case .infrastructurePID(let pid):
             try await client.setInfrastructurePID(runID, pid: pid, policy: policy)
+            return true
         case .finalState(let rawType, let message, let transitionID, let force, let name):
             var type = StateType(rawValue: rawType)
             var message = message
@@ -143,7 +181,7 @@ public actor Outbox {
             if let current, current.isTerminal, !timeoutOverCrash {
                 Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
                 Metrics.shared.runFinished(current)
-                return
+                return true
             }
             if current == .cancelling {
                 if type != .cancelled { message = "Flow run was cancelled. \(message)" }
@@ -152,31 +190,44 @@ public actor Outbox {
             }
             var proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
             proposal.transitionID = transitionID
-            for _ in 0..<20 {
+            var waits = 0
+            while true {
                 let result = try await client.setState(runID, proposal, policy: policy)
-                switch result.status {
-                case .accept:
-                    Log.info("reported \(type.rawValue): \(message)", run: runID)
+                switch Orchestration.decide(proposed: type, result) {
+                case .accepted:
+                    Log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
                     Metrics.shared.runFinished(type)
-                    return
-                case .reject where result.state?.type == type:
-                    Log.info("reported \(type.rawValue) (already recorded)", run: runID)
-                    Metrics.shared.runFinished(type)
-                    return
-                case .wait:
-                    try await Task.sleep(nanoseconds: UInt64(max(0.1, result.details?.delaySeconds ?? 1) * 1_000_000_000))
-                case .reject where result.state?.type == .cancelling && type != .cancelled:
+                    return true
+                case .wait(let seconds):
+                    waits += 1
+                    if waits > Self.waitsPerAttempt {
+                        Log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
+                        return false
+                    }
+                    guard await pause(seconds), !Task.isCancelled else {
+                        Log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
+                        return false
+                    }
+                case .proposeCancelled:
                     // The run went CANCELLING between our read and the proposal: only CANCELLED is accepted now.
                     message = "Flow run was cancelled. \(message)"
                     type = .cancelled
                     proposal = StateProposal(.cancelled, message: message, force: true)
-                case .reject, .abort:
-                    let now = result.state.map { "; run is \($0.type.rawValue)/\($0.name ?? "")" } ?? ""
-                    Log.warning("server did not accept \(type.rawValue): \(result.details?.reason ?? result.status.rawValue)\(now)", run: runID)
-                    return
+                case .refused(let state, let reason):
+                    // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
+                    let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
+                    Log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
+                    return true
                 }
             }
         }
+    }
+
+    /// Waits as the server asked; false if the worker started terminating meanwhile.
+    private func pause(_ seconds: Double) async -> Bool {
+        if let shutdown { return await shutdown.sleep(seconds, unless: .terminating) }
+        try? await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000))
+        return true
     }
 
     /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).

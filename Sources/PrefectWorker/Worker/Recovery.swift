@@ -24,7 +24,7 @@ struct Recovery: Sendable {
         } else {
             Log.info("a previous worker launched this run as pid \(pid), which is gone; reporting CRASHED unless it is final", run: runID)
             await supervisor.report(runID, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
-            context.journal.remove(runID)
+            await context.journal.remove(runID)
         }
     }
 

@@ -28,10 +28,14 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 }
 
 /// The runs this host's workers launched and have not finished reporting: one small JSON file per run in
-/// `<state dir>/journal/`, written atomically after the spawn and removed after the final report. A worker
-/// that starts after a crash finds the entries of workers that are gone and recovers their runs.
+/// `<state dir>/journal/`, written atomically and durably (`AtomicFile`) after the spawn and removed after the
+/// final report. A worker that starts after a crash finds the entries of workers that are gone and recovers
+/// their runs.
 public final class RunJournal: Sendable {
     public let directory: String
+    /// Entry writes and removals, off the threads async code runs on. One run's writes never overlap (its
+    /// supervisor awaits each), so runs are written concurrently.
+    private let disk = DispatchQueue.global(qos: .utility)
 
     public init(stateDirectory: String) {
         directory = stateDirectory + "/journal"
@@ -49,27 +53,38 @@ public final class RunJournal: Sendable {
 
     func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
 
-    public func record(_ entry: JournalEntry) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        guard let data = try? encoder.encode(entry) else { return }
-        let temporary = path(entry.runID) + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            Log.warning("cannot write journal entry \(temporary): \(errnoText())", run: entry.runID)
-            return
-        }
-        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        if rename(temporary, path(entry.runID)) != 0 {
-            Log.warning("cannot write journal entry \(path(entry.runID)): \(errnoText())", run: entry.runID)
-            unlink(temporary)
+    /// Writes the run's entry (atomically and durably); it is on disk when this returns.
+    public func record(_ entry: JournalEntry) async {
+        guard let data = encoded(entry) else { return }
+        do {
+            try await AtomicFile.write(data, to: path(entry.runID), on: disk)
+        } catch {
+            logFailure(entry.runID, error)
         }
     }
 
-    public func remove(_ runID: String) {
-        unlink(path(runID))
+    /// `record` for callers that are not async (taking over entries at start-up).
+    func recordNow(_ entry: JournalEntry) {
+        guard let data = encoded(entry) else { return }
+        do {
+            try AtomicFile.write(data, to: path(entry.runID))
+        } catch {
+            logFailure(entry.runID, error)
+        }
+    }
+
+    private func encoded(_ entry: JournalEntry) -> Data? {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return try? encoder.encode(entry)
+    }
+
+    private func logFailure(_ runID: String, _ error: AtomicFile.Failure) {
+        Log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
+    }
+
+    public func remove(_ runID: String) async {
+        await AtomicFile.remove(path(runID), on: disk)
     }
 
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
@@ -93,7 +108,7 @@ public final class RunJournal: Sendable {
             var mine = entry
             mine.workerPID = me.pid
             mine.workerStart = me.start
-            record(mine)
+            recordNow(mine)
             unlink(claimed)
             taken.append(entry)
         }

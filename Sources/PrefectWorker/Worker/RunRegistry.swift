@@ -4,8 +4,9 @@ import Glibc
 #endif
 
 /// The flow runs this worker is handling, from reservation (before the claim) to the final report.
-/// It enforces `--limit`, never lets the same scheduled run be submitted twice, and knows each job's
-/// process group so shutdown can stop them.
+/// It enforces `--limit`, never lets two supervisors handle one run, never lets a run this worker claimed be
+/// taken again in the same scheduled state, and knows each job's process group so shutdown can stop them.
+/// A run that was reserved but not claimed (the claim met failed reads, say) may be taken on the next poll.
 public actor RunRegistry {
     public struct Entry: Sendable {
         public var runID: String
@@ -20,9 +21,11 @@ public actor RunRegistry {
 
     private let limit: Int?
     private var entries: [String: Entry] = [:]
-    /// `run id + state id` of runs submitted recently: a run is submitted at most once per scheduled state,
-    /// while a re-run (a new SCHEDULED state) may be taken again.
-    private var submitted: [String: Date] = [:]
+    /// `run id + state id` of runs this worker claimed recently: a run is claimed at most once per scheduled
+    /// state (a stale poll may still show it SCHEDULED), while a re-run (a new SCHEDULED state) may be taken again.
+    private var claimed: [String: Date] = [:]
+    /// The `run id + state id` each reserved run was polled in, recorded in `claimed` once it is claimed.
+    private var polledKeys: [String: String] = [:]
     private var emptyWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
     private var slotWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
     private var stopWaiters: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
@@ -36,21 +39,30 @@ public actor RunRegistry {
     public var runIDs: [String] { entries.keys.sorted() }
     public var freeSlots: Int? { limit.map { max(0, $0 - entries.count) } }
 
-    /// Takes a slot for `run` unless it is already being handled, was submitted in this scheduled state
-    /// before, or no slot is free.
+    private static func key(_ run: FlowRun) -> String { run.id + "/" + (run.stateID ?? "") }
+
+    /// Takes a slot for `run` unless it is already being handled, was claimed by this worker in this
+    /// scheduled state before, or no slot is free.
     public func reserve(_ run: FlowRun) -> Bool {
         if entries[run.id] != nil { return false }
         if let limit, entries.count >= limit { return false }
-        let key = run.id + "/" + (run.stateID ?? "")
-        if submitted[key] != nil { return false }
-        submitted[key] = Date()
-        if submitted.count > 10_000 {
-            let cutoff = Date().addingTimeInterval(-3600)
-            submitted = submitted.filter { $0.value > cutoff }
-        }
+        let key = Self.key(run)
+        if claimed[key] != nil { return false }
         entries[run.id] = Entry(runID: run.id)
+        polledKeys[run.id] = key
         Metrics.shared.setInFlight(entries.count)
         return true
+    }
+
+    /// Records that this worker claimed the reserved run (PENDING is ours): it is never taken again in the
+    /// scheduled state it was polled in, even after it is released.
+    public func markClaimed(_ runID: String) {
+        guard let key = polledKeys[runID] else { return }
+        claimed[key] = Date()
+        if claimed.count > 10_000 {
+            let cutoff = Date().addingTimeInterval(-3600)
+            claimed = claimed.filter { $0.value > cutoff }
+        }
     }
 
     /// Registers a run that is already running (adopted after a worker restart).
@@ -59,8 +71,11 @@ public actor RunRegistry {
         Metrics.shared.setInFlight(entries.count)
     }
 
+    /// The run's supervisor is done with it. Unless it was claimed (`markClaimed`), the run may be reserved
+    /// again on the next poll.
     public func release(_ runID: String) {
         entries[runID] = nil
+        polledKeys[runID] = nil
         Metrics.shared.setInFlight(entries.count)
         wakeStopWaiters(runID)
         let slots = slotWaiters.values

@@ -34,7 +34,7 @@ public final class WorkerContext: Sendable {
         self.shutdown = shutdown
         self.status = WorkerStatus()
         self.journal = RunJournal(stateDirectory: settings.stateDirectory)
-        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client)
+        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown)
         let logSettings = settings.logsToAPI
         self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
                                maxBatchBytes: logSettings.maxBatchBytes, interval: logSettings.batchInterval) { runID, count in
@@ -101,60 +101,5 @@ public final class WorkerContext: Sendable {
     public var pool: WorkPool? {
         get { poolSnapshot.withLock { $0 } }
         set { poolSnapshot.withLock { $0 = newValue } }
-    }
-}
-
-/// When the loops last succeeded: for logs now, for health checks later.
-public final class WorkerStatus: Sendable {
-    private let times = Mutex<(heartbeat: Date?, poll: Date?)>((nil, nil))
-    public let started = Date()
-
-    public init() {}
-
-    private let ticks = Mutex<(poll: Date, heartbeat: Date)>((Date(), Date()))
-
-    public var lastHeartbeat: Date? { times.withLock { $0.heartbeat } }
-    /// Each loop ticks once per iteration, success or not; a loop that stops ticking is stuck.
-    public func pollLoopTicked() { ticks.withLock { $0.poll = Date() } }
-    public func heartbeatLoopTicked() { ticks.withLock { $0.heartbeat = Date() } }
-    public var loopTicks: (poll: Date, heartbeat: Date) { ticks.withLock { $0 } }
-    public var lastPoll: Date? { times.withLock { $0.poll } }
-    public func heartbeatSucceeded() { times.withLock { $0.heartbeat = Date() } }
-    public func pollSucceeded() { times.withLock { $0.poll = Date() } }
-}
-
-/// A flow run log record as `POST /logs/` takes it.
-public enum FlowRunLog {
-    /// Bytes a record takes besides its message (names, level, timestamp, ids), as an estimate of its JSON.
-    static let recordOverhead = 200
-
-    /// The record with its size, its message truncated like Prefect's `APILogHandler` when the record would
-    /// exceed `maxSize` bytes: cut 50 bytes short of the limit and ended with "... [truncated]".
-    public static func shippable(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
-                                 maxSize: Int) -> APIShipper.Record {
-        var text = message
-        var size = recordOverhead + name.utf8.count + text.utf8.count
-        if size > maxSize {
-            let keep = max(text.utf8.count - (size - maxSize) - 50, 0)
-            var kept = 0
-            var cut = String.UnicodeScalarView()
-            for scalar in text.unicodeScalars {
-                let length = String(scalar).utf8.count
-                if kept + length > keep { break }
-                kept += length
-                cut.append(scalar)
-            }
-            text = String(cut) + "... [truncated]"
-            size = recordOverhead + name.utf8.count + text.utf8.count
-        }
-        return APIShipper.Record(body: record(runID: runID, level: level, message: text, name: name), key: runID, size: size)
-    }
-
-    public static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
-                              at date: Date = Date()) -> JSON {
-        .object([
-            "name": .string(name), "level": .int(level.rawValue), "message": .string(message),
-            "timestamp": .string(Timestamp.format(date)), "flow_run_id": .string(runID), "task_run_id": .null,
-        ])
     }
 }

@@ -1,0 +1,313 @@
+import Foundation
+import XCTest
+@testable import PrefectWorker
+
+/// `FlowRunSupervisor` against `FakePrefectAPI`: claiming, and what the registry remembers of a claim.
+final class FlowRunSupervisorTests: XCTestCase {
+    private var fake: FakePrefectAPI!
+    private var stateDirectory: String!
+    /// The run as the fake server holds it: state type, state id and the transition id of its state.
+    private let server = FakeAPIBox((type: "SCHEDULED", stateID: "s-1", transitionID: "t-0"))
+
+    override func setUpWithError() throws {
+        fake = try FakePrefectAPI()
+        stateDirectory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("supervisor-tests-\(UUID().uuidString)").path
+        let server = server
+        fake.route("GET", "/api/flow_runs/*") { _, path, _ in
+            let run = server.value
+            let id = String(path.split(separator: "/").last!)
+            return .json(200, """
+                {"id": "\(id)", "name": "fake-run", "flow_id": "f-1", "deployment_id": null, "parameters": {}, "job_variables": {},
+                 "state_type": "\(run.type)", "state_name": "x", "infrastructure_pid": null, "tags": [], "run_count": 0,
+                 "state": {"id": "\(run.stateID)", "type": "\(run.type)", "name": "x", "timestamp": "2026-11-23T08:53:40.364141Z",
+                           "message": null, "state_details": {"flow_run_id": "\(id)", "transition_id": "\(run.transitionID)"}}}
+                """)
+        }
+        // Accepts every proposal and makes it the run's state.
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
+            let state = (try? JSON.decode(body))?["state"] ?? .null
+            server.update { run in
+                run.type = state["type"]?.stringValue ?? run.type
+                run.stateID = UUID().uuidString
+                run.transitionID = state["state_details"]?["transition_id"]?.stringValue ?? ""
+            }
+            return .json(201, JSON.object(["status": .string("ACCEPT"), "details": .object(["type": .string("accept_details")]),
+                                           "state": state]))
+        }
+    }
+
+    override func tearDown() {
+        fake.stop()
+        fake = nil
+        try? FileManager.default.removeItem(atPath: stateDirectory)
+    }
+
+    private func makeContext() -> WorkerContext {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        return WorkerContext(settings: settings, client: fake.client())
+    }
+
+    /// The run as a poll returns it: SCHEDULED, in scheduled state `stateID`.
+    private func polledRun(_ id: String, stateID: String = "s-1") throws -> FlowRun {
+        let json = JSON.object(["id": .string(id), "state_id": .string(stateID), "run_count": .int(0),
+                                "state": .object(["id": .string(stateID), "type": .string("SCHEDULED"), "name": .string("Scheduled")])])
+        return try JSONDecoder().decode(FlowRun.self, from: Data(json.encoded().utf8))
+    }
+
+    /// Regression: a claim that met a few failed reads left the run for "the next poll", but the registry kept
+    /// its run id and state id as submitted, so this worker never took it again (until the server re-marked
+    /// it Late, with a new state id; a run already Late stayed stranded until a restart).
+    func testARunWhoseClaimMetFailedReadsIsTakenAgainOnTheNextPoll() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let registry = context.registry
+        let run = try polledRun("run-stranded")
+        // Every attempt of the read before the claim fails (the quick policy makes 4).
+        fake.inject(Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "GET", path: "/api/flow_runs/*")
+
+        let reserved = await registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let first = await supervisor.claim(run)
+        XCTAssertFalse(first, "no read succeeded: the run cannot be claimed now")
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 0, "nothing was proposed")
+        XCTAssertEqual(fake.unusedFaults, 0, "the claim should have used up the failed reads")
+        await registry.release(run.id)
+
+        // The next poll returns the same run in the same scheduled state: it must be taken again.
+        let again = await registry.reserve(run)
+        XCTAssertTrue(again, "a run left for the next poll must be taken on the next poll")
+        let second = await supervisor.claim(run)
+        XCTAssertTrue(second, "the server is back: the claim succeeds")
+        XCTAssertEqual(server.value.type, "PENDING")
+        await registry.release(run.id)
+
+        // Claimed once: a stale poll that still shows it SCHEDULED in that state never starts it a second time.
+        let stale = await registry.reserve(run)
+        XCTAssertFalse(stale, "a run this worker claimed is never taken again in the same scheduled state")
+        // A re-run (a new SCHEDULED state) may be taken again.
+        let rerun = await registry.reserve(try polledRun("run-stranded", stateID: "s-2"))
+        XCTAssertTrue(rerun)
+    }
+
+    /// A PENDING whose answer was lost may have landed: the run may be ours. Left "for the next poll" then, it
+    /// would stay PENDING with nobody to start it (a poll returns only SCHEDULED runs). So after an unanswered
+    /// proposal the claim keeps reading the run until it knows.
+    func testAClaimWhoseAnswerWasLostKeepsReadingUntilItKnows() async throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        let context = WorkerContext(settings: settings, client: fake.client(requestTimeout: 1))
+        let supervisor = FlowRunSupervisor(context: context)
+        let run = try polledRun("run-lost-answer")
+        // The proposal is applied after 2 s, when the client has given up on its answer (1 s timeout)...
+        fake.inject([.delay(2)], method: "POST", path: "/api/flow_runs/*/set_state")
+        // ... and the reads after it fail for a while (the first read, before the proposal, passes).
+        fake.inject([.delay(0)] + Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "GET", path: "/api/flow_runs/*")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let claimed = await supervisor.claim(run)
+        XCTAssertEqual(server.value.type, "PENDING", "the lost proposal did land")
+        XCTAssertTrue(claimed, "the run is ours (PENDING with our transition id): it must not be left PENDING with nobody to run it")
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 1, "one proposal; the rest were reads")
+    }
+
+    /// The claim gives up after 20 WAIT answers, and only right after a read that shows the run still SCHEDULED,
+    /// saying so; the run is then left for the next poll (and is taken there, as it was not claimed).
+    func testAClaimThatIsToldToWaitAgainAndAgainGivesUpAfterAReadAndSaysSo() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
+            .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0}}"#)
+        }
+        let run = try polledRun("run-waits")
+        _ = await context.registry.reserve(run)
+        let claimed = await supervisor.claim(run)
+        XCTAssertFalse(claimed)
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 20)
+        XCTAssertEqual(fake.requests("GET", "/api/flow_runs/*").count, 21, "a read before each proposal, and one before giving up")
+        await context.registry.release(run.id)
+        let again = await context.registry.reserve(run)
+        XCTAssertTrue(again, "not claimed: taken again on the next poll")
+    }
+
+    /// The same when the claim was never tried because the deployment could not be read.
+    func testARunLeftBecauseItsDeploymentCouldNotBeReadIsTakenAgain() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let registry = context.registry
+        let fields = JSON.object(["id": "run-d", "state_id": "s-1", "deployment_id": "d-1"])
+        let run = try JSONDecoder().decode(FlowRun.self, from: Data(fields.encoded().utf8))
+        fake.outage = .unavailable(retryAfter: "0")
+        let reserved = await registry.reserve(run)
+        XCTAssertTrue(reserved)
+        await supervisor.run(run)
+        await registry.release(run.id)
+        XCTAssertFalse(fake.requests("GET", "/api/deployments/d-1").isEmpty, "the deployment read was tried")
+        let again = await registry.reserve(run)
+        XCTAssertTrue(again, "a run left for the next poll must be taken on the next poll")
+    }
+
+    /// Per-run order: the job's pid is queued before its final state, so it reaches the server first even
+    /// for a job that ends at once. (It was handed to the outbox from an unstructured Task, which could run
+    /// after the final state had been queued.)
+    func testAFastJobsPidReachesTheServerBeforeItsFinalState() async throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        settings.environment = ["PATH": "/usr/bin:/bin"]
+        let context = WorkerContext(settings: settings, client: fake.client())
+        try context.journal.prepare()
+        try await context.outbox.prepare()
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .noContent }
+        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in .noContent }
+        let supervisor = FlowRunSupervisor(context: context)
+        // Before the fix about one run in fifteen came out in the wrong order here; twenty make a failure likely.
+        for i in 0..<20 {
+            let id = "run-fast-\(i)"
+            server.value = (type: "SCHEDULED", stateID: "s-\(i)", transitionID: "t-0")
+            let json = JSON.object(["id": .string(id), "state_id": .string("s-\(i)"), "run_count": .int(0),
+                                    "job_variables": .object(["command": "true", "stream_output": .bool(false)]),
+                                    "state": .object(["id": .string("s-\(i)"), "type": "SCHEDULED", "name": "Scheduled"])])
+            let run = try JSONDecoder().decode(FlowRun.self, from: Data(json.encoded().utf8))
+            let reserved = await context.registry.reserve(run)
+            XCTAssertTrue(reserved)
+            let finished = await finishes(within: 30) { await supervisor.run(run) }
+            XCTAssertTrue(finished, "the run should be supervised to its end")
+            await context.registry.release(id)
+            let reports = fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
+                .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
+            XCTAssertEqual(reports, ["PENDING", "RUNNING", "pid", "COMPLETED"], "run \(i)")
+            XCTAssertEqual(server.value.type, "COMPLETED")
+        }
+    }
+
+    // MARK: - A run from claim to final state (a real job, the fake API)
+
+    /// A context ready to launch jobs: state directories prepared, a process pool with the default template.
+    private func makeLaunchingContext() async throws -> WorkerContext {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = stateDirectory
+        settings.environment = ["PATH": "/usr/bin:/bin"]
+        let context = WorkerContext(settings: settings, client: fake.client())
+        try context.journal.prepare()
+        try await context.outbox.prepare()
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .noContent }
+        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in .noContent }
+        return context
+    }
+
+    private func commandRun(_ id: String, _ command: String, startingAt start: Date? = nil) throws -> FlowRun {
+        var fields: [String: JSON] = [
+            "id": .string(id), "state_id": "s-1", "run_count": .int(0),
+            "job_variables": .object(["command": .string(command), "stream_output": .bool(false)]),
+            "state": .object(["id": "s-1", "type": "SCHEDULED", "name": "Scheduled"]),
+        ]
+        if let start { fields["next_scheduled_start_time"] = .string(Timestamp.format(start)) }
+        return try JSONDecoder().decode(FlowRun.self, from: Data(JSON.object(fields).encoded().utf8))
+    }
+
+    /// What reached the server about the run, in order: proposed state types, and "pid" for the pid.
+    private func reports(_ id: String) -> [String] {
+        fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
+            .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
+    }
+
+    private func lastProposal(_ id: String) -> JSON? { fake.requests("POST", "/api/flow_runs/\(id)/set_state").last?.json }
+
+    func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        // Another worker's PENDING landed first: the server rejects ours and returns theirs.
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
+            .json(200, #"{"status":"REJECT","details":{"type":"reject_details","reason":"This run is already PENDING."},"state":{"type":"PENDING","name":"Pending","state_details":{"transition_id":"t-someone-else"}}}"#)
+        }
+        let run = try polledRun("run-race")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let claimed = await supervisor.claim(run)
+        XCTAssertFalse(claimed, "another worker's PENDING is not ours")
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 1, "not proposed again")
+    }
+
+    func testCancelledBeforeItStartsIsReportedCancelledAndNeverStarted() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let marker = stateDirectory + "/started"
+        let run = try commandRun("run-cancel-early", "touch \(marker)")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        await context.registry.requestCancel(run.id)
+        let finished = await finishes(within: 30) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "CANCELLED"])
+        XCTAssertEqual(server.value.type, "CANCELLED")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+    }
+
+    func testWaitBeforeRunningIsWaitedOutThenTheJobRuns() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let server = server
+        let waits = FakeAPIBox(0)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
+            let state = (try? JSON.decode(body))?["state"] ?? .null
+            if state["type"]?.stringValue == "RUNNING", waits.update({ count -> Bool in count += 1; return count <= 2 }) {
+                return .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0.2}}"#)
+            }
+            server.update { run in
+                run.type = state["type"]?.stringValue ?? run.type
+                run.transitionID = state["state_details"]?["transition_id"]?.stringValue ?? ""
+            }
+            return .json(201, JSON.object(["status": "ACCEPT", "details": .object(["type": "accept_details"]), "state": state]))
+        }
+        let run = try commandRun("run-wait-running", "true")
+        _ = await context.registry.reserve(run)
+        let start = Date()
+        let finished = await finishes(within: 30) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.4, "both WAITs were waited out")
+        XCTAssertEqual(server.value.type, "COMPLETED")
+    }
+
+    func testCancelWhileTheJobRunsStopsItAndReportsCancelled() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let run = try commandRun("run-cancel-running", "sleep 30")
+        _ = await context.registry.reserve(run)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(20)
+        while await context.registry.entry(run.id)?.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        let pid = await context.registry.entry(run.id)?.pid
+        XCTAssertNotNil(pid, "the job should have started")
+        let cancelledAt = Date()
+        await context.registry.requestCancel(run.id)
+        let finished = await finishes(within: 20) { await supervision.value }
+        XCTAssertTrue(finished)
+        XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 10, "SIGTERM ends sleep at once; no need for the grace period")
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"])
+        XCTAssertEqual(server.value.type, "CANCELLED")
+        XCTAssertTrue(lastProposal(run.id)?["state"]?["message"]?.stringValue?.contains("SIGTERM") == true, "\(String(describing: lastProposal(run.id)))")
+        if let pid { XCTAssertNotEqual(kill(pid, 0), 0, "the job is gone") }
+    }
+
+    func testADrainBeforeAScheduledStartHandsTheRunBack() async throws {
+        let context = try await makeLaunchingContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        let marker = stateDirectory + "/started"
+        let run = try commandRun("run-drained", "touch \(marker)", startingAt: Date().addingTimeInterval(60))
+        _ = await context.registry.reserve(run)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(10)
+        while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        context.shutdown.advance()  // draining: a run that has not started goes back to the pool
+        let finished = await finishes(within: 20) { await supervision.value }
+        XCTAssertTrue(finished, "a drain must not wait for a scheduled start a minute away")
+        XCTAssertEqual(reports(run.id), ["PENDING", "SCHEDULED"])
+        XCTAssertEqual(server.value.type, "SCHEDULED")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+    }
+}
