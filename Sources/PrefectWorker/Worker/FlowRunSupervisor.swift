@@ -42,9 +42,11 @@ struct FlowRunSupervisor: Sendable {
             "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
             "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
         ]
+        // In the background with the ordinary retries: in a burst, a SQLite server answers the labels write
+        // 503 ("database is locked") again and again while the run's own state writes go through.
         Task {
             do {
-                try await client.addLabels(id, labels, policy: .quick)
+                try await client.addLabels(id, labels, policy: .standard)
             } catch {
                 Log.warning("could not label the run: \(error); it runs unlabelled", run: id)
             }
