@@ -216,6 +216,46 @@ final class FlowRunSupervisorTests: XCTestCase {
 
     private func lastProposal(_ id: String) -> JSON? { fake.requests("POST", "/api/flow_runs/\(id)/set_state").last?.json }
 
+    /// Requests per run: a run the poll returned a moment ago is proposed PENDING without a read before it;
+    /// the read after the claim remains (it catches a run finished in between).
+    func testAFreshlyPolledRunIsClaimedWithoutAReadBeforeItsFirstProposal() async throws {
+        let context = makeContext()
+        let supervisor = FlowRunSupervisor(context: context)
+        var fresh = try polledRun("run-fresh")
+        fresh.polledAt = Date()
+        let claimed = await supervisor.claim(fresh)
+        XCTAssertTrue(claimed)
+        XCTAssertEqual(fake.requests.map { "\($0.method) \($0.path)" },
+                       ["POST /api/flow_runs/run-fresh/set_state", "GET /api/flow_runs/run-fresh"])
+
+        server.value = (type: "SCHEDULED", stateID: "s-2", transitionID: "t-0")
+        var stale = try polledRun("run-stale", stateID: "s-2")
+        stale.polledAt = Date().addingTimeInterval(-60)
+        let claimedStale = await supervisor.claim(stale)
+        XCTAssertTrue(claimedStale)
+        XCTAssertEqual(fake.requests.suffix(3).map { "\($0.method) \($0.path)" },
+                       ["GET /api/flow_runs/run-stale", "POST /api/flow_runs/run-stale/set_state", "GET /api/flow_runs/run-stale"],
+                       "a poll answer a minute old is read again first")
+    }
+
+    /// Regression: labels were tried 4 times quickly; in a burst a SQLite server answered them 503 each time
+    /// and most runs went unlabelled (with a WARNING each). They now get the ordinary retries.
+    func testLabelsOutlastAFewBusyAnswers() async throws {
+        let context = try await makeLaunchingContext()
+        fake.inject(Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "PATCH", path: "/api/flow_runs/*/labels")
+        let run = try commandRun("run-labels", "true")
+        let reserved = await context.registry.reserve(run)
+        XCTAssertTrue(reserved)
+        let finished = await finishes(within: 30) { await FlowRunSupervisor(context: context).run(run) }
+        XCTAssertTrue(finished)
+        let fake = self.fake!
+        let labelled = await finishes(within: 10) {
+            while fake.requests("PATCH", "/api/flow_runs/run-labels/labels").count < 5 { try? await Task.sleep(nanoseconds: 50_000_000) }
+        }
+        XCTAssertTrue(labelled, "labels were given up after \(fake.requests("PATCH", "/api/flow_runs/run-labels/labels").count) attempts")
+        XCTAssertEqual(fake.requests("PATCH", "/api/flow_runs/run-labels/labels").last?.json?["prefect.worker.name"], "worker")
+    }
+
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
         let context = makeContext()
         let supervisor = FlowRunSupervisor(context: context)
