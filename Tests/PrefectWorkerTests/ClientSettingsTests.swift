@@ -41,9 +41,11 @@ final class ClientSettingsTests: XCTestCase {
 
     func testBadValuesNameTheSetting() {
         let cases: [(String, String, String)] = [
-            ("PREFECT_API_REQUEST_TIMEOUT", "soon", "PREFECT_API_REQUEST_TIMEOUT: 'soon' is not a number of seconds > 0"),
-            ("PREFECT_API_REQUEST_TIMEOUT", "0", "PREFECT_API_REQUEST_TIMEOUT: '0' is not a number of seconds > 0"),
-            ("PREFECT_CLIENT_MAX_RETRIES", "-1", "PREFECT_CLIENT_MAX_RETRIES: '-1' is not a whole number >= 0"),
+            ("PREFECT_API_REQUEST_TIMEOUT", "soon", "PREFECT_API_REQUEST_TIMEOUT: 'soon' is not a number of seconds > 0 (at most 86400)"),
+            ("PREFECT_API_REQUEST_TIMEOUT", "0", "PREFECT_API_REQUEST_TIMEOUT: '0' is not a number of seconds > 0 (at most 86400)"),
+            ("PREFECT_API_REQUEST_TIMEOUT", "1e9", "PREFECT_API_REQUEST_TIMEOUT: '1e9' is not a number of seconds > 0 (at most 86400)"),
+            ("PREFECT_CLIENT_MAX_RETRIES", "-1", "PREFECT_CLIENT_MAX_RETRIES: '-1' is not a whole number from 0 to 1000"),
+            ("PREFECT_CLIENT_MAX_RETRIES", "9223372036854775807", "PREFECT_CLIENT_MAX_RETRIES: '9223372036854775807' is not a whole number from 0 to 1000"),
             ("PREFECT_CLIENT_RETRY_JITTER_FACTOR", "2", "PREFECT_CLIENT_RETRY_JITTER_FACTOR: '2' is not a number from 0 to below 1"),
             ("PREFECT_CLIENT_RETRY_EXTRA_CODES", "404,teapot", "PREFECT_CLIENT_RETRY_EXTRA_CODES: 'teapot' is not an HTTP status code (expected e.g. 404,421)"),
             ("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "maybe", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY: 'maybe' is not true or false"),

@@ -49,7 +49,11 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
     private struct Queue {
         var toAdd: [Transfer] = []
         var toCancel: [Transfer] = []
+        var closed = false
     }
+
+    /// Loop threads running now (one per transport not yet closed), for tests.
+    static let runningLoops = Atomic<Int>(0)
 
     private static let globalInit: Void = {
         // Before any transfer, once per process (not thread-safe in older libcurl, so done here, lazily).
@@ -63,7 +67,15 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         if options.http2 {
             _ = pw_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX))
         }
-        SignalListener.startThread(name: "prefect-worker-http", stackSize: 512 * 1024) { [self] in loop() }
+        // Keep enough idle connections for the requests the client lets run at once (8), for reuse.
+        _ = pw_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 16)
+        SignalListener.startThread(name: "prefect-http", stackSize: 512 * 1024) { [self] in loop() }
+    }
+
+    /// Ends the loop thread: transfers in flight fail with `CancellationError`, the multi handle is freed.
+    func close() {
+        queue.withLock { $0.closed = true }
+        curl_multi_wakeup(multi)
     }
 
     /// Performs one request. Cancelling the calling task removes the transfer and throws `CancellationError`.
@@ -85,6 +97,8 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
     // MARK: - The loop thread
 
     private func loop() {
+        Self.runningLoops.add(1, ordering: .relaxed)
+        defer { Self.runningLoops.subtract(1, ordering: .relaxed) }
         while true {
             var timeout = -1
             curl_multi_timeout(multi, &timeout)
@@ -93,9 +107,19 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
             var ready: Int32 = 0
             if wait > 0 { curl_multi_poll(multi, nil, 0, Int32(wait), &ready) }
 
-            let (adds, cancels) = queue.withLock { queue in
-                defer { queue = Queue() }
-                return (queue.toAdd, queue.toCancel)
+            let (adds, cancels, closed) = queue.withLock { queue in
+                defer { queue.toAdd = []; queue.toCancel = [] }
+                return (queue.toAdd, queue.toCancel, queue.closed)
+            }
+            if closed {
+                for transfer in adds { transfer.finish(.failure(CancellationError())) }
+                for (easy, transfer) in active {
+                    curl_multi_remove_handle(multi, easy)
+                    transfer.finish(.failure(CancellationError()))
+                }
+                active = [:]
+                curl_multi_cleanup(multi)
+                return
             }
             for transfer in adds {
                 if transfer.cancelled.load(ordering: .relaxed) {
@@ -149,8 +173,13 @@ private final class Transfer: @unchecked Sendable {
         _ = pw_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         _ = pw_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer)
         _ = pw_easy_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https")
-        _ = pw_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, Int(options.timeoutSeconds * 1000))
-        _ = pw_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(min(options.timeoutSeconds, 30) * 1000))
+        // At least 1 ms (0 would mean no limit), at most a day.
+        let timeout = min(max(options.timeoutSeconds, 0.001), 86_400)
+        _ = pw_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
+        _ = pw_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(min(timeout, 15) * 1000))
+        // A transfer removed while its name is being resolved must not wait for the resolver thread: that
+        // would block the loop thread, and every other request with it.
+        _ = pw_easy_setopt_long(easy, CURLOPT_QUICK_EXIT, 1)
         _ = pw_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
         _ = pw_easy_setopt_string(easy, CURLOPT_ACCEPT_ENCODING, "") // whatever this libcurl decodes
         _ = pw_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, options.http2 ? Int(CURL_HTTP_VERSION_2TLS) : Int(CURL_HTTP_VERSION_1_1))
@@ -177,6 +206,11 @@ private final class Transfer: @unchecked Sendable {
         case "GET": break
         case "POST": _ = pw_easy_setopt_long(easy, CURLOPT_POST, 1)
         default: _ = pw_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method)
+        }
+        if request.body == nil, request.method != "GET" {
+            // An empty body, so curl never reads one from stdin.
+            _ = pw_easy_setopt_size(easy, CURLOPT_POSTFIELDSIZE_LARGE, 0)
+            _ = pw_easy_setopt_string(easy, CURLOPT_COPYPOSTFIELDS, "")
         }
         if let body = request.body {
             _ = pw_easy_setopt_size(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))

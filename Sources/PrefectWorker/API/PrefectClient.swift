@@ -59,6 +59,8 @@ public final class PrefectClient: Sendable {
             maxBodyBytes: Self.maxResponseBytes))
     }
 
+    deinit { transport.close() }
+
     /// For how long the API has been failing (network errors, retryable statuses); 0 while it answers.
     public var failingSeconds: Double {
         health.withLock { $0.failingSince.map { Date().timeIntervalSince($0) } ?? 0 }
@@ -89,7 +91,8 @@ public final class PrefectClient: Sendable {
     @discardableResult
     public func send(_ method: String, _ path: String, body: JSON? = nil, what: String,
                      policy: RetryPolicy = .standard) async throws -> Data {
-        var policy = policy == .standard ? RetryPolicy(maxAttempts: settings.maxRetries + 1) : policy
+        // Prefect's schedule for ordinary calls: 2, 4, 8, 16, 32 s between its retries (±jitter).
+        var policy = policy == .standard ? RetryPolicy(maxAttempts: settings.maxRetries + 1, baseDelay: 2, maxDelay: 32) : policy
         policy.jitter = settings.retryJitterFactor
         var attempt = 0
         while true {
@@ -145,7 +148,11 @@ public final class PrefectClient: Sendable {
         let ok = (200..<300).contains(response.status)
         Metrics.shared.request(endpointClass, failed: !ok)
         guard ok else {
-            if RetryPolicy.isRetryable(status: response.status) { noteFailure() }
+            if RetryPolicy.isRetryable(status: response.status) {
+                noteFailure()
+            } else {
+                health.withLock { $0.failingSince = nil } // the API answers; the request was refused
+            }
             throw APIError.http(endpoint: endpoint, status: response.status, detail: Self.detail(from: response.body),
                                 retryAfter: RetryPolicy.parseRetryAfter(response.retryAfter))
         }
@@ -163,6 +170,8 @@ public final class PrefectClient: Sendable {
     func describe(code: Int, message: String, url: URL) -> String {
         let host = url.host ?? "the server"
         switch code {
+        case Int(CURLE_PEER_FAILED_VERIFICATION.rawValue) where message.contains("subject name") || message.contains("does not match"):
+            return "TLS: the certificate of \(host) is not trusted: it was not issued for that name (\(message)); use the name the certificate was issued for in PREFECT_API_URL, or set PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification (not for production)"
         case Int(CURLE_PEER_FAILED_VERIFICATION.rawValue):
             let fix = settings.caFile.map { "the CA file \($0) (PREFECT_API_SSL_CERT_FILE) does not vouch for it; point PREFECT_API_SSL_CERT_FILE at the CA that signed it" }
                 ?? "set PREFECT_API_SSL_CERT_FILE to the CA bundle that signed it"

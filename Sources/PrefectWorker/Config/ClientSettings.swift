@@ -36,14 +36,14 @@ public struct ClientSettings: Sendable, Equatable {
         }
         var settings = ClientSettings()
         if let raw = value("PREFECT_API_REQUEST_TIMEOUT") {
-            guard let seconds = Double(raw), seconds.isFinite, seconds > 0 else {
-                throw UsageError("PREFECT_API_REQUEST_TIMEOUT: '\(raw)' is not a number of seconds > 0")
+            guard let seconds = Double(raw), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
+                throw UsageError("PREFECT_API_REQUEST_TIMEOUT: '\(raw)' is not a number of seconds > 0 (at most 86400)")
             }
             settings.requestTimeout = seconds
         }
         if let raw = value("PREFECT_CLIENT_MAX_RETRIES") {
-            guard let retries = Int(raw), retries >= 0 else {
-                throw UsageError("PREFECT_CLIENT_MAX_RETRIES: '\(raw)' is not a whole number >= 0")
+            guard let retries = Int(raw), (0...1000).contains(retries) else {
+                throw UsageError("PREFECT_CLIENT_MAX_RETRIES: '\(raw)' is not a whole number from 0 to 1000")
             }
             settings.maxRetries = retries
         }

@@ -12,7 +12,7 @@ struct FlowRunSupervisor: Sendable {
 
     /// Environment variables a job must not inherit from a systemd-managed worker.
     /// A poll answer younger than this is taken as the run's state for its first PENDING proposal.
-    static let freshPollSeconds = 5.0
+    static let freshPollSeconds = 2.0
 
     static let serviceVariables: Set<String> = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
 
