@@ -299,6 +299,13 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         print("usage line: \(line)")
         XCTAssertGreaterThan(values[0], 0.1, "the busy grandchild's CPU time is counted: \(line)")
         XCTAssertEqual(values[0], values[1] + values[2], accuracy: 0.01, "usage = user + system: \(line)")
+        // The closing line reports the whole tree's CPU from the cgroup (rusage misses the unwaited grandchild).
+        let closingLine = await waitForLogLine(worker, run: id, containing: "exited with code 0 after", timeout: 5)
+        let closing = try XCTUnwrap(closingLine, "no closing line; log: \(Self.lines(of: worker.log, mentioning: id))")
+        let cpu = try NSRegularExpression(pattern: #"CPU ([0-9.]+) s user \+ ([0-9.]+) s system"#)
+        let cpuMatch = try XCTUnwrap(cpu.firstMatch(in: closing, range: NSRange(closing.startIndex..., in: closing)), closing)
+        let user = Double(closing[Range(cpuMatch.range(at: 1), in: closing)!])!
+        XCTAssertEqual(user, values[1], accuracy: 0.011, "the closing line's user CPU is the cgroup's: \(closing) / \(line)")
     }
 
     func testAnEngineRunInItsCgroupCompletesAndReportsItsUsage() async throws {

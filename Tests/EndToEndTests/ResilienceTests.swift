@@ -179,7 +179,10 @@ final class ResilienceTests: RunControlTestCase, @unchecked Sendable {
         ]))
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
-        // The claim reads the run with a few quick attempts (4): all of them fail.
+        // A run polled a moment ago is proposed PENDING without a read first; two failed deployment reads (about
+        // 6 s of retries) make the poll answer old, so the claim reads the run first, with a few quick attempts
+        // (4): all of them fail.
+        proxy.failNext(2, matching: "GET /api/deployments/\(deployment)")
         proxy.failNext(4, matching: "GET /api/flow_runs/\(id)")
         let worker = try startProxiedWorker(pool: pool, stateDir: stateDir, proxy: proxy)
         let gaveUp = await waitForLogLine(worker, run: id, containing: "leaving it for the next poll", timeout: 30)

@@ -307,7 +307,15 @@ final class RunSafeguardTests: RunControlTestCase, @unchecked Sendable {
         _ = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 3)
         let id = try await api.createFlowRun(deployment: deployment, parameters: try E2E.json(#"{"seconds": 120}"#))
         track(id)
-        let run = try await waitForFinalState(id, timeout: engineTimeout)
+        _ = try await waitForFinalState(id, timeout: engineTimeout)
+        // The engine may report CRASHED on the SIGTERM a moment before the worker's FAILED/TimedOut replaces it.
+        let api = self.api!
+        let failed = try? await E2E.eventually(timeout: 20, "FAILED/TimedOut to replace the engine's CRASHED") { () -> JSON? in
+            let current = try await api.readFlowRun(id)
+            return current.stateType == "FAILED" ? current : nil
+        }
+        var run = try await api.readFlowRun(id)
+        if let failed { run = failed }
         let history = try await api.states(id).map { "\($0["type"]?.asString ?? "?")/\($0["name"]?.asString ?? "?")" }
         XCTAssertEqual(run.stateType, "FAILED", "final state: \(run.stateSummary); history: \(history)")
         XCTAssertEqual(run["state_name"]?.asString, "TimedOut")

@@ -26,6 +26,12 @@ public struct CgroupUsage: Sendable, Equatable {
         oomKills = memoryEvents.map { Self.keyed($0)["oom_kill"] ?? 0 }
     }
 
+    /// The figures as the per-run usage report takes them (CPU of the whole tree; peak memory when known).
+    public var jobUsage: JobUsage {
+        JobUsage(userCPUSeconds: Double(userUsec) / 1_000_000, systemCPUSeconds: Double(systemUsec) / 1_000_000,
+                 peakMemoryBytes: memoryPeak.map { Int(clamping: $0) })
+    }
+
     public init(usageUsec: UInt64, userUsec: UInt64, systemUsec: UInt64, memoryPeak: UInt64? = nil, oomKills: UInt64? = nil) {
         self.usageUsec = usageUsec
         self.userUsec = userUsec

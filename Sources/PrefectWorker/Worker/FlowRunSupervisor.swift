@@ -354,15 +354,16 @@ struct FlowRunSupervisor: Sendable {
         // The engine heartbeats for its own runs; for a plain command the worker does.
         let heartbeat = job.stateOwner == .worker
             ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, run: id)) : nil
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup) {
+        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup, exitStatus: {
             let end = await ChildProcesses.shared.waitForEnd(process.pid)
             heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
-            events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
-                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: end.status.code),
-                payload: end.usage.payload, follows: submitted)
             return end
-        }
+        }, executed: { status, usage in
+            events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
+                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: status?.code),
+                payload: usage.payload, follows: submitted)
+        })
     }
 
     /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
@@ -382,8 +383,11 @@ struct FlowRunSupervisor: Sendable {
     /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled,
     /// runs past `timeout` seconds, or the worker shuts down, then reports the final state and clears the
     /// journal entry. `exitStatus` is nil for an adopted job, whose status and usage cannot be known.
+    /// `executed` gets the job's exit status and its usage (rusage, with the cgroup's figures where it had one)
+    /// once the job and everything it left behind are gone.
     func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
-               exitStatus: @escaping @Sendable () async -> JobEnd?) async {
+               exitStatus: @escaping @Sendable () async -> JobEnd?,
+               executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
         let registry = context.registry
         let grace = settings.killGraceSeconds
         let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
@@ -411,13 +415,20 @@ struct FlowRunSupervisor: Sendable {
         timer?.cancel()
         let exit = end?.status
         await registry.setPID(id, nil)
-        Log.info(JobUsage.closingLine(pid: pid, ending: exit?.description, usage: end?.usage ?? .unknown), run: id)
-        if let usage = end?.usage, !usage.isUnknown { Metrics.shared.runUsage(usage) }
+        /// The closing line, the metrics and `executed`, with the whole tree's figures from its cgroup (more
+        /// exact than rusage for trees that fork) once the cgroup is empty.
+        func closing(_ cgroupUsage: CgroupUsage?) {
+            var usage = end?.usage ?? .unknown
+            if let cgroupUsage, end != nil { usage = usage.overridden(by: cgroupUsage.jobUsage) }
+            Log.info(JobUsage.closingLine(pid: pid, ending: exit?.description, usage: usage), run: id)
+            if !usage.isUnknown { Metrics.shared.runUsage(usage) }
+            executed(exit, usage)
+        }
 
         let entry = await registry.entry(id)
         if entry?.cancelRequested == true || entry?.stopReason != nil {
             let outcome = await stopper.value
-            _ = await finishCgroup(cgroup, id)  // issue 13
+            closing(await finishCgroup(cgroup, id))  // issue 13
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if entry?.timedOut == true, entry?.cancelRequested != true {
                 await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
@@ -429,6 +440,7 @@ struct FlowRunSupervisor: Sendable {
         } else {
             stopper.cancel()
             let usage = await finishCgroup(cgroup, id)  // issue 13
+            closing(usage)
             if let exit {
                 if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
                     await report(id, oom)
