@@ -313,30 +313,9 @@ final class FakePrefectAPI: @unchecked Sendable {
             let page = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
             write(fd, Response(status: 200, headers: ["Content-Type": "text/html"], body: Data(page.utf8)))
         case .hugeBody(let bytes):
-            // Streamed in 1 MiB pieces, counting what the client accepted before it hung up.
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(bytes)\r\nConnection: close\r\n\r\n"
-            guard sendAll(fd, Data(head.utf8)) else { return false }
-            let piece = Data(repeating: UInt8(ascii: " "), count: 1 << 20)
-            var sent = 0
-            while sent < bytes {
-                let n = min(piece.count, bytes - sent)
-                guard sendAll(fd, n == piece.count ? piece : piece.prefix(n)) else { break }
-                sent += n
-                lock.withLock { hugeBytesSent = sent }
-            }
+            streamHugeBody(fd, bytes, chunked: false)
         case .hugeChunkedBody(let bytes):
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            guard sendAll(fd, Data(head.utf8)) else { return false }
-            let piece = Data(repeating: UInt8(ascii: " "), count: 1 << 20)
-            var sent = 0
-            while sent < bytes {
-                let n = min(piece.count, bytes - sent)
-                let chunk = Data(String(n, radix: 16).utf8) + Data("\r\n".utf8) + piece.prefix(n) + Data("\r\n".utf8)
-                guard sendAll(fd, chunk) else { break }
-                sent += n
-                lock.withLock { hugeBytesSent = sent }
-            }
-            if sent == bytes { sendAll(fd, Data("0\r\n\r\n".utf8)) }
+            streamHugeBody(fd, bytes, chunked: true)
         case .truncatedTransfer:
             let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
             sendAll(fd, Data(head.utf8) + Data(#"{"id": "#.utf8))
@@ -414,6 +393,24 @@ final class FakePrefectAPI: @unchecked Sendable {
     }
 
     /// Writes all of `data`; false if the peer went away first.
+    /// A 200 with `bytes` of body, announced by Content-Length or sent chunked, streamed in 1 MiB pieces while
+    /// counting what the client accepted before it hung up.
+    private func streamHugeBody(_ fd: Int32, _ bytes: Int, chunked: Bool) {
+        let framing = chunked ? "Transfer-Encoding: chunked" : "Content-Length: \(bytes)"
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\(framing)\r\nConnection: close\r\n\r\n"
+        guard sendAll(fd, Data(head.utf8)) else { return }
+        let piece = Data(repeating: UInt8(ascii: " "), count: 1 << 20)
+        var sent = 0
+        while sent < bytes {
+            let n = min(piece.count, bytes - sent)
+            let data = chunked ? Data(String(n, radix: 16).utf8) + Data("\r\n".utf8) + piece.prefix(n) + Data("\r\n".utf8) : piece.prefix(n)
+            guard sendAll(fd, data) else { break }
+            sent += n
+            lock.withLock { hugeBytesSent = sent }
+        }
+        if chunked, sent == bytes { sendAll(fd, Data("0\r\n\r\n".utf8)) }
+    }
+
     @discardableResult
     private func sendAll(_ fd: Int32, _ data: Data) -> Bool {
         data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> Bool in

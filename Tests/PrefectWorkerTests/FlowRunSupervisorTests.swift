@@ -152,15 +152,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// for a job that ends at once. (It was handed to the outbox from an unstructured Task, which could run
     /// after the final state had been queued.)
     func testAFastJobsPidReachesTheServerBeforeItsFinalState() async throws {
-        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
-        settings.stateDirectory = stateDirectory
-        settings.environment = ["PATH": "/usr/bin:/bin"]
-        let context = WorkerContext(settings: settings, client: fake.client())
-        try context.journal.prepare()
-        try await context.outbox.prepare()
-        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
-        fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .noContent }
-        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in .noContent }
+        let context = try await makeLaunchingContext()
         let supervisor = FlowRunSupervisor(context: context)
         // Before the fix about one run in fifteen came out in the wrong order here; twenty make a failure likely.
         for i in 0..<20 {
