@@ -1,7 +1,7 @@
 import Foundation
 
 /// A failed API call, with what the server or the network said.
-public enum APIError: Error, CustomStringConvertible, Sendable {
+enum APIError: Error, CustomStringConvertible, Sendable {
     /// The request never got an HTTP answer (refused, reset, timed out, DNS).
     case transport(endpoint: String, reason: String)
     /// The server answered with a status that is not 2xx.
@@ -9,7 +9,7 @@ public enum APIError: Error, CustomStringConvertible, Sendable {
     /// The server answered 2xx with a body we cannot use.
     case badResponse(endpoint: String, reason: String)
 
-    public var description: String {
+    var description: String {
         switch self {
         case .transport(let endpoint, let reason): "\(endpoint): \(reason)"
         case .http(let endpoint, let status, let detail, _): "\(status) from \(endpoint)" + (detail.isEmpty ? "" : ": \(detail)")
@@ -18,7 +18,7 @@ public enum APIError: Error, CustomStringConvertible, Sendable {
     }
 
     /// Worth trying again: the network, timeouts, rate limits and server errors.
-    public var isRetryable: Bool {
+    var isRetryable: Bool {
         switch self {
         case .transport: true
         case .http(_, let status, _, _): RetryPolicy.isRetryable(status: status)
@@ -26,7 +26,7 @@ public enum APIError: Error, CustomStringConvertible, Sendable {
         }
     }
 
-    public var status: Int? {
+    var status: Int? {
         if case .http(_, let status, _, _) = self { return status }
         return nil
     }
@@ -38,7 +38,7 @@ public enum APIError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Removes credentials from a URL before it is printed.
-public func redactedURL(_ url: URL) -> String {
+func redactedURL(_ url: URL) -> String {
     guard var components = URLComponents(url: url, resolvingAgainstBaseURL: false) else { return "<url>" }
     if components.user != nil || components.password != nil {
         components.user = "***"

@@ -10,25 +10,27 @@ public enum JSON: Sendable, Equatable, Hashable {
     case array([JSON])
     case object([String: JSON])
 
+    /// The value under `key` of an object; nil for a missing key or a non-object.
     public subscript(key: String) -> JSON? {
         if case .object(let fields) = self { return fields[key] }
         return nil
     }
 
-    public var objectValue: [String: JSON]? {
+    var objectValue: [String: JSON]? {
         if case .object(let fields) = self { return fields }
         return nil
     }
 
+    /// The string, if this is one.
     public var stringValue: String? {
         if case .string(let s) = self { return s }
         return nil
     }
 
-    public var isNull: Bool { self == .null }
+    var isNull: Bool { self == .null }
 
     /// The JSON type name used in error messages ("string", "object", ...).
-    public var typeName: String {
+    var typeName: String {
         switch self {
         case .null: "null"
         case .bool: "boolean"
@@ -42,6 +44,7 @@ public enum JSON: Sendable, Equatable, Hashable {
 }
 
 extension JSON: Codable {
+    /// Decodes any JSON value.
     public init(from decoder: Decoder) throws {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
@@ -63,6 +66,7 @@ extension JSON: Codable {
         }
     }
 
+    /// Encodes the value as it is.
     public func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
@@ -130,18 +134,19 @@ extension JSON {
         out += "\""
     }
 
+    /// Parses `data` as one JSON document.
     public static func decode(_ data: Data) throws -> JSON {
         try JSONParser.parse(data)
     }
 
-    public static func decode(_ text: String) throws -> JSON {
+    static func decode(_ text: String) throws -> JSON {
         try decode(Data(text.utf8))
     }
 }
 
 extension JSON {
     /// The value as Python's `str()` would print it: how Prefect interpolates a placeholder inside a longer string.
-    public var pythonString: String {
+    var pythonString: String {
         switch self {
         case .string(let s): return s
         default: return pythonRepr
@@ -149,7 +154,7 @@ extension JSON {
     }
 
     /// Python's `repr()` of the value decoded by `json.loads` (`True`, `None`, `{'a': 1}`).
-    public var pythonRepr: String {
+    var pythonRepr: String {
         switch self {
         case .null: return "None"
         case .bool(let b): return b ? "True" : "False"

@@ -3,11 +3,11 @@ import Foundation
 /// A strict JSON parser (RFC 8259) into `JSON` that keeps what Foundation's decoders lose: whether a
 /// number was written as an integer (`1`) or not (`1.0`, `1e2`). Prefect renders the two differently
 /// (`str(1)` is `1`, `str(1.0)` is `1.0`), and a job must get its parameters back as they were sent.
-public struct JSONParser {
-    public struct Error: Swift.Error, CustomStringConvertible, Equatable {
-        public var message: String
-        public var offset: Int
-        public var description: String { "\(message) at byte \(offset)" }
+struct JSONParser {
+    struct Error: Swift.Error, CustomStringConvertible, Equatable {
+        var message: String
+        var offset: Int
+        var description: String { "\(message) at byte \(offset)" }
     }
 
     private let bytes: [UInt8]
@@ -17,7 +17,7 @@ public struct JSONParser {
 
     private init(_ bytes: [UInt8]) { self.bytes = bytes }
 
-    public static func parse(_ data: Data) throws(Error) -> JSON {
+    static func parse(_ data: Data) throws(Error) -> JSON {
         var parser = JSONParser([UInt8](data))
         parser.skipWhitespace()
         let value = try parser.value()
@@ -26,7 +26,7 @@ public struct JSONParser {
         return value
     }
 
-    public static func parse(_ text: String) throws(Error) -> JSON { try parse(Data(text.utf8)) }
+    static func parse(_ text: String) throws(Error) -> JSON { try parse(Data(text.utf8)) }
 
     private func error(_ message: String) -> Error { Error(message: message, offset: i) }
 

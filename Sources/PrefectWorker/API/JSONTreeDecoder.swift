@@ -2,13 +2,13 @@ import Foundation
 
 /// Decodes `Decodable` types from a parsed `JSON` tree, handing `JSON`-typed fields their subtree as
 /// parsed (so `1.0` stays a double). Used with `JSONParser` for every API response.
-public enum JSONTreeDecoder {
-    public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+enum JSONTreeDecoder {
+    static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
         let tree = try JSONParser.parse(data)
         return try decode(type, from: tree)
     }
 
-    public static func decode<T: Decodable>(_ type: T.Type, from tree: JSON) throws -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from tree: JSON) throws -> T {
         if type == JSON.self { return tree as! T }
         return try T(from: TreeDecoder(tree, path: []))
     }

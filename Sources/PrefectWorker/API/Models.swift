@@ -6,7 +6,7 @@ public enum StateType: Sendable, Equatable, Hashable, Codable {
     case scheduled, pending, running, completed, failed, cancelled, crashed, paused, cancelling
     case unknown(String)
 
-    public init(rawValue: String) {
+    init(rawValue: String) {
         switch rawValue {
         case "SCHEDULED": self = .scheduled
         case "PENDING": self = .pending
@@ -21,7 +21,7 @@ public enum StateType: Sendable, Equatable, Hashable, Codable {
         }
     }
 
-    public var rawValue: String {
+    var rawValue: String {
         switch self {
         case .scheduled: "SCHEDULED"
         case .pending: "PENDING"
@@ -37,24 +37,26 @@ public enum StateType: Sendable, Equatable, Hashable, Codable {
     }
 
     /// The name Prefect gives a state of this type by default.
-    public var defaultName: String {
+    var defaultName: String {
         switch self {
         case .unknown(let raw): raw.capitalized
         default: rawValue.prefix(1) + rawValue.dropFirst().lowercased()
         }
     }
 
-    public var isTerminal: Bool {
+    var isTerminal: Bool {
         switch self {
         case .completed, .failed, .cancelled, .crashed: true
         default: false
         }
     }
 
+    /// Decodes a state type from its name; an unknown name is kept.
     public init(from decoder: Decoder) throws {
         self.init(rawValue: try decoder.singleValueContainer().decode(String.self))
     }
 
+    /// Encodes the state type as its name.
     public func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(rawValue)
@@ -62,39 +64,40 @@ public enum StateType: Sendable, Equatable, Hashable, Codable {
 }
 
 /// A flow run state as the server returns it.
-public struct FlowRunState: Sendable, Decodable, Equatable {
-    public var type: StateType
-    public var name: String?
-    public var message: String?
-    public var timestamp: String?
-    public var stateDetails: JSON?
+struct FlowRunState: Sendable, Decodable, Equatable {
+    var type: StateType
+    var name: String?
+    var message: String?
+    var timestamp: String?
+    var stateDetails: JSON?
     /// The result reference of a final state, kept when a state has to be restored.
-    public var data: JSON?
+    var data: JSON?
 
     enum CodingKeys: String, CodingKey {
         case type, name, message, timestamp, data
         case stateDetails = "state_details"
     }
 
-    public init(type: StateType, name: String? = nil, message: String? = nil, stateDetails: JSON? = nil) {
+    init(type: StateType, name: String? = nil, message: String? = nil, stateDetails: JSON? = nil) {
         self.type = type
         self.name = name
         self.message = message
         self.stateDetails = stateDetails
     }
 
-    public var transitionID: String? { stateDetails?["transition_id"]?.stringValue }
+    var transitionID: String? { stateDetails?["transition_id"]?.stringValue }
 }
 
 /// A state the worker proposes through `set_state`.
 public struct StateProposal: Sendable, Equatable {
-    public var type: StateType
-    public var name: String
-    public var message: String?
+    var type: StateType
+    var name: String
+    var message: String?
     /// Reused when the same proposal is retried, so the server recognises a duplicate.
-    public var transitionID: String
-    public var force: Bool
+    var transitionID: String
+    var force: Bool
 
+    /// A proposal of `type`, with a fresh transition id.
     public init(_ type: StateType, name: String? = nil, message: String? = nil, force: Bool = false) {
         self.type = type
         self.name = name ?? type.defaultName
@@ -118,46 +121,48 @@ public struct StateProposal: Sendable, Equatable {
 
 /// What the server's orchestration rules decided about a proposal.
 public struct OrchestrationResult: Sendable, Decodable {
+    /// The server's verdict on a proposal.
     public enum Status: String, Sendable, Decodable {
         case accept = "ACCEPT", reject = "REJECT", abort = "ABORT", wait = "WAIT"
     }
-    public struct Details: Sendable, Decodable {
-        public var type: String?
-        public var reason: String?
-        public var delaySeconds: Double?
+    struct Details: Sendable, Decodable {
+        var type: String?
+        var reason: String?
+        var delaySeconds: Double?
         enum CodingKeys: String, CodingKey {
             case type, reason
             case delaySeconds = "delay_seconds"
         }
     }
+    /// ACCEPT, REJECT, ABORT or WAIT.
     public var status: Status
-    public var state: FlowRunState?
-    public var details: Details?
+    var state: FlowRunState?
+    var details: Details?
 }
 
 /// A flow run, with the fields the worker uses.
-public struct FlowRun: Sendable, Decodable, Identifiable {
-    public var id: String
-    public var name: String?
-    public var flowID: String?
-    public var deploymentID: String?
-    public var parameters: JSON?
-    public var jobVariables: JSON?
-    public var state: FlowRunState?
-    public var stateID: String?
-    public var stateType: StateType?
-    public var stateName: String?
-    public var nextScheduledStartTime: String?
-    public var expectedStartTime: String?
-    public var infrastructurePID: String?
-    public var labels: JSON?
-    public var tags: [String]?
-    public var workQueueName: String?
-    public var workQueueID: String?
-    public var runCount: Int?
-    public var startTime: String?
+struct FlowRun: Sendable, Decodable, Identifiable {
+    var id: String
+    var name: String?
+    var flowID: String?
+    var deploymentID: String?
+    var parameters: JSON?
+    var jobVariables: JSON?
+    var state: FlowRunState?
+    var stateID: String?
+    var stateType: StateType?
+    var stateName: String?
+    var nextScheduledStartTime: String?
+    var expectedStartTime: String?
+    var infrastructurePID: String?
+    var labels: JSON?
+    var tags: [String]?
+    var workQueueName: String?
+    var workQueueID: String?
+    var runCount: Int?
+    var startTime: String?
     /// When a poll returned this run (not part of the wire format).
-    public var polledAt: Date?
+    var polledAt: Date?
 
     enum CodingKeys: String, CodingKey {
         case id, name, parameters, state, labels, tags
@@ -177,19 +182,19 @@ public struct FlowRun: Sendable, Decodable, Identifiable {
     }
 
     /// The current state type: from the state when loaded (it is null in poll results), else `state_type`.
-    public var currentStateType: StateType? { state?.type ?? stateType }
+    var currentStateType: StateType? { state?.type ?? stateType }
 
     /// When the run should start.
-    public var scheduledStart: Date? {
+    var scheduledStart: Date? {
         (nextScheduledStartTime ?? expectedStartTime).flatMap(Timestamp.parse)
     }
 }
 
 /// One entry of `get_scheduled_flow_runs`.
-public struct WorkerFlowRunResponse: Sendable, Decodable {
-    public var workPoolID: String?
-    public var workQueueID: String?
-    public var flowRun: FlowRun
+struct WorkerFlowRunResponse: Sendable, Decodable {
+    var workPoolID: String?
+    var workQueueID: String?
+    var flowRun: FlowRun
     enum CodingKeys: String, CodingKey {
         case workPoolID = "work_pool_id"
         case workQueueID = "work_queue_id"
@@ -198,13 +203,13 @@ public struct WorkerFlowRunResponse: Sendable, Decodable {
 }
 
 /// A work pool, with the fields the worker uses.
-public struct WorkPool: Sendable, Decodable {
-    public var id: String
-    public var name: String
-    public var type: String
-    public var baseJobTemplate: JSON?
-    public var isPaused: Bool?
-    public var status: String?
+struct WorkPool: Sendable, Decodable {
+    var id: String
+    var name: String
+    var type: String
+    var baseJobTemplate: JSON?
+    var isPaused: Bool?
+    var status: String?
 
     enum CodingKeys: String, CodingKey {
         case id, name, type, status
@@ -213,18 +218,18 @@ public struct WorkPool: Sendable, Decodable {
     }
 
     /// True when the template is missing or `{}`: Prefect then installs the worker's default template.
-    public var hasEmptyTemplate: Bool {
+    var hasEmptyTemplate: Bool {
         guard let template = baseJobTemplate, let fields = template.objectValue else { return true }
         return fields.isEmpty
     }
 }
 
 /// A deployment, with the fields the worker uses.
-public struct Deployment: Sendable, Decodable {
-    public var id: String
-    public var name: String?
-    public var jobVariables: JSON?
-    public var tags: [String]?
+struct Deployment: Sendable, Decodable {
+    var id: String
+    var name: String?
+    var jobVariables: JSON?
+    var tags: [String]?
 
     enum CodingKeys: String, CodingKey {
         case id, name, tags
@@ -233,7 +238,7 @@ public struct Deployment: Sendable, Decodable {
 }
 
 /// A Prefect variable (`{{ prefect.variables.NAME }}`).
-public struct PrefectVariable: Sendable, Decodable {
-    public var name: String
-    public var value: JSON?
+struct PrefectVariable: Sendable, Decodable {
+    var name: String
+    var value: JSON?
 }

@@ -4,9 +4,9 @@ import Synchronization
 
 /// The Prefect REST API as the worker uses it: authenticated JSON requests with retries, over libcurl.
 public final class PrefectClient: Sendable {
-    public static let apiVersion = "0.8.4"
+    static let apiVersion = "0.8.4"
 
-    public let baseURL: URL
+    let baseURL: URL
     private let transport: CurlTransport
     private let settings: ClientSettings
     private let headers: [String]
@@ -20,20 +20,21 @@ public final class PrefectClient: Sendable {
     /// not run out of memory.
     static let maxResponseBytes = 32 * 1024 * 1024
     /// How long the API may fail before a retry is worth a WARNING rather than a DEBUG line.
-    public static let quietFailureSeconds = 10.0
+    static let quietFailureSeconds = 10.0
 
     private struct Health {
         var lastSuccess: Date?
         var failingSince: Date?
     }
 
+    /// A client with default settings but for the request timeout.
     public convenience init(baseURL: URL, apiKey: String?, authString: String?, requestTimeout: Double = 60) {
         var settings = ClientSettings()
         settings.requestTimeout = requestTimeout
         self.init(baseURL: baseURL, apiKey: apiKey, authString: authString, settings: settings)
     }
 
-    public init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings) {
+    init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings) {
         self.baseURL = baseURL
         self.settings = settings
         var headers = settings.customHeaders.map { "\($0.key): \($0.value)" }.sorted()
@@ -62,15 +63,15 @@ public final class PrefectClient: Sendable {
     deinit { transport.close() }
 
     /// For how long the API has been failing (network errors, retryable statuses); 0 while it answers.
-    public var failingSeconds: Double {
+    var failingSeconds: Double {
         health.withLock { $0.failingSince.map { Date().timeIntervalSince($0) } ?? 0 }
     }
 
     /// When a request last got a 2xx answer.
-    public var lastSuccessfulRequest: Date? { health.withLock { $0.lastSuccess } }
+    var lastSuccessfulRequest: Date? { health.withLock { $0.lastSuccess } }
 
     /// The proxy requests go through (credentials redacted), or nil; for the start-up log line.
-    public var proxyDescription: String? {
+    var proxyDescription: String? {
         settings.proxies.proxy(for: baseURL).map { proxy in
             let shown = URL(string: proxy).map(redactedURL) ?? "<proxy>"
             return shown + (settings.proxies.noProxy.map { " (NO_PROXY: \($0))" } ?? "")
@@ -78,7 +79,7 @@ public final class PrefectClient: Sendable {
     }
 
     /// Sets (or with nil removes) a header sent with every later request, such as the worker's id.
-    public func setHeader(_ name: String, _ value: String?) {
+    func setHeader(_ name: String, _ value: String?) {
         identityHeaders.withLock { $0[name] = value }
     }
 
@@ -89,7 +90,7 @@ public final class PrefectClient: Sendable {
     /// `.standard` retries as `PREFECT_CLIENT_MAX_RETRIES` says. A retry is logged at DEBUG while the API
     /// has been failing for less than 10 s (a busy server's 503s are routine), at WARNING after that.
     @discardableResult
-    public func send(_ method: String, _ path: String, body: JSON? = nil, what: String,
+    func send(_ method: String, _ path: String, body: JSON? = nil, what: String,
                      policy: RetryPolicy = .standard) async throws -> Data {
         // Prefect's schedule for ordinary calls: 2, 4, 8, 16, 32 s between its retries (±jitter).
         var policy = policy == .standard ? RetryPolicy(maxAttempts: settings.maxRetries + 1, baseDelay: 2, maxDelay: 32) : policy
@@ -232,7 +233,7 @@ public final class PrefectClient: Sendable {
 
 extension PrefectClient {
     /// `GET /work_pools/{name}`; nil when the pool does not exist.
-    public func readWorkPool(_ name: String, policy: RetryPolicy = .standard) async throws -> WorkPool? {
+    func readWorkPool(_ name: String, policy: RetryPolicy = .standard) async throws -> WorkPool? {
         do {
             let data = try await send("GET", "/work_pools/\(Self.pathComponent(name))", what: "reading work pool '\(name)'", policy: policy)
             return try decode(WorkPool.self, from: data, what: "GET /work_pools/\(name)")
@@ -242,20 +243,20 @@ extension PrefectClient {
     }
 
     /// `POST /work_pools/`.
-    public func createWorkPool(name: String, type: String, baseJobTemplate: JSON) async throws -> WorkPool {
+    func createWorkPool(name: String, type: String, baseJobTemplate: JSON) async throws -> WorkPool {
         let body = JSON.object(["name": .string(name), "type": .string(type), "base_job_template": baseJobTemplate])
         let data = try await send("POST", "/work_pools/", body: body, what: "creating work pool '\(name)'")
         return try decode(WorkPool.self, from: data, what: "POST /work_pools/")
     }
 
     /// `PATCH /work_pools/{name}` with a new base job template.
-    public func updateWorkPoolTemplate(name: String, baseJobTemplate: JSON) async throws {
+    func updateWorkPoolTemplate(name: String, baseJobTemplate: JSON) async throws {
         try await send("PATCH", "/work_pools/\(Self.pathComponent(name))",
                        body: .object(["base_job_template": baseJobTemplate]), what: "updating work pool '\(name)'")
     }
 
     /// `GET /work_pools/{pool}/queues/{name}`; nil when the queue does not exist.
-    public func readWorkQueue(pool: String, name: String) async throws -> JSON? {
+    func readWorkQueue(pool: String, name: String) async throws -> JSON? {
         do {
             let data = try await send("GET", "/work_pools/\(Self.pathComponent(pool))/queues/\(Self.pathComponent(name))",
                                       what: "reading work queue '\(name)'")
@@ -266,7 +267,7 @@ extension PrefectClient {
     }
 
     /// `POST /work_pools/{pool}/queues` (no trailing slash: with one the server answers 307).
-    public func createWorkQueue(pool: String, name: String) async throws {
+    func createWorkQueue(pool: String, name: String) async throws {
         try await send("POST", "/work_pools/\(Self.pathComponent(pool))/queues",
                        body: .object(["name": .string(name)]), what: "creating work queue '\(name)'")
     }
@@ -274,7 +275,7 @@ extension PrefectClient {
     /// `POST /work_pools/{pool}/workers/heartbeat`: marks the worker ONLINE. With `returnID` (Prefect Cloud
     /// only, as Prefect's worker asks), the answer is the worker's id; nil if the body is not one.
     @discardableResult
-    public func heartbeat(pool: String, worker: String, intervalSeconds: Int, returnID: Bool = false,
+    func heartbeat(pool: String, worker: String, intervalSeconds: Int, returnID: Bool = false,
                           policy: RetryPolicy = .quick) async throws -> String? {
         var body: [String: JSON] = ["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)]
         if returnID { body["return_id"] = .bool(true) }
@@ -286,7 +287,7 @@ extension PrefectClient {
     }
 
     /// `POST /work_pools/{pool}/get_scheduled_flow_runs`.
-    public func scheduledFlowRuns(pool: String, queues: [String], before: Date, limit: Int?,
+    func scheduledFlowRuns(pool: String, queues: [String], before: Date, limit: Int?,
                                   policy: RetryPolicy = .quick) async throws -> [FlowRun] {
         var body: [String: JSON] = [
             "work_queue_names": .array(queues.map(JSON.string)),
@@ -312,19 +313,19 @@ extension PrefectClient {
     }
 
     /// `GET /flow_runs/{id}`.
-    public func readFlowRun(_ id: String, policy: RetryPolicy = .standard) async throws -> FlowRun {
+    func readFlowRun(_ id: String, policy: RetryPolicy = .standard) async throws -> FlowRun {
         let data = try await send("GET", "/flow_runs/\(Self.pathComponent(id))", what: "reading flow run \(id)", policy: policy)
         return try decode(FlowRun.self, from: data, what: "GET /flow_runs/\(id)")
     }
 
     /// `POST /flow_runs/filter`.
-    public func filterFlowRuns(_ filter: JSON, policy: RetryPolicy = .standard) async throws -> [FlowRun] {
+    func filterFlowRuns(_ filter: JSON, policy: RetryPolicy = .standard) async throws -> [FlowRun] {
         let data = try await send("POST", "/flow_runs/filter", body: filter, what: "filtering flow runs", policy: policy)
         return try decode([FlowRun].self, from: data, what: "POST /flow_runs/filter")
     }
 
     /// `GET /deployments/{id}`; nil when the deployment is gone.
-    public func readDeployment(_ id: String) async throws -> Deployment? {
+    func readDeployment(_ id: String) async throws -> Deployment? {
         do {
             let data = try await send("GET", "/deployments/\(Self.pathComponent(id))", what: "reading deployment \(id)")
             return try decode(Deployment.self, from: data, what: "GET /deployments/\(id)")
@@ -334,13 +335,13 @@ extension PrefectClient {
     }
 
     /// `GET /flows/{id}`: the flow's name (for events).
-    public func readFlowName(_ id: String) async throws -> String? {
+    func readFlowName(_ id: String) async throws -> String? {
         let data = try await send("GET", "/flows/\(Self.pathComponent(id))", what: "reading flow \(id)", policy: .quick)
         return try decode(JSON.self, from: data, what: "GET /flows/\(id)")["name"]?.stringValue
     }
 
     /// `GET /variables/name/{name}`; nil when the variable does not exist.
-    public func readVariable(_ name: String) async throws -> PrefectVariable? {
+    func readVariable(_ name: String) async throws -> PrefectVariable? {
         do {
             let data = try await send("GET", "/variables/name/\(Self.pathComponent(name))", what: "reading variable '\(name)'")
             return try decode(PrefectVariable.self, from: data, what: "GET /variables/name/\(name)")
@@ -358,14 +359,14 @@ extension PrefectClient {
     }
 
     /// `GET /flow_run_states/?flow_run_id=`: the run's state history, oldest first.
-    public func flowRunStates(_ id: String) async throws -> [FlowRunState] {
+    func flowRunStates(_ id: String) async throws -> [FlowRunState] {
         let data = try await send("GET", "/flow_run_states/?flow_run_id=\(Self.pathComponent(id))", what: "reading the states of flow run \(id)")
         let states = try decode([FlowRunState].self, from: data, what: "GET /flow_run_states/")
         return states.sorted { ($0.timestamp ?? "") < ($1.timestamp ?? "") }
     }
 
     /// Puts back a state the run had (with its result reference), forcing it past the orchestration rules.
-    public func restoreState(_ id: String, _ state: FlowRunState, message: String) async throws -> OrchestrationResult {
+    func restoreState(_ id: String, _ state: FlowRunState, message: String) async throws -> OrchestrationResult {
         let body = JSON.object([
             "state": .object([
                 "type": .string(state.type.rawValue),
@@ -382,13 +383,13 @@ extension PrefectClient {
     }
 
     /// `PATCH /flow_runs/{id}` with the infrastructure pid, as Prefect's process worker records it.
-    public func setInfrastructurePID(_ id: String, pid: Int32, policy: RetryPolicy = .standard) async throws {
+    func setInfrastructurePID(_ id: String, pid: Int32, policy: RetryPolicy = .standard) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))", body: .object(["infrastructure_pid": .string(String(pid))]),
                        what: "recording pid of flow run \(id)", policy: policy)
     }
 
     /// `PATCH /flow_runs/{id}/labels`: merged into the run's labels.
-    public func addLabels(_ id: String, _ labels: [String: String], policy: RetryPolicy = .standard) async throws {
+    func addLabels(_ id: String, _ labels: [String: String], policy: RetryPolicy = .standard) async throws {
         try await send("PATCH", "/flow_runs/\(Self.pathComponent(id))/labels", body: .object(labels.mapValues(JSON.string)),
                        what: "labelling flow run \(id)", policy: policy)
     }

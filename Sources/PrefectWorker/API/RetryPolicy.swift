@@ -5,12 +5,12 @@ import Foundation
 public struct RetryPolicy: Sendable, Equatable {
     /// Total attempts, the first included. `Int.max` retries until the task is cancelled.
     public var maxAttempts: Int
-    public var baseDelay: Double
-    public var maxDelay: Double
+    var baseDelay: Double
+    var maxDelay: Double
     /// Each delay is multiplied by a random factor in `1 ± jitter`.
-    public var jitter: Double
+    var jitter: Double
 
-    public init(maxAttempts: Int, baseDelay: Double = 1, maxDelay: Double = 30, jitter: Double = 0.2) {
+    init(maxAttempts: Int, baseDelay: Double = 1, maxDelay: Double = 30, jitter: Double = 0.2) {
         self.maxAttempts = maxAttempts
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
@@ -20,7 +20,7 @@ public struct RetryPolicy: Sendable, Equatable {
     /// For ordinary calls: about a minute of retries before the caller sees the error.
     public static let standard = RetryPolicy(maxAttempts: 7)
     /// For calls whose loss would lose a run (final states): retry until it lands.
-    public static let persistent = RetryPolicy(maxAttempts: .max)
+    static let persistent = RetryPolicy(maxAttempts: .max)
     /// For calls that are repeated anyway on the next tick (heartbeat, poll): a few quick retries, so one
     /// 503 from a busy server does not cost a whole interval.
     public static let quick = RetryPolicy(maxAttempts: 4, baseDelay: 0.5, maxDelay: 5)

@@ -1,27 +1,27 @@
 import Foundation
 
 /// How the API client talks to the server: Prefect 3.8's client settings, with their names and defaults.
-public struct ClientSettings: Sendable, Equatable {
+struct ClientSettings: Sendable, Equatable {
     /// `PREFECT_API_REQUEST_TIMEOUT`: seconds one request may take.
-    public var requestTimeout: Double = 60
+    var requestTimeout: Double = 60
     /// `PREFECT_CLIENT_MAX_RETRIES`: retries of an ordinary call after its first attempt.
-    public var maxRetries = 5
+    var maxRetries = 5
     /// `PREFECT_CLIENT_RETRY_JITTER_FACTOR`: each retry delay varies by up to this fraction.
-    public var retryJitterFactor = 0.2
+    var retryJitterFactor = 0.2
     /// `PREFECT_CLIENT_RETRY_EXTRA_CODES`: statuses retried besides 408, 429 and 5xx.
-    public var retryExtraCodes: Set<Int> = []
+    var retryExtraCodes: Set<Int> = []
     /// `PREFECT_CLIENT_CUSTOM_HEADERS`: extra headers sent with every request (never the protected ones).
-    public var customHeaders: [String: String] = [:]
+    var customHeaders: [String: String] = [:]
     /// `PREFECT_API_SSL_CERT_FILE`, else `SSL_CERT_FILE`: the CA bundle to trust; nil = the system store.
-    public var caFile: String?
+    var caFile: String?
     /// `PREFECT_API_TLS_INSECURE_SKIP_VERIFY`: do not verify the server's certificate.
-    public var insecureSkipVerify = false
+    var insecureSkipVerify = false
     /// `PREFECT_API_ENABLE_HTTP2`.
-    public var http2 = false
+    var http2 = false
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (either case).
-    public var proxies = ProxySettings()
+    var proxies = ProxySettings()
 
-    public init() {}
+    init() {}
 
     /// Headers the worker sets itself; `PREFECT_CLIENT_CUSTOM_HEADERS` cannot replace them.
     static let protectedHeaders: Set<String> = [
@@ -30,7 +30,7 @@ public struct ClientSettings: Sendable, Equatable {
     ]
 
     /// Reads the settings from `environment`; a bad value is a `UsageError` naming the variable.
-    public static func parse(_ environment: [String: String]) throws -> ClientSettings {
+    static func parse(_ environment: [String: String]) throws -> ClientSettings {
         func value(_ name: String) -> String? {
             environment[name].map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
         }
@@ -111,13 +111,13 @@ public struct ClientSettings: Sendable, Equatable {
 /// The proxy settings of the environment, read once the way curl reads them, in either case (lower case
 /// first): `https_proxy` for https URLs, `http_proxy` for http URLs, else `all_proxy`; `no_proxy` lists hosts
 /// reached directly.
-public struct ProxySettings: Sendable, Equatable {
-    public var httpsProxy: String?
-    public var httpProxy: String?
-    public var allProxy: String?
-    public var noProxy: String?
+struct ProxySettings: Sendable, Equatable {
+    var httpsProxy: String?
+    var httpProxy: String?
+    var allProxy: String?
+    var noProxy: String?
 
-    public init(httpsProxy: String? = nil, httpProxy: String? = nil, allProxy: String? = nil, noProxy: String? = nil) {
+    init(httpsProxy: String? = nil, httpProxy: String? = nil, allProxy: String? = nil, noProxy: String? = nil) {
         self.httpsProxy = httpsProxy
         self.httpProxy = httpProxy
         self.allProxy = allProxy

@@ -3,8 +3,8 @@ import Foundation
 /// The `PREFECT_*` settings prefect-worker reads, with the kind of value each takes. A profile or `prefect.toml`
 /// may set any other `PREFECT_*` key (Prefect has hundreds; jobs inherit them); a bad value of one of these is
 /// an error naming the file and the key. Add a key here when the worker starts reading it.
-public enum SettingKeys {
-    public enum Kind: Equatable, Sendable {
+enum SettingKeys {
+    enum Kind: Equatable, Sendable {
         case string, url, boolean, number, integer, logLevel
         /// A JSON object of strings, e.g. `{"X-Header": "value"}`.
         case jsonObject
@@ -13,7 +13,7 @@ public enum SettingKeys {
         case choice([String])
     }
 
-    public static let used: [String: Kind] = [
+    static let used: [String: Kind] = [
         // Connection and client.
         "PREFECT_API_URL": .url,
         "PREFECT_API_KEY": .string,
@@ -56,7 +56,7 @@ public enum SettingKeys {
 
     /// What is wrong with `value` for `key`, or nil when it is a value of the key's kind (or the key is not ours).
     /// Bounds (">= 1", ports) are the parser's to check; this is about the kind of value.
-    public static func problem(key: String, value: String) -> String? {
+    static func problem(key: String, value: String) -> String? {
         guard let kind = used[key] else { return nil }
         let trimmed = value.trimmingCharacters(in: .whitespaces)
         switch kind {
@@ -88,7 +88,7 @@ public enum SettingKeys {
     }
 
     /// Whether a value of `key` must never be shown.
-    public static func isSecret(_ key: String) -> Bool {
+    static func isSecret(_ key: String) -> Bool {
         key == "PREFECT_API_KEY" || key == "PREFECT_API_AUTH_STRING" || key == "PREFECT_CLIENT_CUSTOM_HEADERS"
             || key.contains("KEY") || key.contains("SECRET") || key.contains("PASSWORD") || key.contains("TOKEN")
             || key.contains("AUTH")

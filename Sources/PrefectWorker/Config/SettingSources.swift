@@ -9,7 +9,7 @@ public struct SettingSources: Sendable, Equatable {
     /// The process environment with the files' `PREFECT_*` settings beneath it.
     public var environment: [String: String]
     /// For each setting taken from a file: where it came from, e.g. `/root/.prefect/profiles.toml, profile 'local'`.
-    public var origins: [String: String]
+    var origins: [String: String]
     /// What was read, for the log: files, the profile and the names (never the values) of the settings.
     public var summary: [String]
 
@@ -99,7 +99,7 @@ public struct SettingSources: Sendable, Equatable {
     }
 
     /// The file's text; nil when there is no such file.
-    public static func readFile(_ path: String) throws -> String? {
+    @usableFromInline static func readFile(_ path: String) throws -> String? {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return nil }
         guard !isDirectory.boolValue, let data = FileManager.default.contents(atPath: path) else {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A value of the TOML subset that Prefect's `profiles.toml` and `prefect.toml` use.
-public enum TOMLValue: Equatable, Sendable {
+enum TOMLValue: Equatable, Sendable {
     case string(String)
     case integer(Int)
     /// A float with its text as written (underscores removed), so `2.50` is handed on as written.
@@ -10,7 +10,7 @@ public enum TOMLValue: Equatable, Sendable {
     case table([String: TOMLValue])
 
     /// The value as an environment variable would carry it; nil for a table.
-    public var environmentText: String? {
+    var environmentText: String? {
         switch self {
         case .string(let s): s
         case .integer(let i): String(i)
@@ -20,26 +20,26 @@ public enum TOMLValue: Equatable, Sendable {
         }
     }
 
-    public var tableValue: [String: TOMLValue]? {
+    var tableValue: [String: TOMLValue]? {
         if case .table(let t) = self { return t }
         return nil
     }
 }
 
 /// A TOML file outside the subset, or broken: names the file, the line and what is wrong.
-public struct TOMLError: Error, Equatable, CustomStringConvertible {
-    public var path: String
-    public var line: Int
-    public var message: String
-    public var description: String { "\(path):\(line): \(message)" }
+struct TOMLError: Error, Equatable, CustomStringConvertible {
+    var path: String
+    var line: Int
+    var message: String
+    var description: String { "\(path):\(line): \(message)" }
 }
 
 /// Parses the TOML subset of Prefect's settings files: `[tables]` and `[dotted."quoted".tables]`, `key = value`
 /// with bare, quoted and dotted keys, basic and literal strings, integers, floats, booleans and `#` comments.
 /// Arrays, inline tables, multi-line strings, dates and arrays of tables are errors that say so: the worker
 /// reads no setting that needs them, and guessing would be worse than stopping.
-public enum TOMLSubset {
-    public static func parse(_ text: String, path: String) throws -> [String: TOMLValue] {
+enum TOMLSubset {
+    static func parse(_ text: String, path: String) throws -> [String: TOMLValue] {
         var parser = LineParser(path: path)
         var root: [String: TOMLValue] = [:]
         var current: [String] = []

@@ -1,12 +1,12 @@
 /// Splits a command string into words as a POSIX shell does for quoting (and as Python's `shlex.split`,
 /// which Prefect uses): single quotes are literal, double quotes allow `\"` and `\\`, a backslash outside
 /// quotes escapes the next character. Nothing else is interpreted: no variables, globs or operators.
-public enum CommandLineSplitter {
-    public enum SplitError: Error, Equatable, CustomStringConvertible {
+enum CommandLineSplitter {
+    enum SplitError: Error, Equatable, CustomStringConvertible {
         case unbalancedQuote(Character)
         case trailingBackslash
 
-        public var description: String {
+        var description: String {
             switch self {
             case .unbalancedQuote(let q): "unbalanced quotes: no closing \(q) in command"
             case .trailingBackslash: "command ends with a backslash that escapes nothing"
@@ -14,7 +14,7 @@ public enum CommandLineSplitter {
         }
     }
 
-    public static func split(_ command: String) throws(SplitError) -> [String] {
+    static func split(_ command: String) throws(SplitError) -> [String] {
         enum Mode { case outside, single, double }
         var words: [String] = []
         var current = ""

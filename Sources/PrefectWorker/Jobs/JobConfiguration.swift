@@ -1,7 +1,7 @@
 import Foundation
 
 /// Who reports a run's RUNNING and final states.
-public enum StateOwner: String, Sendable, Equatable {
+enum StateOwner: String, Sendable, Equatable {
     /// The job is a Prefect engine (`python -m prefect.engine`), which reports its own states.
     case engine
     /// The job is a plain program; the worker reports RUNNING, then COMPLETED/FAILED/CRASHED from its exit.
@@ -9,30 +9,30 @@ public enum StateOwner: String, Sendable, Equatable {
 }
 
 /// One flow run's job, typed and validated: what the launcher needs.
-public struct JobConfiguration: Sendable, Equatable {
+struct JobConfiguration: Sendable, Equatable {
     /// Prefect's default for process workers when `command` is null.
-    public static let defaultCommand = "python -m prefect.engine"
+    static let defaultCommand = "python -m prefect.engine"
 
     /// The command as configured; nil means the engine default.
-    public var command: String?
+    var command: String?
     /// The program and its arguments, split without a shell.
-    public var arguments: [String]
+    var arguments: [String]
     /// Variables to add to the worker's environment (null values were dropped: they add nothing).
-    public var environment: [String: String]
+    var environment: [String: String]
     /// nil means a fresh temporary directory, removed after the run.
-    public var workingDirectory: String?
-    public var name: String?
-    public var labels: [String: String]
-    public var streamOutput: Bool
-    public var stateOwner: StateOwner
+    var workingDirectory: String?
+    var name: String?
+    var labels: [String: String]
+    var streamOutput: Bool
+    var stateOwner: StateOwner
     /// Stop the job and report the run FAILED (TimedOut) after this many seconds; nil = no limit.
-    public var timeoutSeconds: Double?
+    var timeoutSeconds: Double?
     /// Issue 13: `memory_max` and `cpu_max`, applied to the job's cgroup.
-    public var limits: CgroupLimits = .none
+    var limits: CgroupLimits = .none
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
-    public init(_ rendered: RenderedJob) throws(JobConfigurationError) {
+    init(_ rendered: RenderedJob) throws(JobConfigurationError) {
         let config = rendered.configuration
 
         switch config["command"] ?? .null {
@@ -135,7 +135,7 @@ public struct JobConfiguration: Sendable, Equatable {
     /// The engine owns states when the command is the default or runs `prefect.engine` /
     /// `prefect flow-run execute` anywhere in it, also behind a shell wrapper (`sh -c 'cd /app && python -m
     /// prefect.engine'`); any other program is a plain command the worker reports for.
-    public static func defaultOwner(command: String?) -> StateOwner {
+    static func defaultOwner(command: String?) -> StateOwner {
         guard let command else { return .engine }
         // Words as a shell would see them inside wrappers: split on blanks, quotes and operators.
         let words = command.split(whereSeparator: { " \t\n\r'\"();&|`".contains($0) }).map(String.init)

@@ -1,11 +1,11 @@
 /// A work pool's base job template, and how it becomes one flow run's job configuration
 /// (Prefect's `BaseJobConfiguration.from_template_and_values`).
 public struct JobTemplate: Sendable {
-    public var jobConfiguration: [String: JSON]
+    var jobConfiguration: [String: JSON]
     /// `variables.properties`: the declared job variables and their schemas.
-    public var properties: [String: JSON]
+    var properties: [String: JSON]
 
-    public init(_ baseJobTemplate: JSON) throws(JobConfigurationError) {
+    init(_ baseJobTemplate: JSON) throws(JobConfigurationError) {
         guard let fields = baseJobTemplate.objectValue else {
             throw JobConfigurationError("the work pool's base job template is not a JSON object")
         }
@@ -46,7 +46,7 @@ public struct JobTemplate: Sendable {
 
     /// Job variables of this worker that Prefect's process worker does not have. A pool's template may lack
     /// them; `JobConfiguration` then reads them from the job variables directly.
-    public static let ownVariables: [String: JSON] = [
+    static let ownVariables: [String: JSON] = [
         // Issue 12: the run's time limit.
         "timeout_seconds": .object([
             "anyOf": .array([.object(["type": "number"]), .object(["type": "null"])]), "default": .null,
@@ -67,7 +67,7 @@ public struct JobTemplate: Sendable {
     ]
 
     /// Prefect's default template for process work pools (`ProcessWorker.get_default_base_job_template()`).
-    public static let prefectProcessTemplate: JSON = {
+    static let prefectProcessTemplate: JSON = {
         func nullable(_ type: String, title: String, description: String, extra: [String: JSON] = [:]) -> JSON {
             var inner: [String: JSON] = ["type": .string(type)]
             inner.merge(extra) { $1 }
@@ -109,7 +109,7 @@ public struct JobTemplate: Sendable {
 
     /// Merges deployment job variables with the flow run's (env per key, everything else replaced), as
     /// `BaseJobConfiguration._get_configuration` does.
-    public static func mergeJobVariables(deployment: JSON?, flowRun: JSON?) -> [String: JSON] {
+    static func mergeJobVariables(deployment: JSON?, flowRun: JSON?) -> [String: JSON] {
         var merged = deployment?.objectValue ?? [:]
         var run = flowRun?.objectValue ?? [:]
         if case .object(var env)? = merged["env"], case .object(let runEnv)? = run["env"] {
@@ -123,7 +123,7 @@ public struct JobTemplate: Sendable {
 
     /// Renders the job configuration for the given job variables. Prefect variables
     /// (`{{ prefect.variables.x }}`) are left for `Templating.resolveVariables`.
-    public func render(values: [String: JSON], environment: [String: String]) throws(JobConfigurationError) -> RenderedJob {
+    func render(values: [String: JSON], environment: [String: String]) throws(JobConfigurationError) -> RenderedJob {
         var configuration = jobConfiguration
         try checkPlaceholders()
 
@@ -202,19 +202,21 @@ public struct JobTemplate: Sendable {
 }
 
 /// The job configuration after placeholders were applied, and the variables used.
-public struct RenderedJob: Sendable, Equatable {
-    public var configuration: [String: JSON]
-    public var variables: [String: JSON]
+struct RenderedJob: Sendable, Equatable {
+    var configuration: [String: JSON]
+    var variables: [String: JSON]
 }
 
 /// A job configuration that cannot be launched; the run is reported CRASHED with this message.
-public struct JobConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+struct JobConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    var message: String
+    init(_ message: String) { self.message = message }
+    var description: String { message }
 }
 
 extension JSON: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral {
+    /// A JSON string from a literal.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// A JSON boolean from a literal.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
 }

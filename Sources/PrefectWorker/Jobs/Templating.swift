@@ -2,17 +2,17 @@
 /// a string that is exactly one placeholder takes the value with its JSON type; placeholders inside longer
 /// strings are interpolated with Python's `str()`; a whole-string placeholder with no value removes its key
 /// (or list item); `{{ $NAME }}` reads the environment; `{{ prefect.variables.NAME }}` is resolved later.
-public enum Templating {
-    public enum Kind: Sendable, Equatable {
+enum Templating {
+    enum Kind: Sendable, Equatable {
         case standard, environment, variable, block
     }
 
-    public struct Placeholder: Sendable, Hashable {
+    struct Placeholder: Sendable, Hashable {
         /// The whole `{{ name }}` text.
-        public var fullMatch: String
-        public var name: String
+        var fullMatch: String
+        var name: String
 
-        public var kind: Kind {
+        var kind: Kind {
             if name.hasPrefix("prefect.blocks.") { return .block }
             if name.hasPrefix("prefect.variables.") { return .variable }
             if name.hasPrefix("$") { return .environment }
@@ -21,7 +21,7 @@ public enum Templating {
     }
 
     /// All placeholders in a string, as Python's `{{\s*([\w\.\-\[\]$]+)\s*}}` finds them, in order.
-    public static func placeholders(in text: String) -> [Placeholder] {
+    static func placeholders(in text: String) -> [Placeholder] {
         let chars = Array(text)
         var found: [Placeholder] = []
         var i = 0
@@ -48,7 +48,7 @@ public enum Templating {
     }
 
     /// All placeholders anywhere in a JSON template.
-    public static func placeholders(in template: JSON) -> [Placeholder] {
+    static func placeholders(in template: JSON) -> [Placeholder] {
         switch template {
         case .string(let s): return placeholders(in: s)
         case .array(let items): return items.flatMap { placeholders(in: $0) }
@@ -60,7 +60,7 @@ public enum Templating {
     /// Looks up `a.b[1].c` in nested objects and arrays, as Prefect's `get_from_dict`: a key that reads as a
     /// whole number is an index (negative counts from the end, strings index their characters) and never
     /// matches an object key.
-    public static func lookup(_ path: String, in values: [String: JSON]) -> JSON? {
+    static func lookup(_ path: String, in values: [String: JSON]) -> JSON? {
         let keys = path.replacingOccurrences(of: "[", with: ".").replacingOccurrences(of: "]", with: "")
             .split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         var current: JSON = .object(values)
@@ -88,7 +88,7 @@ public enum Templating {
     }
 
     /// Applies `values` to `template`. Returns nil where Prefect returns `NotSet` (the caller drops the key).
-    public static func apply(_ template: JSON, values: [String: JSON], environment: [String: String]) -> JSON? {
+    static func apply(_ template: JSON, values: [String: JSON], environment: [String: String]) -> JSON? {
         switch template {
         case .string(let text):
             let found = placeholders(in: text)
@@ -122,7 +122,7 @@ public enum Templating {
 
     /// Replaces `{{ prefect.variables.NAME }}` with the variables' values (`nil` = the variable does not
     /// exist: a whole-string placeholder becomes "", an inline one is removed), as `resolve_variables` does.
-    public static func resolveVariables(_ template: JSON, _ variables: [String: JSON?]) -> JSON {
+    static func resolveVariables(_ template: JSON, _ variables: [String: JSON?]) -> JSON {
         switch template {
         case .string(let text):
             let found = placeholders(in: text).filter { $0.kind == .variable }
@@ -145,7 +145,7 @@ public enum Templating {
     }
 
     /// Names of the Prefect variables a template refers to.
-    public static func variableNames(in template: JSON) -> Set<String> {
+    static func variableNames(in template: JSON) -> Set<String> {
         Set(placeholders(in: template).filter { $0.kind == .variable }.map { String($0.name.dropFirst("prefect.variables.".count)) })
     }
 }

@@ -5,14 +5,14 @@ import Synchronization
 /// `add` is synchronous, so records keep the order in which they were produced; one loop delivers them.
 /// When the server stays away and the buffer is full, the oldest records are dropped and counted; the
 /// count is delivered as a record of its own once the server is back.
-public final class APIShipper: Sendable {
-    public struct Record: Sendable {
-        public var body: JSON
+final class APIShipper: Sendable {
+    struct Record: Sendable {
+        var body: JSON
         /// Records are counted per key when dropped (the flow run id for logs).
-        public var key: String?
+        var key: String?
         /// About how many bytes the record takes in a batch (0: not counted against `maxBatchBytes`).
-        public var size: Int
-        public init(body: JSON, key: String? = nil, size: Int = 0) {
+        var size: Int
+        init(body: JSON, key: String? = nil, size: Int = 0) {
             self.body = body
             self.key = key
             self.size = size
@@ -44,7 +44,7 @@ public final class APIShipper: Sendable {
     private let state = Mutex(State())
 
     /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
-    public init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
+    init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
                 maxBatchBytes: Int = .max, interval: Double = 1,
                 droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil }) {
         self.client = client
@@ -57,7 +57,7 @@ public final class APIShipper: Sendable {
         self.droppedRecord = droppedRecord
     }
 
-    public func add(_ record: Record) {
+    func add(_ record: Record) {
         let overflow = state.withLock { state -> Int in
             state.buffer.append((state.nextSeq, record))
             state.nextSeq += 1
@@ -76,10 +76,10 @@ public final class APIShipper: Sendable {
         if overflow > 0 { Metrics.shared.logLinesDropped(overflow) }
     }
 
-    public var pending: Int { state.withLock { $0.buffer.count } }
+    var pending: Int { state.withLock { $0.buffer.count } }
 
     /// Delivers batches every `interval` until cancelled; a failed batch is kept and tried again.
-    public func run() async {
+    func run() async {
         var failures = 0
         while !Task.isCancelled {
             let delay = failures == 0 ? interval : min(30, interval * pow(2, Double(min(failures, 5))))
@@ -90,7 +90,7 @@ public final class APIShipper: Sendable {
 
     /// Tries to deliver everything buffered now; returns false if a batch failed (it stays buffered).
     @discardableResult
-    public func deliverAll() async -> Bool {
+    func deliverAll() async -> Bool {
         while true {
             let (dropped, batch) = state.withLock { state in
                 var bytes = 0
@@ -135,7 +135,7 @@ public final class APIShipper: Sendable {
     }
 
     /// Delivers what is buffered, for at most `timeout` seconds (at shutdown).
-    public func flush(timeout: Double) async {
+    func flush(timeout: Double) async {
         _ = await firstOf({ await self.deliverAll(); return () }, { try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000)) })
     }
 }

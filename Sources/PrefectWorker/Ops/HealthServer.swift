@@ -6,12 +6,12 @@ import Glibc
 /// A minimal HTTP/1.1 server on Glibc sockets for `/health` and `/metrics`. Each connection gets at most
 /// 8 KiB of request and 3 seconds; at most 32 are served at once (more are answered 503 and closed), so a
 /// slow or malformed client can neither stall nor crash it.
-public final class HealthServer: Sendable {
-    public struct Response: Sendable {
-        public var status: Int
-        public var contentType: String
-        public var body: String
-        public init(status: Int, contentType: String = "application/json", body: String) {
+final class HealthServer: Sendable {
+    struct Response: Sendable {
+        var status: Int
+        var contentType: String
+        var body: String
+        init(status: Int, contentType: String = "application/json", body: String) {
             self.status = status
             self.contentType = contentType
             self.body = body
@@ -25,10 +25,10 @@ public final class HealthServer: Sendable {
     private let listener: Int32
     private let handler: @Sendable (String, String) -> Response
     private let slots = DispatchSemaphore(value: HealthServer.maxConnections)
-    public let port: UInt16
+    let port: UInt16
 
     /// Binds and listens on `host:port` (port 0 picks a free one). Throws a message naming the address.
-    public init(host: String, port: UInt16, handler: @escaping @Sendable (_ method: String, _ path: String) -> Response) throws {
+    init(host: String, port: UInt16, handler: @escaping @Sendable (_ method: String, _ path: String) -> Response) throws {
         self.handler = handler
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -65,7 +65,7 @@ public final class HealthServer: Sendable {
     }
 
     /// Starts accepting on a dedicated thread.
-    public func start() {
+    func start() {
         SignalListener.startThread(name: "prefect-worker-health", stackSize: 128 * 1024) { [self] in acceptLoop() }
     }
 

@@ -6,13 +6,15 @@ import Synchronization
 
 /// Worker log lines on stderr: one line per event, with a UTC timestamp and a level.
 public enum Log {
+    /// Severity, Prefect's names.
     public enum Level: Int, Sendable, Comparable {
         case debug = 10, info = 20, warning = 30, error = 40
 
+        /// Orders levels from debug to error.
         public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
 
         /// Accepts Python logging names (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`).
-        public init?(name: String) {
+        init?(name: String) {
             switch name.uppercased() {
             case "DEBUG": self = .debug
             case "INFO": self = .info
@@ -32,6 +34,7 @@ public enum Log {
         }
     }
 
+    /// How lines are written.
     public enum Format: String, Sendable { case text, json }
 
     private struct Config { var level = Level.info; var format = Format.text }
@@ -42,21 +45,26 @@ public enum Log {
     /// Applied to every line before it is written or given to the run sink: it removes secrets.
     private static let redaction = Mutex<(@Sendable (String) -> String)?>(nil)
 
-    public static func setRedaction(_ redact: (@Sendable (String) -> String)?) {
+    static func setRedaction(_ redact: (@Sendable (String) -> String)?) {
         redaction.withLock { $0 = redact }
     }
 
-    public static func setRunSink(_ sink: (@Sendable (_ level: Level, _ runID: String, _ message: String) -> Void)?) {
+    static func setRunSink(_ sink: (@Sendable (_ level: Level, _ runID: String, _ message: String) -> Void)?) {
         runSink.withLock { $0 = sink }
     }
 
+    /// Sets the level and format of everything written from now on.
     public static func configure(level: Level, format: Format) {
         config.withLock { $0 = Config(level: level, format: format) }
     }
 
+    /// Writes a DEBUG line.
     public static func debug(_ message: @autoclosure () -> String, run: String? = nil) { write(.debug, message, run) }
+    /// Writes an INFO line.
     public static func info(_ message: @autoclosure () -> String, run: String? = nil) { write(.info, message, run) }
+    /// Writes a WARNING line.
     public static func warning(_ message: @autoclosure () -> String, run: String? = nil) { write(.warning, message, run) }
+    /// Writes an ERROR line.
     public static func error(_ message: @autoclosure () -> String, run: String? = nil) { write(.error, message, run) }
 
     private static func write(_ level: Level, _ message: () -> String, _ run: String?) {

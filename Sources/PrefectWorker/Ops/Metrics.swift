@@ -5,8 +5,8 @@ import Glibc
 import Synchronization
 
 /// The worker's counters, rendered in the Prometheus text exposition format for `/metrics`.
-public final class Metrics: Sendable {
-    public static let shared = Metrics()
+final class Metrics: Sendable {
+    static let shared = Metrics()
 
     private struct State {
         var claimed = 0
@@ -29,13 +29,13 @@ public final class Metrics: Sendable {
 
     private let state = Mutex(State())
 
-    public func runClaimed() { state.withLock { $0.claimed += 1 } }
-    public func runStarted() { state.withLock { $0.started += 1 } }
-    public func runFinished(_ type: StateType) {
+    func runClaimed() { state.withLock { $0.claimed += 1 } }
+    func runStarted() { state.withLock { $0.started += 1 } }
+    func runFinished(_ type: StateType) {
         state.withLock { $0.finished[type.rawValue.lowercased(), default: 0] += 1 }
     }
     /// Counts what a finished job used (figures that are unknown are left out).
-    public func runUsage(_ usage: JobUsage) {
+    func runUsage(_ usage: JobUsage) {
         state.withLock { s in
             if let wall = usage.wallSeconds {
                 for (i, bound) in Self.durationBuckets.enumerated() where wall <= bound { s.durationCounts[i] += 1 }
@@ -46,18 +46,18 @@ public final class Metrics: Sendable {
             s.cpuSystem += usage.systemCPUSeconds ?? 0
         }
     }
-    public func request(_ endpoint: String, failed: Bool) {
+    func request(_ endpoint: String, failed: Bool) {
         state.withLock {
             $0.requests[endpoint, default: 0] += 1
             if failed { $0.errors[endpoint, default: 0] += 1 }
         }
     }
-    public func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
-    public func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
-    public var inFlight: Int { state.withLock { $0.inFlight } }
+    func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
+    func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
+    var inFlight: Int { state.withLock { $0.inFlight } }
 
     /// Groups API paths into a few classes, so label cardinality stays bounded.
-    public static func endpointClass(method: String, path: String) -> String {
+    static func endpointClass(method: String, path: String) -> String {
         if path.hasSuffix("/workers/heartbeat") { return "heartbeat" }
         if path.hasSuffix("/get_scheduled_flow_runs") { return "poll" }
         if path.hasSuffix("/set_state") { return "set_state" }
@@ -74,7 +74,7 @@ public final class Metrics: Sendable {
     }
 
     /// The exposition text. The loop timestamps and memory are read at scrape time.
-    public func render(lastHeartbeat: Date?, lastPoll: Date?) -> String {
+    func render(lastHeartbeat: Date?, lastPoll: Date?) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
@@ -109,7 +109,7 @@ public final class Metrics: Sendable {
     }
 
     /// Resident set size from /proc/self/statm.
-    public static func residentBytes() -> Int {
+    static func residentBytes() -> Int {
         guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
         let fields = text.split(separator: " ")
         guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }

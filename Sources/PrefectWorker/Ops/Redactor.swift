@@ -11,18 +11,18 @@ import Synchronization
 /// `[REDACTED]`. Values shorter than `minimumLength` characters are not secrets here: they would match
 /// everywhere. A secret that spans lines (a PEM key) is also matched line by line, since job output is
 /// redacted a line at a time.
-public struct Redactor: Sendable, Equatable {
-    public static let placeholder = "[REDACTED]"
+struct Redactor: Sendable, Equatable {
+    static let placeholder = "[REDACTED]"
     /// Shorter values are not redacted.
-    public static let minimumLength = 6
+    static let minimumLength = 6
     /// Names of variables whose values are secrets, as buildkite-agent's default `redacted-vars`.
-    public static let defaultPatterns = ["*_PASSWORD", "*_SECRET", "*_TOKEN", "*_ACCESS_KEY", "*_SECRET_KEY",
+    static let defaultPatterns = ["*_PASSWORD", "*_SECRET", "*_TOKEN", "*_ACCESS_KEY", "*_SECRET_KEY",
                                          "*_CONNECTION_STRING", "*_API_KEY"]
 
     /// Longest first, without duplicates.
     let secrets: [[UInt8]]
 
-    public init(secrets: some Sequence<String>) {
+    init(secrets: some Sequence<String>) {
         var values = Set<String>()
         for secret in secrets {
             var parts = [secret]
@@ -34,14 +34,14 @@ public struct Redactor: Sendable, Equatable {
         self.secrets = values.map { Array($0.utf8) }.sorted { $0.count != $1.count ? $0.count > $1.count : $0.lexicographicallyPrecedes($1) }
     }
 
-    public var isEmpty: Bool { secrets.isEmpty }
+    var isEmpty: Bool { secrets.isEmpty }
     /// The longest secret, in bytes.
-    public var maximumBytes: Int { secrets.first?.count ?? 0 }
+    var maximumBytes: Int { secrets.first?.count ?? 0 }
 
     /// The values of `environment` that are secrets: those of variables whose names match one of `patterns`
     /// (shell globs, case-insensitive), plus `PREFECT_API_KEY` and `PREFECT_API_AUTH_STRING` (the whole
     /// string and its password, the part after the first colon).
-    public static func secretValues(environment: [String: String], patterns: [String]) -> [String] {
+    static func secretValues(environment: [String: String], patterns: [String]) -> [String] {
         var values: [String] = []
         for (name, value) in environment {
             if name == "PREFECT_API_KEY" || patterns.contains(where: { globMatches($0, name) }) {
@@ -106,7 +106,7 @@ public struct Redactor: Sendable, Equatable {
     }
 
     /// `text` with every secret in it replaced by `[REDACTED]`.
-    public func redact(_ text: String) -> String {
+    func redact(_ text: String) -> String {
         guard !secrets.isEmpty, text.utf8.count >= Self.minimumLength else { return text }
         var text = text
         return text.withUTF8 { bytes in
@@ -126,7 +126,7 @@ public struct Redactor: Sendable, Equatable {
     }
 
     /// Every string in `json` (keys too) redacted.
-    public func redact(_ json: JSON) -> JSON {
+    func redact(_ json: JSON) -> JSON {
         guard !secrets.isEmpty else { return json }
         switch json {
         case .string(let s): return .string(redact(s))
@@ -154,7 +154,7 @@ public struct Redactor: Sendable, Equatable {
 /// The secrets the worker knows now: its own (from its environment, fixed at start) and those of the runs it
 /// is handling (from each job's `env`, added at launch and removed when the run is done). Every worker log
 /// line, event, and line of job output passes through `redact`.
-public final class KnownSecrets: Sendable {
+final class KnownSecrets: Sendable {
     private struct State {
         var counts: [String: Int] = [:]
         var redactor = Redactor(secrets: [String]())
@@ -163,26 +163,26 @@ public final class KnownSecrets: Sendable {
     private let base: [String]
     private let state: Mutex<State>
 
-    public init(_ secrets: [String]) {
+    init(_ secrets: [String]) {
         base = secrets
         state = Mutex(State(counts: [:], redactor: Redactor(secrets: secrets)))
     }
 
     /// The redactor for what is known now.
-    public var redactor: Redactor { state.withLock { $0.redactor } }
+    var redactor: Redactor { state.withLock { $0.redactor } }
 
-    public func redact(_ text: String) -> String { redactor.redact(text) }
-    public func redact(_ json: JSON) -> JSON { redactor.redact(json) }
+    func redact(_ text: String) -> String { redactor.redact(text) }
+    func redact(_ json: JSON) -> JSON { redactor.redact(json) }
 
     /// Adds a run's secrets; `remove` them with the same list when the run is done.
-    public func add(_ secrets: [String]) {
+    func add(_ secrets: [String]) {
         state.withLock { state in
             for secret in secrets { state.counts[secret, default: 0] += 1 }
             state.redactor = Redactor(secrets: base + state.counts.keys)
         }
     }
 
-    public func remove(_ secrets: [String]) {
+    func remove(_ secrets: [String]) {
         state.withLock { state in
             for secret in secrets {
                 if let count = state.counts[secret] { state.counts[secret] = count > 1 ? count - 1 : nil }

@@ -5,12 +5,12 @@ import Glibc
 
 /// sd_notify without libsystemd: datagrams to `$NOTIFY_SOCKET` (a path, or `@name` for the abstract
 /// namespace). Does nothing when the worker does not run under systemd with Type=notify.
-public final class SystemdNotifier: Sendable {
+final class SystemdNotifier: Sendable {
     private let socketPath: String?
     /// Half of `$WATCHDOG_USEC` (when it is meant for this process), the interval to send WATCHDOG=1 at.
-    public let watchdogInterval: Double?
+    let watchdogInterval: Double?
 
-    public init(environment: [String: String]) {
+    init(environment: [String: String]) {
         let path = environment["NOTIFY_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
         socketPath = path
         var interval: Double?
@@ -21,11 +21,11 @@ public final class SystemdNotifier: Sendable {
         watchdogInterval = interval
     }
 
-    public var isEnabled: Bool { socketPath != nil }
+    var isEnabled: Bool { socketPath != nil }
 
     /// Sends one notification, e.g. "READY=1" or "STATUS=...". Failures are logged at debug level only:
     /// a missing notify socket must never affect the worker.
-    public func notify(_ message: String) {
+    func notify(_ message: String) {
         guard let path = socketPath else { return }
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }

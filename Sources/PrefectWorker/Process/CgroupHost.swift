@@ -12,27 +12,27 @@ import Glibc
 ///     <worker's cgroup>/            cgroup.subtree_control: +cpu +memory +pids (what was offered)
 ///         worker/                   the worker
 ///         run-<flow run id>/        one job and all its descendants
-public struct CgroupHost: Sendable, Equatable {
+struct CgroupHost: Sendable, Equatable {
     /// Where cgroup2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
-    public var mount: String
+    var mount: String
     /// The worker's cgroup as `/proc/self/cgroup` names it (`/system.slice/prefect-worker.service`).
-    public var cgroup: String
+    var cgroup: String
     /// Its directory under the mount.
-    public var directory: String
+    var directory: String
     /// Controllers the worker's cgroup was given (`cgroup.controllers`).
-    public var available: Set<String>
+    var available: Set<String>
     /// Controllers enabled for its children (`cgroup.subtree_control`): what limits can use.
-    public var enabled: Set<String>
+    var enabled: Set<String>
 
     /// The controllers the worker enables for its jobs when they are offered.
     static let wanted = ["cpu", "memory", "pids"]
 
     /// The cgroup directory of a run: `run-<id>`, with anything but letters, digits, `-`, `_` and `.` as `_`.
-    public func runDirectory(_ runID: String) -> String {
+    func runDirectory(_ runID: String) -> String {
         directory + "/" + Self.runName(runID)
     }
 
-    public static func runName(_ runID: String) -> String {
+    static func runName(_ runID: String) -> String {
         let safe = runID.unicodeScalars.map { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) ? Character($0) : "_" }
         return "run-" + String(String(safe).prefix(200))
     }
@@ -40,7 +40,7 @@ public struct CgroupHost: Sendable, Equatable {
     // MARK: - Detection (pure)
 
     /// The mount point of the first cgroup2 file system in `/proc/self/mountinfo`, and the mount's root.
-    public static func cgroup2Mount(mountinfo: String) -> (mountPoint: String, root: String)? {
+    static func cgroup2Mount(mountinfo: String) -> (mountPoint: String, root: String)? {
         for line in mountinfo.split(separator: "\n") {
             // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER-OPTIONS
             let fields = line.split(separator: " ").map(String.init)
@@ -51,7 +51,7 @@ public struct CgroupHost: Sendable, Equatable {
     }
 
     /// The process's cgroup v2 path from `/proc/self/cgroup` (the `0::/path` line).
-    public static func ownCgroup(procSelfCgroup: String) -> String? {
+    static func ownCgroup(procSelfCgroup: String) -> String? {
         for line in procSelfCgroup.split(separator: "\n") where line.hasPrefix("0::") {
             var path = String(line.dropFirst(3))
             // A cgroup that was removed under us reads "/path (deleted)".
@@ -63,7 +63,7 @@ public struct CgroupHost: Sendable, Equatable {
 
     /// The directory of `cgroup` under a cgroup2 mount whose root is `root` (not "/" when a container bind-mounts
     /// a subtree); nil when the cgroup is not inside the mounted part.
-    public static func directory(of cgroup: String, mountPoint: String, root: String) -> String? {
+    static func directory(of cgroup: String, mountPoint: String, root: String) -> String? {
         let base = mountPoint.hasSuffix("/") && mountPoint.count > 1 ? String(mountPoint.dropLast()) : mountPoint
         if root == "/" { return cgroup == "/" ? base : base + cgroup }
         if cgroup == root { return base }
@@ -97,18 +97,18 @@ public struct CgroupHost: Sendable, Equatable {
     // MARK: - Start-up (acts)
 
     /// What start-up found: a usable subtree, or why there is none (the worker then runs jobs as without cgroups).
-    public enum Detection: Sendable {
+    enum Detection: Sendable {
         case usable(CgroupHost)
         case unusable(reason: String)
 
-        public var host: CgroupHost? { if case .usable(let host) = self { host } else { nil } }
-        public var reason: String { if case .unusable(let reason) = self { reason } else { "" } }
+        var host: CgroupHost? { if case .usable(let host) = self { host } else { nil } }
+        var reason: String { if case .unusable(let reason) = self { reason } else { "" } }
     }
 
     /// Finds the cgroup v2 mount and the worker's own cgroup and, if that cgroup is delegated to us (not the
     /// host's root cgroup, writable), moves the worker into `worker/` and enables the controllers it was
     /// offered. Logs one line saying what it found and what it will do.
-    public static func setUp() -> Detection {
+    static func setUp() -> Detection {
         let detection = detect(mountinfo: CgroupFile.read("/proc/self/mountinfo"), procSelfCgroup: CgroupFile.read("/proc/self/cgroup"))
         switch detection {
         case .unusable(let reason):

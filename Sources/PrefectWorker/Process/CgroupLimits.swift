@@ -7,29 +7,29 @@ import Foundation
 ///   `K`, `M`, `G`, `T` (also written `Ki`, `Mi`, `Gi`, `Ti`, Kubernetes style), e.g. `"512M"`, `"1.5G"`.
 /// - `cpu_max`: a number of CPUs (`"0.5"`, `2`: quota = CPUs × 100 ms per 100 ms period), `"max"`, or the raw
 ///   `cpu.max` form `"QUOTA PERIOD"` in microseconds (`"50000 100000"`, `"max 100000"`).
-public struct CgroupLimits: Sendable, Equatable {
+struct CgroupLimits: Sendable, Equatable {
     /// One limit: what is written to the cgroup file, and the job variable as the user wrote it (for messages).
-    public struct Limit: Sendable, Equatable {
-        public var value: String
-        public var asWritten: String
+    struct Limit: Sendable, Equatable {
+        var value: String
+        var asWritten: String
     }
 
     /// For `memory.max`: bytes or "max".
-    public var memory: Limit?
+    var memory: Limit?
     /// For `cpu.max`: "QUOTA PERIOD" or "max PERIOD".
-    public var cpu: Limit?
+    var cpu: Limit?
 
-    public static let none = CgroupLimits()
+    static let none = CgroupLimits()
 
-    public init(memory: Limit? = nil, cpu: Limit? = nil) {
+    init(memory: Limit? = nil, cpu: Limit? = nil) {
         self.memory = memory
         self.cpu = cpu
     }
 
-    public var isEmpty: Bool { memory == nil && cpu == nil }
+    var isEmpty: Bool { memory == nil && cpu == nil }
 
     /// The cgroup v2 controllers the limits need, each with the job variable that needs it.
-    public var requiredControllers: [(controller: String, variable: String)] {
+    var requiredControllers: [(controller: String, variable: String)] {
         (memory.map { [("memory", "memory_max \($0.asWritten)")] } ?? []) + (cpu.map { [("cpu", "cpu_max \($0.asWritten)")] } ?? [])
     }
 
@@ -37,7 +37,7 @@ public struct CgroupLimits: Sendable, Equatable {
     static let cpuPeriod = 100_000
 
     /// Reads `memory_max` and `cpu_max` (null or "" means no limit).
-    public init(memoryMax: JSON, cpuMax: JSON) throws(JobConfigurationError) {
+    init(memoryMax: JSON, cpuMax: JSON) throws(JobConfigurationError) {
         memory = try Self.memory(memoryMax)
         cpu = try Self.cpu(cpuMax)
     }
@@ -103,7 +103,7 @@ public struct CgroupLimits: Sendable, Equatable {
 
     /// Why the limits cannot be applied on this host (nil when they can): names the missing controller and
     /// how to delegate it. The run is then CRASHED before it starts.
-    public func unavailableReason(host: CgroupHost?, whyNoHost: String) -> String? {
+    func unavailableReason(host: CgroupHost?, whyNoHost: String) -> String? {
         let needed = requiredControllers
         guard !needed.isEmpty else { return nil }
         let how = "delegate it to the worker: under systemd, Delegate=cpu memory pids in the unit; in Docker or Podman, --cgroupns=private with /sys/fs/cgroup mounted writable; see the README section 'Per-job cgroups and limits'"

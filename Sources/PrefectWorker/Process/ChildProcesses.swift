@@ -6,17 +6,17 @@ import Synchronization
 import CLinux
 
 /// What to start: a program (already resolved to a path), its arguments, environment and directory.
-public struct SpawnRequest: Sendable {
-    public var executable: String
-    public var arguments: [String]
-    public var environment: [String: String]
-    public var workingDirectory: String
+struct SpawnRequest: Sendable {
+    var executable: String
+    var arguments: [String]
+    var environment: [String: String]
+    var workingDirectory: String
     /// Pipe stdout and stderr back to the worker; otherwise they go to /dev/null.
-    public var captureOutput: Bool
+    var captureOutput: Bool
     /// Issue 13: the open directory of the run's cgroup to start the job in (`CgroupSpawn`); nil: posix_spawn as before.
-    public var cgroupFD: Int32? = nil
+    var cgroupFD: Int32? = nil
 
-    public init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
+    init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -26,16 +26,16 @@ public struct SpawnRequest: Sendable {
 }
 
 /// A started job: its pid (also its process group id) and the read ends of its output pipes.
-public struct SpawnedProcess: Sendable {
-    public var pid: pid_t
-    public var stdout: Int32?
-    public var stderr: Int32?
+struct SpawnedProcess: Sendable {
+    var pid: pid_t
+    var stdout: Int32?
+    var stderr: Int32?
 }
 
 /// A job that could not be started.
-public struct SpawnError: Error, CustomStringConvertible, Sendable {
-    public var message: String
-    public var description: String { message }
+struct SpawnError: Error, CustomStringConvertible, Sendable {
+    var message: String
+    var description: String { message }
 }
 
 /// Starts jobs and reaps them. Each job is the leader of a new process group, with stdin from /dev/null,
@@ -45,8 +45,8 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
 /// descendants re-parented to us as a subreaper are reaped too and no zombie stays behind, and each job's
 /// rusage (CPU time, peak memory) is known. Spawning and reaping share a lock, so a child cannot be reaped
 /// before it is registered.
-public final class ChildProcesses: Sendable {
-    public static let shared = ChildProcesses()
+final class ChildProcesses: Sendable {
+    static let shared = ChildProcesses()
 
     private enum Entry {
         case running(started: ContinuousClock.Instant, spawnerPeak: Int?, waiter: CheckedContinuation<JobEnd, Never>?)
@@ -61,7 +61,7 @@ public final class ChildProcesses: Sendable {
     }
 
     /// Starts a job in its own process group.
-    public func spawn(_ request: SpawnRequest) throws(SpawnError) -> SpawnedProcess {
+    func spawn(_ request: SpawnRequest) throws(SpawnError) -> SpawnedProcess {
         var outPipe: [Int32] = [-1, -1]
         var errPipe: [Int32] = [-1, -1]
         if request.captureOutput {
@@ -137,12 +137,12 @@ public final class ChildProcesses: Sendable {
     }
 
     /// Waits until the job with this pid exits (returns at once if it already has).
-    public func waitForExit(_ pid: pid_t) async -> ExitStatus {
+    func waitForExit(_ pid: pid_t) async -> ExitStatus {
         await waitForEnd(pid).status
     }
 
     /// Waits until the job with this pid exits, and returns how it ended and what it used.
-    public func waitForEnd(_ pid: pid_t) async -> JobEnd {
+    func waitForEnd(_ pid: pid_t) async -> JobEnd {
         await withCheckedContinuation { continuation in
             let end: JobEnd? = table.withLock { table in
                 switch table[pid] {
@@ -162,7 +162,7 @@ public final class ChildProcesses: Sendable {
     }
 
     /// The pids of jobs started here that have not been reaped.
-    public var runningPIDs: [pid_t] {
+    var runningPIDs: [pid_t] {
         table.withLock { table in table.compactMap { if case .running = $0.value { $0.key } else { nil } } }
     }
 

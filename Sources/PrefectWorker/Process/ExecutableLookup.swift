@@ -5,12 +5,12 @@ import Glibc
 
 /// Finds the program to execute the way `execvp` would, but with the job's own `PATH`, and says clearly
 /// why when it cannot.
-public enum ExecutableLookup {
-    public static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
+enum ExecutableLookup {
+    static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
 
     /// `program` with a slash is taken as a path (relative to `workingDirectory`); otherwise it is searched
     /// in `path`.
-    public static func resolve(_ program: String, path: String?, workingDirectory: String) throws(SpawnError) -> String {
+    static func resolve(_ program: String, path: String?, workingDirectory: String) throws(SpawnError) -> String {
         if program.contains("/") {
             let full = program.hasPrefix("/") ? program : (workingDirectory as NSString).appendingPathComponent(program)
             try check(full, shown: program)

@@ -3,12 +3,12 @@ import Glibc
 #endif
 
 /// How a job process ended.
-public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
+enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
 
     /// Decodes a `waitpid` status word.
-    public init(waitStatus status: Int32) {
+    init(waitStatus status: Int32) {
         let signal = status & 0x7f
         if signal == 0 {
             self = .exited((status >> 8) & 0xff)
@@ -17,24 +17,24 @@ public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    public var isSuccess: Bool { self == .exited(0) }
+    var isSuccess: Bool { self == .exited(0) }
 
     /// Python's `returncode` convention, which Prefect's messages use: negative for signals.
-    public var code: Int32 {
+    var code: Int32 {
         switch self {
         case .exited(let code): code
         case .signaled(let signal): -signal
         }
     }
 
-    public var description: String {
+    var description: String {
         switch self {
         case .exited(let code): "exited with code \(code)"
         case .signaled(let signal): "was killed by signal \(signal) (\(Self.signalName(signal)))"
         }
     }
 
-    public static func signalName(_ signal: Int32) -> String {
+    static func signalName(_ signal: Int32) -> String {
         switch signal {
         case SIGHUP: "SIGHUP"
         case SIGINT: "SIGINT"

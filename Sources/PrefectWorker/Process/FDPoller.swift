@@ -8,16 +8,16 @@ import CLinux
 /// One thread that waits with `poll(2)` on every descriptor the worker watches (job output pipes, pidfds of
 /// adopted jobs) and calls their handlers in turn. We use this instead of Dispatch read sources, which
 /// crashed libdispatch's epoll backend when many were set up and torn down quickly (a known bug).
-public final class FDPoller: Sendable {
-    public static let shared = FDPoller()
+final class FDPoller: Sendable {
+    static let shared = FDPoller()
 
     /// Called on the poller thread when the descriptor is readable, hung up or in error. Return false to stop
     /// watching it; the handler then owns closing it.
-    public typealias Handler = @Sendable (_ fd: Int32) -> Bool
+    typealias Handler = @Sendable (_ fd: Int32) -> Bool
 
     /// A watch: its handler, and a token so a late `remove` cannot hit a reused descriptor number.
-    public struct Watch: Sendable, Equatable {
-        public let fd: Int32
+    struct Watch: Sendable, Equatable {
+        let fd: Int32
         let token: Int
     }
 
@@ -37,7 +37,7 @@ public final class FDPoller: Sendable {
     }
 
     @discardableResult
-    public func watch(_ fd: Int32, handler: @escaping Handler) -> Watch {
+    func watch(_ fd: Int32, handler: @escaping Handler) -> Watch {
         let token = watched.withLock { state in
             state.next += 1
             state.handlers[fd] = (state.next, handler)
@@ -48,7 +48,7 @@ public final class FDPoller: Sendable {
     }
 
     /// Stops watching `fd` and then runs `done` (which typically closes it) on the poller thread.
-    public func remove(_ watch: Watch, then done: @escaping @Sendable () -> Void) {
+    func remove(_ watch: Watch, then done: @escaping @Sendable () -> Void) {
         removals.withLock { $0.append((watch, done)) }
         wake()
     }

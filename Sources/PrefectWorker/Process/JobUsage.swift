@@ -6,15 +6,15 @@ import Glibc
 /// What a job used: wall time, CPU time and peak resident memory. Each figure is optional, so a source that
 /// knows more (a cgroup's `cpu.stat` and `memory.peak`) can fill in or override what `wait4` reported, and an
 /// adopted job, whose rusage cannot be known, reports nothing rather than zeros.
-public struct JobUsage: Sendable, Equatable {
-    public var wallSeconds: Double?
-    public var userCPUSeconds: Double?
-    public var systemCPUSeconds: Double?
-    public var peakMemoryBytes: Int?
+struct JobUsage: Sendable, Equatable {
+    var wallSeconds: Double?
+    var userCPUSeconds: Double?
+    var systemCPUSeconds: Double?
+    var peakMemoryBytes: Int?
     /// `peakMemoryBytes` is only an upper bound (see `init(rusage:wallSeconds:spawnerPeakBytes:)`).
-    public var peakMemoryIsUpperBound = false
+    var peakMemoryIsUpperBound = false
 
-    public init(wallSeconds: Double? = nil, userCPUSeconds: Double? = nil, systemCPUSeconds: Double? = nil, peakMemoryBytes: Int? = nil,
+    init(wallSeconds: Double? = nil, userCPUSeconds: Double? = nil, systemCPUSeconds: Double? = nil, peakMemoryBytes: Int? = nil,
                 peakMemoryIsUpperBound: Bool = false) {
         self.wallSeconds = wallSeconds
         self.userCPUSeconds = userCPUSeconds
@@ -36,19 +36,19 @@ public struct JobUsage: Sendable, Equatable {
     }
 
     /// Nothing is known (an adopted job).
-    public static let unknown = JobUsage()
+    static let unknown = JobUsage()
 
-    public var isUnknown: Bool { self == .unknown }
+    var isUnknown: Bool { self == .unknown }
 
     /// `other`'s figures where it has them, ours elsewhere.
-    public func overridden(by other: JobUsage) -> JobUsage {
+    func overridden(by other: JobUsage) -> JobUsage {
         JobUsage(wallSeconds: other.wallSeconds ?? wallSeconds, userCPUSeconds: other.userCPUSeconds ?? userCPUSeconds,
                  systemCPUSeconds: other.systemCPUSeconds ?? systemCPUSeconds, peakMemoryBytes: other.peakMemoryBytes ?? peakMemoryBytes,
                  peakMemoryIsUpperBound: other.peakMemoryBytes != nil ? other.peakMemoryIsUpperBound : peakMemoryIsUpperBound)
     }
 
     /// The figures for an event payload (only those known).
-    public var payload: [String: JSON] {
+    var payload: [String: JSON] {
         var out: [String: JSON] = [:]
         if let wallSeconds { out["wall_seconds"] = .double(Self.rounded(wallSeconds)) }
         if let userCPUSeconds { out["cpu_user_seconds"] = .double(Self.rounded(userCPUSeconds)) }
@@ -63,7 +63,7 @@ public struct JobUsage: Sendable, Equatable {
     /// user + 0.10 s system; peak memory 45.2 MB` ("at most 38.0 MB" for a job that stayed below what rusage
     /// can tell). `ending` says how it ended ("exited with code 0"); nil
     /// when that is unknown too (an adopted job). MB are 10^6 bytes.
-    public static func closingLine(pid: pid_t, ending: String?, usage: JobUsage) -> String {
+    static func closingLine(pid: pid_t, ending: String?, usage: JobUsage) -> String {
         var line = "job (pid \(pid)) " + (ending ?? "exited")
         if let wall = usage.wallSeconds { line += " after " + duration(wall) }
         if usage.isUnknown {
@@ -103,7 +103,7 @@ public struct JobUsage: Sendable, Equatable {
 }
 
 /// How a job ended, and what it used.
-public struct JobEnd: Sendable, Equatable {
-    public var status: ExitStatus
-    public var usage: JobUsage
+struct JobEnd: Sendable, Equatable {
+    var status: ExitStatus
+    var usage: JobUsage
 }

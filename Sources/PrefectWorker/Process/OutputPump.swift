@@ -7,7 +7,7 @@ import Synchronization
 /// Copies a job's output pipe to the worker's own stdout or stderr, line by line, each line prefixed with
 /// the flow run id, so output of concurrent jobs does not interleave mid-line. Secrets in the output are
 /// replaced (see `Redactor`) before a line goes anywhere.
-public final class OutputPump: Sendable {
+final class OutputPump: Sendable {
     private static let maxLineBytes = 64 * 1024
 
     private let watch: FDPoller.Watch
@@ -15,7 +15,7 @@ public final class OutputPump: Sendable {
 
     /// Starts pumping `fd` (which the pump then owns and closes) to `destination` (or nowhere, if nil), giving
     /// each line also to `onLine`, in order, both with secrets redacted.
-    public init(fd: Int32, prefix: String, destination: Int32?, redactor: Redactor = Redactor(secrets: [String]()),
+    init(fd: Int32, prefix: String, destination: Int32?, redactor: Redactor = Redactor(secrets: [String]()),
                 onLine: (@Sendable (String) -> Void)? = nil) {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         // The buffer is only touched on the poller thread, by the handler below.
@@ -45,7 +45,7 @@ public final class OutputPump: Sendable {
 
     /// Waits until the pipe is closed by every writer (the job and anything it left running), or at most
     /// `timeout` seconds: a descendant may hold the pipe open forever, and then we stop reading it.
-    public func finish(timeout: Double) async {
+    func finish(timeout: Double) async {
         let watch = self.watch
         let done = self.done
         let timer = Task {

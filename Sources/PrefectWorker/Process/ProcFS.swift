@@ -8,7 +8,7 @@ import CLinux
 public enum ProcFS {
     /// The process's start time in clock ticks since boot (`/proc/PID/stat` field 22), which together with
     /// the pid identifies a process even after the pid is reused.
-    public static func startTime(of pid: pid_t) -> UInt64? {
+    static func startTime(of pid: pid_t) -> UInt64? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let paren = stat.lastIndex(of: ")") else { return nil }
         // Fields after the command name start at field 3 (state); field 22 is index 19.
@@ -18,20 +18,20 @@ public enum ProcFS {
     }
 
     /// The process state letter (R, S, Z, ...) from `/proc/PID/stat`.
-    public static func state(of pid: pid_t) -> Character? {
+    static func state(of pid: pid_t) -> Character? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let paren = stat.lastIndex(of: ")") else { return nil }
         return stat[stat.index(after: paren)...].split(separator: " ").first?.first
     }
 
     /// True if `pid` is alive and, when given, started at `startTime` (so a reused pid does not count).
-    public static func isAlive(_ pid: pid_t, startTime: UInt64?) -> Bool {
+    static func isAlive(_ pid: pid_t, startTime: UInt64?) -> Bool {
         guard pid > 0, let actual = self.startTime(of: pid), state(of: pid) != "Z" else { return false }
         return startTime == nil || startTime == actual
     }
 
     /// True if the process's environment holds `NAME=value` (readable for our own user's processes).
-    public static func environment(of pid: pid_t, contains entry: String) -> Bool {
+    static func environment(of pid: pid_t, contains entry: String) -> Bool {
         guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
         let needle = Array(entry.utf8)
         return data.split(separator: 0, omittingEmptySubsequences: true).contains { $0.elementsEqual(needle) }
@@ -39,7 +39,7 @@ public enum ProcFS {
 
     /// Every live process (but us) whose environment carries `PREFECT__FLOW_RUN_ID=runID`: a job and all its
     /// descendants, including those that left its process group (setsid, double fork).
-    public static func processes(ofRun runID: String) -> [pid_t] {
+    static func processes(ofRun runID: String) -> [pid_t] {
         let me = getpid()
         let marker = "PREFECT__FLOW_RUN_ID=" + runID
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
@@ -55,7 +55,7 @@ public enum ProcFS {
     }
 
     /// Waits until a process that is not our child exits (pidfd), or polls when pidfds are unavailable.
-    public static func waitForExit(of pid: pid_t, startTime: UInt64?) async {
+    static func waitForExit(of pid: pid_t, startTime: UInt64?) async {
         let fd = cl_pidfd_open(pid)
         if fd < 0 {
             // A real wait, like the pidfd's: a cancelled caller does not make this loop spin.

@@ -6,18 +6,18 @@ import Synchronization
 
 /// What a job's cgroup used, read once the cgroup is empty: exact for a whole tree of processes, also for
 /// descendants that forked away or were never waited for (rusage misses those).
-public struct CgroupUsage: Sendable, Equatable {
+struct CgroupUsage: Sendable, Equatable {
     /// `cpu.stat`: CPU time of every process that ran in the cgroup, in microseconds.
-    public var usageUsec: UInt64
-    public var userUsec: UInt64
-    public var systemUsec: UInt64
+    var usageUsec: UInt64
+    var userUsec: UInt64
+    var systemUsec: UInt64
     /// `memory.peak` in bytes, when the memory controller is enabled (and the kernel has it, 5.19+).
-    public var memoryPeak: UInt64?
+    var memoryPeak: UInt64?
     /// `memory.events` `oom_kill`: processes the OOM killer killed in the cgroup (nil without the memory controller).
-    public var oomKills: UInt64?
+    var oomKills: UInt64?
 
     /// Reads `cpu.stat`, `memory.peak` and `memory.events` text.
-    public init(cpuStat: String, memoryPeak: String?, memoryEvents: String?) {
+    init(cpuStat: String, memoryPeak: String?, memoryEvents: String?) {
         let cpu = Self.keyed(cpuStat)
         usageUsec = cpu["usage_usec"] ?? 0
         userUsec = cpu["user_usec"] ?? 0
@@ -27,12 +27,12 @@ public struct CgroupUsage: Sendable, Equatable {
     }
 
     /// The figures as the per-run usage report takes them (CPU of the whole tree; peak memory when known).
-    public var jobUsage: JobUsage {
+    var jobUsage: JobUsage {
         JobUsage(userCPUSeconds: Double(userUsec) / 1_000_000, systemCPUSeconds: Double(systemUsec) / 1_000_000,
                  peakMemoryBytes: memoryPeak.map { Int(clamping: $0) })
     }
 
-    public init(usageUsec: UInt64, userUsec: UInt64, systemUsec: UInt64, memoryPeak: UInt64? = nil, oomKills: UInt64? = nil) {
+    init(usageUsec: UInt64, userUsec: UInt64, systemUsec: UInt64, memoryPeak: UInt64? = nil, oomKills: UInt64? = nil) {
         self.usageUsec = usageUsec
         self.userUsec = userUsec
         self.systemUsec = systemUsec
@@ -51,7 +51,7 @@ public struct CgroupUsage: Sendable, Equatable {
     }
 
     /// The fragment for the run's usage line: `cpu 1.234 s (user 1.000 s, system 0.234 s), memory peak 12.5 MiB`.
-    public var summary: String {
+    var summary: String {
         func seconds(_ usec: UInt64) -> String { String(format: "%.3f s", Double(usec) / 1e6) }
         var text = "cpu \(seconds(usageUsec)) (user \(seconds(userUsec)), system \(seconds(systemUsec)))"
         if let memoryPeak { text += String(format: ", memory peak %.1f MiB", Double(memoryPeak) / 1_048_576) }
@@ -62,11 +62,11 @@ public struct CgroupUsage: Sendable, Equatable {
 
 /// One job's cgroup (`<worker's cgroup>/run-<flow run id>`): created with its limits before the job starts,
 /// the job started inside it, killed as a whole, its usage read and the cgroup removed when it is empty.
-public final class RunCgroup: Sendable {
-    public let path: String
+final class RunCgroup: Sendable {
+    let path: String
     /// The open directory, for clone3's CLONE_INTO_CGROUP.
-    public let fd: Int32
-    public let limits: CgroupLimits
+    let fd: Int32
+    let limits: CgroupLimits
     private let removed = Mutex(false)
 
     private init(path: String, fd: Int32, limits: CgroupLimits) {
@@ -77,7 +77,7 @@ public final class RunCgroup: Sendable {
 
     /// The run's cgroup when the worker has a delegated subtree, nil without one. Throws (the run is then
     /// CRASHED before it starts) when limits were asked for that cannot be applied, naming what is missing.
-    public static func prepare(host: CgroupHost?, whyNoHost: String, runID: String, limits: CgroupLimits) throws(SpawnError) -> RunCgroup? {
+    static func prepare(host: CgroupHost?, whyNoHost: String, runID: String, limits: CgroupLimits) throws(SpawnError) -> RunCgroup? {
         if let reason = limits.unavailableReason(host: host, whyNoHost: whyNoHost) { throw SpawnError(message: reason) }
         guard let host else { return nil }
         let path = host.runDirectory(runID)
@@ -112,7 +112,7 @@ public final class RunCgroup: Sendable {
     }
 
     /// The cgroup a previous worker created for this run, if it still exists (for an adopted job).
-    public static func existing(host: CgroupHost?, runID: String) -> RunCgroup? {
+    static func existing(host: CgroupHost?, runID: String) -> RunCgroup? {
         guard let host else { return nil }
         let path = host.runDirectory(runID)
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -121,25 +121,25 @@ public final class RunCgroup: Sendable {
     }
 
     /// The pids in the cgroup now.
-    public func processes() -> [pid_t] {
+    func processes() -> [pid_t] {
         CgroupHost.words(CgroupFile.read(path + "/cgroup.procs")).compactMap { pid_t($0) }
     }
 
     /// `cgroup.events` `populated`: some process is in the cgroup (or, if the file cannot be read, whether
     /// `cgroup.procs` lists one).
-    public var isPopulated: Bool {
+    var isPopulated: Bool {
         guard let events = CgroupFile.read(path + "/cgroup.events") else { return !processes().isEmpty }
         return CgroupUsage.keyed(events)["populated"] != 0
     }
 
     /// SIGKILL to every process in the cgroup at once (`cgroup.kill`, Linux 5.14), or to each listed pid.
-    public func kill() {
+    func kill() {
         if CgroupFile.write(path + "/cgroup.kill", "1") { return }
         for pid in processes() { _ = Glibc.kill(pid, SIGKILL) }
     }
 
     /// Waits until the cgroup is empty, up to `timeout` seconds; false if it is not.
-    public func waitUntilEmpty(timeout: Double) async -> Bool {
+    func waitUntilEmpty(timeout: Double) async -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while isPopulated {
             if Date() >= deadline { return false }
@@ -152,7 +152,7 @@ public final class RunCgroup: Sendable {
     }
 
     /// What the cgroup's processes used so far (complete once it is empty).
-    public func usage() -> CgroupUsage {
+    func usage() -> CgroupUsage {
         CgroupUsage(cpuStat: CgroupFile.read(path + "/cpu.stat") ?? "",
                     memoryPeak: CgroupFile.read(path + "/memory.peak"),
                     memoryEvents: CgroupFile.read(path + "/memory.events"))
@@ -160,7 +160,7 @@ public final class RunCgroup: Sendable {
 
     /// Once the job has exited: kills what is left of its tree (a job's cgroup outlives no job), waits until the
     /// cgroup is empty, reads its usage and removes it. Logs what it had to do.
-    public func finish(runID: String) async -> CgroupUsage {
+    func finish(runID: String) async -> CgroupUsage {
         if isPopulated {
             let left = processes()
             Log.info("the job exited, leaving \(left.count) process(es) in its cgroup (pid \(left.map(String.init).joined(separator: ", "))); killing them (cgroup.kill)", run: runID)
@@ -178,7 +178,7 @@ public final class RunCgroup: Sendable {
     }
 
     /// Removes the (empty) cgroup and closes its directory.
-    public func remove() {
+    func remove() {
         guard removed.withLock({ (done: inout Bool) -> Bool in defer { done = true }; return !done }) else { return }
         close(fd)
         if rmdir(path) != 0 && errno != ENOENT {
@@ -190,7 +190,7 @@ public final class RunCgroup: Sendable {
 extension FinalState {
     /// Issue 13: a job that did not exit 0 after the OOM killer struck in its cgroup (`memory.events` `oom_kill`)
     /// is CRASHED for running out of memory, whoever owns its states; nil otherwise.
-    public static func outOfMemory(usage: CgroupUsage?, limits: CgroupLimits, exit: ExitStatus) -> FinalState? {
+    static func outOfMemory(usage: CgroupUsage?, limits: CgroupLimits, exit: ExitStatus) -> FinalState? {
         guard let kills = usage?.oomKills, kills > 0, exit != .exited(0) else { return nil }
         let limit = limits.memory.map { "memory_max \($0.asWritten)" } ?? "no memory_max; a limit above the job's cgroup"
         return FinalState(type: .crashed, message: "Job ran out of memory (\(limit)): the kernel's OOM killer killed \(kills) process(es) in its cgroup and the job \(exit).")

@@ -5,26 +5,26 @@ import Glibc
 
 /// How to stop a job, declared as data: signal the process group, allow a grace period, and always end
 /// with SIGKILL. Used both for cancellation and for shutdown.
-public struct Teardown: Sendable, Equatable {
-    public struct Step: Sendable, Equatable {
-        public var signal: Int32
-        public var grace: Double
+struct Teardown: Sendable, Equatable {
+    struct Step: Sendable, Equatable {
+        var signal: Int32
+        var grace: Double
     }
 
-    public var steps: [Step]
+    var steps: [Step]
 
     /// SIGTERM to the group, `grace` seconds, then SIGKILL.
-    public static func terminate(grace: Double) -> Teardown {
+    static func terminate(grace: Double) -> Teardown {
         Teardown(steps: [Step(signal: SIGTERM, grace: grace)])
     }
 
     /// How the job ended under a teardown.
-    public enum Outcome: Sendable, Equatable, CustomStringConvertible {
+    enum Outcome: Sendable, Equatable, CustomStringConvertible {
         case alreadyExited
         case exitedAfter(signal: Int32)
         case killed
 
-        public var description: String {
+        var description: String {
             switch self {
             case .alreadyExited: "had already exited"
             case .exitedAfter(let signal): "exited after \(ExitStatus.signalName(signal))"
@@ -40,7 +40,7 @@ public struct Teardown: Sendable, Equatable {
     ///
     /// Issue 13: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
     /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0`.
-    public func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExited: @Sendable () async -> Bool) async -> Outcome {
+    func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExited: @Sendable () async -> Bool) async -> Outcome {
         func stragglers() -> [pid_t] { cgroup?.processes() ?? runID.map(ProcFS.processes(ofRun:)) ?? [] }
         func treeGone() -> Bool { cgroup.map { !$0.isPopulated } ?? stragglers().isEmpty }
         func send(_ signal: Int32) {

@@ -1,10 +1,10 @@
 /// The state to report when a job process has ended: a pure decision from how it ended and who owns
 /// the run's states.
-public struct FinalState: Sendable, Equatable {
-    public var type: StateType
-    public var message: String
+struct FinalState: Sendable, Equatable {
+    var type: StateType
+    var message: String
     /// The state's name when it is not the type's default (`TimedOut`).
-    public var name: String? = nil
+    var name: String? = nil
 
     /// `nil` means the worker reports nothing (the engine has reported, or will).
     ///
@@ -12,7 +12,7 @@ public struct FinalState: Sendable, Equatable {
     /// |--------|-----------|-----------------------|-----------------------|
     /// | worker | COMPLETED | FAILED (code N)       | CRASHED (signal name) |
     /// | engine | —         | CRASHED if not final  | CRASHED if not final  |
-    public static func decide(owner: StateOwner, exit: ExitStatus) -> FinalState? {
+    static func decide(owner: StateOwner, exit: ExitStatus) -> FinalState? {
         switch (owner, exit) {
         case (.worker, .exited(0)):
             return FinalState(type: .completed, message: "Job exited with code 0.")

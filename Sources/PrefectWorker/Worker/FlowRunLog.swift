@@ -1,13 +1,13 @@
 import Foundation
 
 /// A flow run log record as `POST /logs/` takes it.
-public enum FlowRunLog {
+enum FlowRunLog {
     /// Bytes a record takes besides its message (names, level, timestamp, ids), as an estimate of its JSON.
     static let recordOverhead = 200
 
     /// The record with its size, its message truncated like Prefect's `APILogHandler` when the record would
     /// exceed `maxSize` bytes: cut 50 bytes short of the limit and ended with "... [truncated]".
-    public static func shippable(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
+    static func shippable(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
                                  maxSize: Int) -> APIShipper.Record {
         var text = message
         var size = recordOverhead + name.utf8.count + text.utf8.count
@@ -27,7 +27,7 @@ public enum FlowRunLog {
         return APIShipper.Record(body: record(runID: runID, level: level, message: text, name: name), key: runID, size: size)
     }
 
-    public static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
+    static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
                               at date: Date = Date()) -> JSON {
         .object([
             "name": .string(name), "level": .int(level.rawValue), "message": .string(message),

@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// A report the server must receive even if it is away now, or the worker restarts first.
-public enum OutboxItem: Codable, Sendable, Equatable {
+enum OutboxItem: Codable, Sendable, Equatable {
     /// `PATCH /flow_runs/{id}` with the job's pid.
     case infrastructurePID(pid: Int32)
     /// A final state (transition id kept, so a retry after a lost answer is recognised); `name` if not the
@@ -16,8 +16,8 @@ public enum OutboxItem: Codable, Sendable, Equatable {
 /// `<state dir>/outbox/<run id>.json` (written atomically and durably) and delivered in order per run: at
 /// once when possible, else by a background loop when the server is back, and after a worker restart.
 /// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
-public actor Outbox {
-    public let directory: String
+actor Outbox {
+    let directory: String
     private let client: PrefectClient
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
@@ -33,13 +33,13 @@ public actor Outbox {
     private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
-    public init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
+    init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
         self.directory = stateDirectory + "/outbox"
         self.client = client
         self.shutdown = shutdown
     }
 
-    public func prepare() throws {
+    func prepare() throws {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
@@ -110,7 +110,7 @@ public actor Outbox {
 
     /// Persists `item` after the run's earlier items, without delivering it: once this returns, anything the
     /// caller queues for the run later is delivered after it.
-    public func enqueue(_ runID: String, _ item: OutboxItem) async {
+    func enqueue(_ runID: String, _ item: OutboxItem) async {
         await store(runID, items(runID) + [item])
     }
 
@@ -118,20 +118,20 @@ public actor Outbox {
     /// if the server is away the background loop keeps trying, so the caller (a run's supervisor, a drain)
     /// is not held up. Returns true if all arrived.
     @discardableResult
-    public func send(_ runID: String, _ item: OutboxItem) async -> Bool {
+    func send(_ runID: String, _ item: OutboxItem) async -> Bool {
         await enqueue(runID, item)
         return await deliver(runID, policy: .quick)
     }
 
     /// Runs with undelivered items (after a restart, these come from the previous worker).
-    public func pendingRuns() -> [String] {
+    func pendingRuns() -> [String] {
         loadFromDisk()
         return memory.keys.sorted()
     }
 
     /// Delivers the run's items in order; stops at the first one that cannot be delivered now.
     @discardableResult
-    public func deliver(_ runID: String, policy: RetryPolicy = .standard) async -> Bool {
+    func deliver(_ runID: String, policy: RetryPolicy = .standard) async -> Bool {
         // One delivery per run at a time, so items stay in order; a second caller waits its turn.
         while delivering.contains(runID) {
             await withCheckedContinuation { waiting[runID, default: []].append($0) }
@@ -231,7 +231,7 @@ public actor Outbox {
     }
 
     /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).
-    public func flush(timeout: Double) async {
+    func flush(timeout: Double) async {
         let runs = pendingRuns()
         guard !runs.isEmpty else { return }
         let delivered = await firstOf({
@@ -244,7 +244,7 @@ public actor Outbox {
     }
 
     /// Delivers every pending run's items, again and again with backoff while the server is away.
-    public func run() async {
+    func run() async {
         var failures = 0
         while !Task.isCancelled {
             var allDelivered = true

@@ -4,17 +4,17 @@ import Glibc
 #endif
 
 /// One launched job, as recorded in the journal.
-public struct JournalEntry: Codable, Sendable, Equatable {
-    public var runID: String
-    public var pid: Int32
+struct JournalEntry: Codable, Sendable, Equatable {
+    var runID: String
+    var pid: Int32
     /// The job's start time from /proc, so a reused pid is not mistaken for the job.
-    public var processStart: UInt64?
-    public var owner: String
-    public var workerName: String
+    var processStart: UInt64?
+    var owner: String
+    var workerName: String
     /// The work pool the run came from; a restarted worker recovers only its own pool's runs.
-    public var pool: String?
-    public var workerPID: Int32
-    public var workerStart: UInt64?
+    var pool: String?
+    var workerPID: Int32
+    var workerStart: UInt64?
 
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", pid, owner, pool
@@ -24,25 +24,25 @@ public struct JournalEntry: Codable, Sendable, Equatable {
         case workerStart = "worker_start"
     }
 
-    public var stateOwner: StateOwner { StateOwner(rawValue: owner) ?? .engine }
+    var stateOwner: StateOwner { StateOwner(rawValue: owner) ?? .engine }
 }
 
 /// The runs this host's workers launched and have not finished reporting: one small JSON file per run in
 /// `<state dir>/journal/`, written atomically and durably (`AtomicFile`) after the spawn and removed after the
 /// final report. A worker that starts after a crash finds the entries of workers that are gone and recovers
 /// their runs.
-public final class RunJournal: Sendable {
-    public let directory: String
+final class RunJournal: Sendable {
+    let directory: String
     /// Entry writes and removals, off the threads async code runs on. One run's writes never overlap (its
     /// supervisor awaits each), so runs are written concurrently.
     private let disk = DispatchQueue.global(qos: .utility)
 
-    public init(stateDirectory: String) {
+    init(stateDirectory: String) {
         directory = stateDirectory + "/journal"
     }
 
     /// Creates the directory (mode 0700). Throws a message naming the path.
-    public func prepare() throws {
+    func prepare() throws {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
@@ -54,7 +54,7 @@ public final class RunJournal: Sendable {
     func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
 
     /// Writes the run's entry (atomically and durably); it is on disk when this returns.
-    public func record(_ entry: JournalEntry) async {
+    func record(_ entry: JournalEntry) async {
         guard let data = encoded(entry) else { return }
         do {
             try await AtomicFile.write(data, to: path(entry.runID), on: disk)
@@ -83,13 +83,13 @@ public final class RunJournal: Sendable {
         Log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
     }
 
-    public func remove(_ runID: String) async {
+    func remove(_ runID: String) async {
         await AtomicFile.remove(path(runID), on: disk)
     }
 
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
     /// of ours), so two workers starting at once never recover the same run.
-    public func takeOverOrphans(me: JournalEntry.Identity, pool: String) -> [JournalEntry] {
+    func takeOverOrphans(me: JournalEntry.Identity, pool: String) -> [JournalEntry] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
         var taken: [JournalEntry] = []
         for name in names where name.hasSuffix(".json") {
@@ -118,9 +118,9 @@ public final class RunJournal: Sendable {
 
 extension JournalEntry {
     /// A worker process, identified across pid reuse.
-    public struct Identity: Sendable {
-        public var pid: Int32
-        public var start: UInt64?
-        public static var current: Identity { Identity(pid: getpid(), start: ProcFS.startTime(of: getpid())) }
+    struct Identity: Sendable {
+        var pid: Int32
+        var start: UInt64?
+        static var current: Identity { Identity(pid: getpid(), start: ProcFS.startTime(of: getpid())) }
     }
 }

@@ -7,16 +7,16 @@ import Glibc
 /// It enforces `--limit`, never lets two supervisors handle one run, never lets a run this worker claimed be
 /// taken again in the same scheduled state, and knows each job's process group so shutdown can stop them.
 /// A run that was reserved but not claimed (the claim met failed reads, say) may be taken on the next poll.
-public actor RunRegistry {
-    public struct Entry: Sendable {
-        public var runID: String
-        public var pid: pid_t?
+actor RunRegistry {
+    struct Entry: Sendable {
+        var runID: String
+        var pid: pid_t?
         /// Why the worker stopped this job, if it did (the final state message says so).
-        public var stopReason: String?
+        var stopReason: String?
         /// The run was seen CANCELLING (or CANCELLED): do not start it, or stop it, and report CANCELLED.
-        public var cancelRequested = false
+        var cancelRequested = false
         /// The job ran past its `timeout_seconds`: stop it and report FAILED (TimedOut).
-        public var timedOut = false
+        var timedOut = false
     }
 
     private let limit: Int?
@@ -31,19 +31,19 @@ public actor RunRegistry {
     private var stopWaiters: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
     private var nextWaiterID = 0
 
-    public init(limit: Int?) {
+    init(limit: Int?) {
         self.limit = limit
     }
 
-    public var count: Int { entries.count }
-    public var runIDs: [String] { entries.keys.sorted() }
-    public var freeSlots: Int? { limit.map { max(0, $0 - entries.count) } }
+    var count: Int { entries.count }
+    var runIDs: [String] { entries.keys.sorted() }
+    var freeSlots: Int? { limit.map { max(0, $0 - entries.count) } }
 
     private static func key(_ run: FlowRun) -> String { run.id + "/" + (run.stateID ?? "") }
 
     /// Takes a slot for `run` unless it is already being handled, was claimed by this worker in this
     /// scheduled state before, or no slot is free.
-    public func reserve(_ run: FlowRun) -> Bool {
+    func reserve(_ run: FlowRun) -> Bool {
         if entries[run.id] != nil { return false }
         if let limit, entries.count >= limit { return false }
         let key = Self.key(run)
@@ -56,7 +56,7 @@ public actor RunRegistry {
 
     /// Records that this worker claimed the reserved run (PENDING is ours): it is never taken again in the
     /// scheduled state it was polled in, even after it is released.
-    public func markClaimed(_ runID: String) {
+    func markClaimed(_ runID: String) {
         guard let key = polledKeys[runID] else { return }
         claimed[key] = Date()
         if claimed.count > 10_000 {
@@ -66,14 +66,14 @@ public actor RunRegistry {
     }
 
     /// Registers a run that is already running (adopted after a worker restart).
-    public func adopt(_ runID: String, pid: pid_t) {
+    func adopt(_ runID: String, pid: pid_t) {
         entries[runID] = Entry(runID: runID, pid: pid)
         Metrics.shared.setInFlight(entries.count)
     }
 
     /// The run's supervisor is done with it. Unless it was claimed (`markClaimed`), the run may be reserved
     /// again on the next poll.
-    public func release(_ runID: String) {
+    func release(_ runID: String) {
         entries[runID] = nil
         polledKeys[runID] = nil
         Metrics.shared.setInFlight(entries.count)
@@ -88,16 +88,16 @@ public actor RunRegistry {
         }
     }
 
-    public func setPID(_ runID: String, _ pid: pid_t?) {
+    func setPID(_ runID: String, _ pid: pid_t?) {
         entries[runID]?.pid = pid
     }
 
-    public func entry(_ runID: String) -> Entry? { entries[runID] }
+    func entry(_ runID: String) -> Entry? { entries[runID] }
 
     /// Records that the run is to be cancelled and wakes its supervisor, which stops the job (or does not
     /// start it) and reports CANCELLED. Returns false if the run is unknown or was already being cancelled.
     @discardableResult
-    public func requestCancel(_ runID: String) -> Bool {
+    func requestCancel(_ runID: String) -> Bool {
         guard let entry = entries[runID], !entry.cancelRequested else { return false }
         entries[runID]?.cancelRequested = true
         wakeStopWaiters(runID)
@@ -107,7 +107,7 @@ public actor RunRegistry {
     /// Records that every run in flight is to be stopped because the worker shuts down, and wakes their
     /// supervisors. Returns the runs that have a job process.
     @discardableResult
-    public func requestStopAll(reason: String) -> [String] {
+    func requestStopAll(reason: String) -> [String] {
         for id in entries.keys where entries[id]?.stopReason == nil {
             entries[id]?.stopReason = reason
             wakeStopWaiters(id)
@@ -117,7 +117,7 @@ public actor RunRegistry {
 
     /// Records that the run's job exceeded its time limit and wakes its supervisor, which stops the job.
     /// Does nothing if the run is already being stopped.
-    public func requestTimeout(_ runID: String, reason: String) {
+    func requestTimeout(_ runID: String, reason: String) {
         guard let entry = entries[runID], !entry.cancelRequested, entry.stopReason == nil else { return }
         entries[runID]?.timedOut = true
         entries[runID]?.stopReason = reason
@@ -128,10 +128,10 @@ public actor RunRegistry {
         for waiter in (stopWaiters.removeValue(forKey: runID) ?? [:]).values { waiter.resume() }
     }
 
-    public func isCancelRequested(_ runID: String) -> Bool { entries[runID]?.cancelRequested ?? false }
+    func isCancelRequested(_ runID: String) -> Bool { entries[runID]?.cancelRequested ?? false }
 
     /// Returns when the run is to be cancelled or stopped (or is gone), or when the calling task is cancelled.
-    public func waitForStopRequest(_ runID: String) async {
+    func waitForStopRequest(_ runID: String) async {
         func requested() -> Bool { entries[runID].map { $0.cancelRequested || $0.stopReason != nil } ?? true }
         if requested() { return }
         nextWaiterID += 1
@@ -147,7 +147,7 @@ public actor RunRegistry {
     }
 
     /// Returns when no run is in flight, or when the calling task is cancelled.
-    public func waitUntilEmpty() async {
+    func waitUntilEmpty() async {
         if entries.isEmpty { return }
         nextWaiterID += 1
         let id = nextWaiterID
@@ -161,7 +161,7 @@ public actor RunRegistry {
     }
 
     /// Returns when a run is released (a slot may have freed), or when the calling task is cancelled.
-    public func waitForRelease() async {
+    func waitForRelease() async {
         nextWaiterID += 1
         let id = nextWaiterID
         await withTaskCancellationHandler {

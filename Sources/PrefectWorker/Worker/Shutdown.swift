@@ -2,10 +2,10 @@ import Synchronization
 
 /// Graceful shutdown as a first-class signal that the worker's loops observe.
 /// First SIGTERM/SIGINT: `draining` (stop claiming, let runs finish). Second: `terminating` (stop runs now).
-public final class Shutdown: Sendable {
-    public enum Phase: Int, Sendable, Comparable {
+final class Shutdown: Sendable {
+    enum Phase: Int, Sendable, Comparable {
         case running, draining, terminating
-        public static func < (a: Phase, b: Phase) -> Bool { a.rawValue < b.rawValue }
+        static func < (a: Phase, b: Phase) -> Bool { a.rawValue < b.rawValue }
     }
 
     private struct State {
@@ -16,13 +16,13 @@ public final class Shutdown: Sendable {
 
     private let state = Mutex(State())
 
-    public init() {}
+    init() {}
 
-    public var phase: Phase { state.withLock { $0.phase } }
+    var phase: Phase { state.withLock { $0.phase } }
 
     /// Moves to the next phase (or to `target`, if later) and wakes whoever waits for it. Returns the new phase.
     @discardableResult
-    public func advance(to target: Phase? = nil) -> Phase {
+    func advance(to target: Phase? = nil) -> Phase {
         let (phase, ready) = state.withLock { state -> (Phase, [CheckedContinuation<Void, Never>]) in
             let next = target ?? Phase(rawValue: min(state.phase.rawValue + 1, Phase.terminating.rawValue))!
             if next > state.phase { state.phase = next }
@@ -36,7 +36,7 @@ public final class Shutdown: Sendable {
     }
 
     /// Returns once the shutdown has reached `phase`, or when the calling task is cancelled.
-    public func wait(for phase: Phase) async {
+    func wait(for phase: Phase) async {
         let id = state.withLock { state in
             state.nextID += 1
             return state.nextID
@@ -57,7 +57,7 @@ public final class Shutdown: Sendable {
     }
 
     /// Sleeps `seconds`, or less if the shutdown reaches `phase` first. Returns false if it did.
-    public func sleep(_ seconds: Double, unless phase: Phase = .draining) async -> Bool {
+    func sleep(_ seconds: Double, unless phase: Phase = .draining) async -> Bool {
         if self.phase >= phase { return false }
         return await firstOf(
             { try? await Task.sleep(nanoseconds: UInt64(max(0, seconds) * 1_000_000_000)); return true },
@@ -67,7 +67,7 @@ public final class Shutdown: Sendable {
 }
 
 /// Runs two operations concurrently and returns the result of whichever finishes first; the other is cancelled.
-public func firstOf<T: Sendable>(_ a: @escaping @Sendable () async -> T, _ b: @escaping @Sendable () async -> T) async -> T {
+func firstOf<T: Sendable>(_ a: @escaping @Sendable () async -> T, _ b: @escaping @Sendable () async -> T) async -> T {
     await withTaskGroup(of: T.self) { group in
         group.addTask(operation: a)
         group.addTask(operation: b)

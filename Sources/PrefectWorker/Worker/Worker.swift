@@ -4,17 +4,18 @@ import Glibc
 #endif
 
 /// A fatal problem the worker cannot ride out (wrong pool type, rejected credentials): exit 1.
-public struct WorkerError: Error, CustomStringConvertible {
-    public var message: String
-    public var description: String { message }
+struct WorkerError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
 
 /// The worker: sync the pool, then heartbeat and poll until shutdown, supervising each claimed run.
 public final class Worker: Sendable {
-    public let context: WorkerContext
+    let context: WorkerContext
     var settings: Settings { context.settings }
     var client: PrefectClient { context.client }
 
+    /// A worker for `settings`, with its own API client.
     public init(settings: Settings) {
         let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString, settings: settings.client)
         // Prefect's worker sends its name with every request it makes (`get_attribution_headers`), Cloud or not.

@@ -2,16 +2,16 @@ import Foundation
 import Synchronization
 
 /// What the worker's loops and run supervisors share.
-public final class WorkerContext: Sendable {
-    public let settings: Settings
-    public let client: PrefectClient
-    public let registry: RunRegistry
-    public let shutdown: Shutdown
-    public let status: WorkerStatus
-    public let journal: RunJournal
-    public let outbox: Outbox
+final class WorkerContext: Sendable {
+    let settings: Settings
+    let client: PrefectClient
+    let registry: RunRegistry
+    let shutdown: Shutdown
+    let status: WorkerStatus
+    let journal: RunJournal
+    let outbox: Outbox
     /// This worker process, as recorded in journal entries.
-    public let identity = JournalEntry.Identity.current
+    let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)
     private let flowNames = Mutex<[String: String]>([:])
     private let deployments = Mutex<[String: (read: Task<Deployment?, Error>, at: Date)]>([:])
@@ -19,15 +19,15 @@ public final class WorkerContext: Sendable {
     /// edit to its job variables applies to runs submitted after this.
     static let deploymentCacheSeconds = 10.0
     /// Job output of worker-owned runs and the worker's own lines about runs, shipped to `POST /logs/`.
-    public let logs: APIShipper
-    public let events: WorkerEvents
-    public let notifier: SystemdNotifier
+    let logs: APIShipper
+    let events: WorkerEvents
+    let notifier: SystemdNotifier
     /// The secrets to keep out of job output, the worker's log lines and its events.
-    public let secrets: KnownSecrets
+    let secrets: KnownSecrets
     /// Issue 13: the worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
     private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
-    public init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
+    init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
         self.settings = settings
         self.client = client
         self.registry = RunRegistry(limit: settings.limit)
@@ -52,7 +52,7 @@ public final class WorkerContext: Sendable {
 
     /// The deployment, read at most once per `deploymentCacheSeconds` (concurrent callers share one read);
     /// nil if it no longer exists.
-    public func deployment(_ id: String) async throws -> Deployment? {
+    func deployment(_ id: String) async throws -> Deployment? {
         let now = Date()
         let client = self.client
         let read = deployments.withLock { cache -> Task<Deployment?, Error> in
@@ -71,7 +71,7 @@ public final class WorkerContext: Sendable {
     }
 
     /// A flow's name, read once per flow (events name the flow).
-    public func flowName(_ id: String?) async -> String? {
+    func flowName(_ id: String?) async -> String? {
         guard let id else { return nil }
         if let name = flowNames.withLock({ $0[id] }) { return name }
         guard let name = try? await client.readFlowName(id) else { return nil }
@@ -80,25 +80,25 @@ public final class WorkerContext: Sendable {
     }
 
     /// The worker's id, once Prefect Cloud has told us (a heartbeat with `return_id`); jobs get it as `PREFECT__WORKER_ID`.
-    public var workerID: String? {
+    var workerID: String? {
         get { workerIDValue.withLock { $0 } }
         set { workerIDValue.withLock { $0 = newValue } }
     }
     private let workerIDValue = Mutex<String?>(nil)
 
     /// A line about a run (job output or the worker's own), for `logs`, cut to `PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`.
-    public func logRecord(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker") -> APIShipper.Record {
+    func logRecord(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker") -> APIShipper.Record {
         FlowRunLog.shippable(runID: runID, level: level, message: message, name: name, maxSize: settings.logsToAPI.maxLogSize)
     }
 
     /// Issue 13: set once at start-up by `CgroupHost.setUp`.
-    public var cgroups: CgroupHost.Detection {
+    var cgroups: CgroupHost.Detection {
         get { cgroupDetection.withLock { $0 } }
         set { cgroupDetection.withLock { $0 = newValue } }
     }
 
     /// The work pool as last read; each run freezes a copy when it is submitted.
-    public var pool: WorkPool? {
+    var pool: WorkPool? {
         get { poolSnapshot.withLock { $0 } }
         set { poolSnapshot.withLock { $0 = newValue } }
     }

@@ -2,9 +2,9 @@ import Foundation
 
 /// The events Prefect's worker emits, with the same names, resource and related-resource ids, so
 /// automations written for Python workers fire for this one too (`POST /events`, batched).
-public struct WorkerEvents: Sendable {
+struct WorkerEvents: Sendable {
     /// The Prefect release whose worker events these mirror.
-    public static let prefectVersion = "3.8.8"
+    static let prefectVersion = "3.8.8"
 
     let settings: Settings
     let shipper: APIShipper
@@ -12,7 +12,7 @@ public struct WorkerEvents: Sendable {
     let secrets: KnownSecrets
 
     /// `prefect.worker.process.<slug of the name>`, slugged like python-slugify.
-    public static func slug(_ name: String) -> String {
+    static func slug(_ name: String) -> String {
         var out = ""
         var dash = false
         for scalar in name.lowercased().unicodeScalars {
