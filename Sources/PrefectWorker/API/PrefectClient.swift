@@ -34,8 +34,12 @@ public final class PrefectClient: Sendable {
         self.init(baseURL: baseURL, apiKey: apiKey, authString: authString, settings: settings)
     }
 
-    init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings) {
+    /// Counts every request and its failures for `/metrics`.
+    let metrics: Metrics
+
+    init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings, metrics: Metrics = Metrics()) {
         self.baseURL = baseURL
+        self.metrics = metrics
         self.settings = settings
         var headers = settings.customHeaders.map { "\($0.key): \($0.value)" }.sorted()
         headers += [
@@ -137,7 +141,7 @@ public final class PrefectClient: Sendable {
         } catch is CancellationError {
             throw CancellationError()
         } catch let failure as CurlTransport.Failure {
-            Metrics.shared.request(endpointClass, failed: true)
+            metrics.request(endpointClass, failed: true)
             noteFailure()
             switch failure {
             case .tooLarge(let bytes):
@@ -147,7 +151,7 @@ public final class PrefectClient: Sendable {
             }
         }
         let ok = (200..<300).contains(response.status)
-        Metrics.shared.request(endpointClass, failed: !ok)
+        metrics.request(endpointClass, failed: !ok)
         guard ok else {
             if RetryPolicy.isRetryable(status: response.status) {
                 noteFailure()

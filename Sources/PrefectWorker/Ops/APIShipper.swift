@@ -5,7 +5,7 @@ import Synchronization
 /// `add` is synchronous, so records keep the order in which they were produced; one loop delivers them.
 /// When the server stays away and the buffer is full, the oldest records are dropped and counted; the
 /// count is delivered as a record of its own once the server is back.
-final class APIShipper: Sendable {
+final class APIShipper: Service {
     struct Record: Sendable {
         var body: JSON
         /// Records are counted per key when dropped (the flow run id for logs).
@@ -73,7 +73,7 @@ final class APIShipper: Sendable {
             state.buffer.removeFirst(extra)
             return extra
         }
-        if overflow > 0 { Metrics.shared.logLinesDropped(overflow) }
+        if overflow > 0 { client.metrics.logLinesDropped(overflow) }
     }
 
     var pending: Int { state.withLock { $0.buffer.count } }

@@ -39,19 +39,6 @@ public enum Log {
 
     private struct Config { var level = Level.info; var format = Format.text }
     private static let config = Mutex(Config())
-    /// Receives every line about a flow run, so it can be shipped to the run's logs in Prefect.
-    private static let runSink = Mutex<(@Sendable (Level, String, String) -> Void)?>(nil)
-
-    /// Applied to every line before it is written or given to the run sink: it removes secrets.
-    private static let redaction = Mutex<(@Sendable (String) -> String)?>(nil)
-
-    static func setRedaction(_ redact: (@Sendable (String) -> String)?) {
-        redaction.withLock { $0 = redact }
-    }
-
-    static func setRunSink(_ sink: (@Sendable (_ level: Level, _ runID: String, _ message: String) -> Void)?) {
-        runSink.withLock { $0 = sink }
-    }
 
     /// Sets the level and format of everything written from now on.
     public static func configure(level: Level, format: Format) {
@@ -59,21 +46,21 @@ public enum Log {
     }
 
     /// Writes a DEBUG line.
-    public static func debug(_ message: @autoclosure () -> String, run: String? = nil) { write(.debug, message, run) }
+    public static func debug(_ message: @autoclosure () -> String) { if isEnabled(.debug) { emit(.debug, message(), run: nil) } }
     /// Writes an INFO line.
-    public static func info(_ message: @autoclosure () -> String, run: String? = nil) { write(.info, message, run) }
+    public static func info(_ message: @autoclosure () -> String) { if isEnabled(.info) { emit(.info, message(), run: nil) } }
     /// Writes a WARNING line.
-    public static func warning(_ message: @autoclosure () -> String, run: String? = nil) { write(.warning, message, run) }
+    public static func warning(_ message: @autoclosure () -> String) { if isEnabled(.warning) { emit(.warning, message(), run: nil) } }
     /// Writes an ERROR line.
-    public static func error(_ message: @autoclosure () -> String, run: String? = nil) { write(.error, message, run) }
+    public static func error(_ message: @autoclosure () -> String) { emit(.error, message(), run: nil) }
 
-    private static func write(_ level: Level, _ message: () -> String, _ run: String?) {
+    /// Whether lines of `level` are written.
+    static func isEnabled(_ level: Level) -> Bool { level >= config.withLock { $0.level } }
+
+    /// Writes one line, if its level is enabled; `run` is the flow run it is about (a prefix, or `flow_run_id`).
+    /// The worker's own code writes through a `Logger`, which redacts and also ships lines about runs.
+    static func emit(_ level: Level, _ text: String, run: String?) {
         let current = config.withLock { $0 }
-        let sink = run == nil ? nil : runSink.withLock { $0 }
-        guard level >= current.level || (sink != nil && level >= .info) else { return }
-        var text = message()
-        if let redact = redaction.withLock({ $0 }) { text = redact(text) }
-        if let run, let sink, level >= .info { sink(level, run, text) }
         guard level >= current.level else { return }
         let time = Timestamp.format(Date())
         var line: String

@@ -6,7 +6,6 @@ import Synchronization
 
 /// The worker's counters, rendered in the Prometheus text exposition format for `/metrics`.
 final class Metrics: Sendable {
-    static let shared = Metrics()
 
     private struct State {
         var claimed = 0

@@ -46,6 +46,8 @@ struct SpawnError: Error, CustomStringConvertible, Sendable {
 /// rusage (CPU time, peak memory) is known. Spawning and reaping share a lock, so a child cannot be reaped
 /// before it is registered.
 final class ChildProcesses: Sendable {
+    /// The one per process: its thread reaps every child (`wait4(-1)`), so a second one would steal reaps.
+    /// Code reaches it through `WorkerContext.spawner`.
     static let shared = ChildProcesses()
 
     private enum Entry {

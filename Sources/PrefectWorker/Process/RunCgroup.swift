@@ -160,16 +160,16 @@ final class RunCgroup: Sendable {
 
     /// Once the job has exited: kills what is left of its tree (a job's cgroup outlives no job), waits until the
     /// cgroup is empty, reads its usage and removes it. Logs what it had to do.
-    func finish(runID: String) async -> CgroupUsage {
+    func finish(log: Logger) async -> CgroupUsage {
         if isPopulated {
             let left = processes()
-            Log.info("the job exited, leaving \(left.count) process(es) in its cgroup (pid \(left.map(String.init).joined(separator: ", "))); killing them (cgroup.kill)", run: runID)
+            log.info("the job exited, leaving \(left.count) process(es) in its cgroup (pid \(left.map(String.init).joined(separator: ", "))); killing them (cgroup.kill)")
             kill()
         }
         // A process stuck in the kernel (D state) can outlive SIGKILL for a while; a minute is enough to wait.
         for attempt in 1...12 {
             if await waitUntilEmpty(timeout: 5) { break }
-            Log.warning("the job's cgroup \(path) is still not empty \(attempt * 5) s after cgroup.kill; \(attempt < 12 ? "killing and waiting again" : "leaving it")", run: runID)
+            log.warning("the job's cgroup \(path) is still not empty \(attempt * 5) s after cgroup.kill; \(attempt < 12 ? "killing and waiting again" : "leaving it")")
             kill()
         }
         let usage = usage()

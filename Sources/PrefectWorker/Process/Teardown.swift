@@ -34,41 +34,52 @@ struct Teardown: Sendable, Equatable {
     }
 
     /// Runs the steps against process group `pgid` and against every process carrying the run's marker
-    /// (descendants that left the group), until `leaderExited` reports the job gone and no marked process
-    /// is left. The leader is checked every 50 ms, /proc every 500 ms. Its waits are real waits even when the
-    /// calling task is cancelled: a teardown that has started always completes.
+    /// (descendants that left the group), until `leaderExit` is open (the job has exited and been reaped) and
+    /// no marked process is left. It waits on the exit itself, and scans /proc for stragglers every 500 ms once
+    /// the leader is gone. It runs in a task of its own, which nobody can cancel: a teardown that has started
+    /// always completes, with real waits, even when the calling task is cancelled.
     ///
     /// Issue 13: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
-    /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0`.
-    func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExited: @Sendable () async -> Bool) async -> Outcome {
+    /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0` (checked every 50 ms).
+    /// `signalGroup` sends a signal to the job's process group (`ProcessSpawner.signalGroup`).
+    func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExit: Latch,
+             signalGroup: @escaping @Sendable (pid_t, Int32) -> Void = { _ = kill(-$0, $1) }) async -> Outcome {
+        let steps = self.steps
+        return await Task {
+            await Self.execute(steps, pgid: pgid, runID: runID, cgroup: cgroup, leaderExit: leaderExit, signalGroup: signalGroup)
+        }.value
+    }
+
+    private static func execute(_ steps: [Step], pgid: pid_t, runID: String?, cgroup: RunCgroup?, leaderExit: Latch,
+                                signalGroup: @Sendable (pid_t, Int32) -> Void) async -> Outcome {
         func stragglers() -> [pid_t] { cgroup?.processes() ?? runID.map(ProcFS.processes(ofRun:)) ?? [] }
         func treeGone() -> Bool { cgroup.map { !$0.isPopulated } ?? stragglers().isEmpty }
         func send(_ signal: Int32) {
             if signal == SIGKILL { cgroup?.kill() }
-            _ = kill(-pgid, signal)
+            signalGroup(pgid, signal)
             for pid in stragglers() { _ = kill(pid, signal) }
         }
-        if await leaderExited(), treeGone() { return .alreadyExited }
+        let scanInterval = cgroup == nil ? 0.5 : 0.05
+        /// Waits until `deadline` for the leader to exit and then for the tree to empty; true if both happened.
+        func gone(by deadline: Date) async -> Bool {
+            guard await leaderExit.wait(timeout: deadline.timeIntervalSinceNow) else { return false }
+            while !treeGone() {
+                let left = deadline.timeIntervalSinceNow
+                if left <= 0 { return false }
+                await sleepThroughCancellation(min(scanInterval, left))
+            }
+            return true
+        }
+        if leaderExit.isOpen, treeGone() { return .alreadyExited }
         for step in steps {
             send(step.signal)
-            let deadline = Date().addingTimeInterval(step.grace)
-            var nextScan = Date()
-            while Date() < deadline {
-                if await leaderExited() {
-                    if Date() >= nextScan {
-                        if treeGone() { return .exitedAfter(signal: step.signal) }
-                        nextScan = Date().addingTimeInterval(0.5)
-                    }
-                }
-                await sleepThroughCancellation(0.05)
-            }
-            if await leaderExited(), treeGone() { return .exitedAfter(signal: step.signal) }
+            if await gone(by: Date().addingTimeInterval(step.grace)) { return .exitedAfter(signal: step.signal) }
         }
+        // SIGKILL cannot be ignored; wait (bounded, 5 s) until the tree is gone and reaped, sending it again
+        // to anything that appeared meanwhile.
         send(SIGKILL)
-        // SIGKILL cannot be ignored; wait (bounded) until the tree is gone and reaped.
-        for _ in 0..<100 {
-            if await leaderExited(), treeGone() { break }
-            await sleepThroughCancellation(0.05)
+        for _ in 0..<50 {
+            if await gone(by: Date().addingTimeInterval(0.1)) { break }
             send(SIGKILL)
         }
         return .killed

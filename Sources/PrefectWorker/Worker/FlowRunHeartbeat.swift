@@ -21,15 +21,15 @@ struct FlowRunHeartbeat: Sendable {
     /// Seconds between heartbeats, from the job's `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` (or its legacy name
     /// `PREFECT_RUNNER_HEARTBEAT_FREQUENCY`) as the engine reads it: Prefect's default 180 when unset, at
     /// least 30 (Prefect's minimum).
-    static func seconds(_ env: [String: String], run id: String) -> Double {
+    static func seconds(_ env: [String: String], log: Logger) -> Double {
         let name = env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] != nil ? "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" : "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"
         guard let raw = env[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return 180 }
         guard let seconds = Int(raw) else {
-            Log.warning("\(name)='\(raw)' is not a whole number of seconds; sending heartbeats every 180 s (Prefect's default)", run: id)
+            log.warning("\(name)='\(raw)' is not a whole number of seconds; sending heartbeats every 180 s (Prefect's default)")
             return 180
         }
         if seconds < 30 {
-            Log.warning("\(name)=\(seconds) is below Prefect's minimum of 30; sending heartbeats every 30 s", run: id)
+            log.warning("\(name)=\(seconds) is below Prefect's minimum of 30; sending heartbeats every 30 s")
             return 30
         }
         return Double(seconds)

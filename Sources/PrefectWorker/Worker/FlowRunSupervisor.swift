@@ -3,16 +3,40 @@ import Foundation
 import Glibc
 #endif
 
-/// Takes one scheduled flow run from claim to final state: claim with PENDING, render the job
-/// configuration, start the job at its scheduled time, watch it, and report how it ended.
-struct FlowRunSupervisor: Sendable {
+/// Takes one flow run from claim to final state: claim with PENDING, render the job configuration, start
+/// the job at its scheduled time, watch it, and report how it ended. One per run, for the run's whole life
+/// in this worker: it owns the job's pid and exit, the run's cancel or stop request, the job's output pumps
+/// and the run's reports. The cancellation watch, the drain and the run's own timer reach it through the
+/// registry, by run id.
+actor FlowRunSupervisor {
+    nonisolated let runID: String
     let context: WorkerContext
-    var client: PrefectClient { context.client }
-    var settings: Settings { context.settings }
+    /// Lines about this run (the worker's log and the run's logs).
+    nonisolated let log: Logger
+    /// The job's process (group leader), while it runs.
+    private(set) var pid: pid_t?
+    /// The run was seen CANCELLING (or CANCELLED): do not start it, or stop it, and report CANCELLED.
+    private(set) var cancelRequested = false
+    /// Why the worker stopped this job, if it did (the final state message says so).
+    private(set) var stopReason: String?
+    /// The job ran past its `timeout_seconds`: it is stopped and reported FAILED (TimedOut).
+    private(set) var timedOut = false
+    /// Opened by the first cancel, stop or timeout request.
+    private let stopRequested = Latch()
+    /// Opened once the job has exited and been reaped (and its output read).
+    private let exited = Latch()
+    nonisolated var client: PrefectClient { context.client }
+    nonisolated var settings: Settings { context.settings }
 
     /// Environment variables a job must not inherit from a systemd-managed worker.
     /// A poll answer younger than this is taken as the run's state for its first PENDING proposal.
     static let freshPollSeconds = 2.0
+
+    init(context: WorkerContext, runID: String) {
+        self.context = context
+        self.runID = runID
+        self.log = context.log.forRun(runID)
+    }
 
     static let serviceVariables: Set<String> = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
 
@@ -23,18 +47,18 @@ struct FlowRunSupervisor: Sendable {
             do {
                 deployment = try await context.deployment(deploymentID)
             } catch {
-                Log.warning("cannot read deployment \(deploymentID): \(error); leaving the run for the next poll", run: id)
+                log.warning("cannot read deployment \(deploymentID): \(error); leaving the run for the next poll")
                 return
             }
             if deployment == nil {
-                Log.warning("deployment \(deploymentID) no longer exists; cancelling the run", run: id)
+                log.warning("deployment \(deploymentID) no longer exists; cancelling the run")
                 await report(id, FinalState(type: .cancelled, message: "Deployment \(deploymentID) no longer exists, cancelled run."), force: true)
                 return
             }
         }
         guard let pool = context.pool, await claim(run) else { return }
-        Metrics.shared.runClaimed()
-        Log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it", run: id)
+        context.metrics.runClaimed()
+        log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it")
 
         // Labels are informative: setting them (with a few quick retries) must not hold up the run.
         let client = self.client
@@ -48,7 +72,7 @@ struct FlowRunSupervisor: Sendable {
             do {
                 try await client.addLabels(id, labels, policy: .standard)
             } catch {
-                Log.warning("could not label the run: \(error); it runs unlabelled", run: id)
+                log.warning("could not label the run: \(error); it runs unlabelled")
             }
         }
 
@@ -56,28 +80,28 @@ struct FlowRunSupervisor: Sendable {
         do {
             job = try await configuration(for: run, deployment: deployment, pool: pool)
         } catch let error as JobConfigurationError {
-            Log.error("bad job configuration: \(error.message); reporting CRASHED", run: id)
+            log.error("bad job configuration: \(error.message); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         } catch let error as APIError where error.isRetryable {
             // The server was away while we read what the template refers to: not the run's fault.
-            Log.warning("cannot build the job configuration now (\(error)); handing the run back to be tried again", run: id)
+            log.warning("cannot build the job configuration now (\(error)); handing the run back to be tried again")
             await handBack(id, because: "Worker '\(settings.workerName)' could not reach the API to build the job configuration; rescheduled.")
             return
         } catch {
-            Log.error("cannot build the job configuration: \(error); reporting CRASHED", run: id)
+            log.error("cannot build the job configuration: \(error); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error)"))
             return
         }
 
         if let start = run.scheduledStart, start.timeIntervalSinceNow > 0.05 {
-            Log.info("scheduled for \(Timestamp.format(start)); starting it then", run: id)
-            let registry = context.registry
-            let slept = await firstOf({ await self.context.shutdown.sleep(start.timeIntervalSinceNow) }, {
-                await registry.waitForStopRequest(id)
+            log.info("scheduled for \(Timestamp.format(start)); starting it then")
+            let shutdown = context.shutdown, stopRequested = self.stopRequested
+            let slept = await firstOf({ await shutdown.sleep(start.timeIntervalSinceNow) }, {
+                await stopRequested.wait()
                 return false
             })
-            if !slept, await !registry.isCancelRequested(id) {
+            if !slept, !cancelRequested {
                 await handBack(id)
                 return
             }
@@ -121,32 +145,32 @@ struct FlowRunSupervisor: Sendable {
                 readFailures = 0
             } catch {
                 guard unanswered else {
-                    Log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll", run: id)
+                    log.warning("cannot read the run before claiming it: \(error); leaving it for the next poll")
                     return false
                 }
                 // Left now, a PENDING of ours that landed would stay PENDING with nobody to start it (a poll
                 // returns only SCHEDULED runs): keep reading until we know, through a drain too.
                 readFailures += 1
                 let delay = RetryPolicy.standard.delay(afterAttempt: readFailures, retryAfter: nil)
-                Log.warning("cannot read the run after a claim attempt whose answer was lost (\(error)); it may be ours, reading it again in \(String(format: "%.1f", delay)) s", run: id)
+                log.warning("cannot read the run after a claim attempt whose answer was lost (\(error)); it may be ours, reading it again in \(String(format: "%.1f", delay)) s")
                 guard await context.shutdown.sleep(delay, unless: .terminating) else {
-                    Log.error("the worker is stopping before it could learn whether its claim landed; the run may stay PENDING", run: id)
+                    log.error("the worker is stopping before it could learn whether its claim landed; the run may stay PENDING")
                     return false
                 }
                 continue
             }
             if isOurs(current) { return await confirmFirstClaim(run) }
             guard current.currentStateType == .scheduled else {
-                Log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it", run: id)
+                log.debug("no longer scheduled (\(current.currentStateType?.rawValue ?? "?")); not claiming it")
                 return false
             }
             guard context.shutdown.phase < .draining else {
-                Log.info("the worker is stopping; not claiming it", run: id)
+                log.info("the worker is stopping; not claiming it")
                 return false
             }
             // Given up only here, right after a read that shows the run still SCHEDULED, not ours.
             guard attempt < 20 else {
-                Log.warning("not claimed after \(attempt) attempts (the server kept asking to wait, or failing); leaving it for the next poll", run: id)
+                log.warning("not claimed after \(attempt) attempts (the server kept asking to wait, or failing); leaving it for the next poll")
                 return false
             }
             attempt += 1
@@ -158,12 +182,12 @@ struct FlowRunSupervisor: Sendable {
             } catch let error as APIError where error.isRetryable {
                 unanswered = true
                 let delay = RetryPolicy.quick.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
-                Log.debug("claim attempt failed (\(error)); checking the run again in \(String(format: "%.1f", delay)) s", run: id)
+                log.debug("claim attempt failed (\(error)); checking the run again in \(String(format: "%.1f", delay)) s")
                 // Not cut short by a drain: the run is read once more in any case, as the proposal may have landed.
                 _ = await context.shutdown.sleep(delay, unless: .terminating)
                 continue
             } catch {
-                Log.warning("could not claim: \(error); leaving it for the next poll", run: id)
+                log.warning("could not claim: \(error); leaving it for the next poll")
                 return false
             }
             switch Orchestration.decide(proposed: .pending, result, ours: ours) {
@@ -175,13 +199,13 @@ struct FlowRunSupervisor: Sendable {
                     return await confirmFirstClaim(run)
                 }
                 let now = result.state.map { " (run is \($0.type.rawValue))" } ?? ""
-                Log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)", run: id)
+                log.info("not claimed: \(result.details?.reason ?? result.status.rawValue)\(now)")
                 return false
             case .wait(let delay):
-                Log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING", run: id)
+                log.info("server asked to wait \(String(format: "%.1f", delay)) s before PENDING")
                 // After an unanswered proposal the run is read once more even if a drain starts meanwhile.
                 if await !context.shutdown.sleep(delay, unless: unanswered ? .terminating : .draining) {
-                    Log.info("the worker is stopping; not claiming it", run: id)
+                    log.info("the worker is stopping; not claiming it")
                     return false
                 }
             }
@@ -197,14 +221,14 @@ struct FlowRunSupervisor: Sendable {
         guard let now = try? await client.readFlowRun(id, policy: .quick) else { return true }
         let ranMeanwhile = (now.runCount ?? 0) > (polled.runCount ?? 0) || (now.startTime != nil && now.startTime != polled.startTime)
         guard ranMeanwhile else { return true }
-        Log.warning("claimed a run another worker finished meanwhile (run count \(polled.runCount ?? 0) → \(now.runCount ?? 0)); restoring its final state, not running it again", run: id)
+        log.warning("claimed a run another worker finished meanwhile (run count \(polled.runCount ?? 0) → \(now.runCount ?? 0)); restoring its final state, not running it again")
         do {
             let states = try await client.flowRunStates(id)
             if let final = states.last(where: { $0.type.isTerminal }) {
                 _ = try await client.restoreState(id, final, message: final.message ?? "Restored by worker '\(settings.workerName)' after a duplicate claim.")
             }
         } catch {
-            Log.error("could not restore the run's final state: \(error)", run: id)
+            log.error("could not restore the run's final state: \(error)")
         }
         return false
     }
@@ -214,9 +238,9 @@ struct FlowRunSupervisor: Sendable {
         let message = reason ?? "Worker '\(settings.workerName)' shut down before the run started."
         do {
             let result = try await client.setState(id, StateProposal(.scheduled, message: message))
-            Log.info("handed back to the pool (\(result.status.rawValue))", run: id)
+            log.info("handed back to the pool (\(result.status.rawValue))")
         } catch {
-            Log.error("could not hand the run back: \(error)", run: id)
+            log.error("could not hand the run back: \(error)")
         }
     }
 
@@ -236,7 +260,7 @@ struct FlowRunSupervisor: Sendable {
     }
 
     /// The job's environment: the worker's, then the job's `env`, then what identifies the run.
-    func environment(for run: FlowRun, job: JobConfiguration, parameters: String, parametersFile: String) -> [String: String] {
+    nonisolated func environment(for run: FlowRun, job: JobConfiguration, parameters: String, parametersFile: String) -> [String: String] {
         var env = settings.environment.filter { !Self.serviceVariables.contains($0.key) }
         env.merge(job.environment) { $1 }
         env["PREFECT__FLOW_RUN_ID"] = run.id
@@ -254,7 +278,7 @@ struct FlowRunSupervisor: Sendable {
             env["PREFECT_FLOW_RUN_PARAMETERS"] = parameters
         } else {
             env["PREFECT_FLOW_RUN_PARAMETERS"] = nil
-            Log.warning("parameters are \(parameters.utf8.count) bytes, too large for one environment variable; the job gets them only through PREFECT_FLOW_RUN_PARAMETERS_FILE", run: run.id)
+            log.warning("parameters are \(parameters.utf8.count) bytes, too large for one environment variable; the job gets them only through PREFECT_FLOW_RUN_PARAMETERS_FILE", run: run.id)
         }
         return env
     }
@@ -269,7 +293,7 @@ struct FlowRunSupervisor: Sendable {
             workspace = try JobWorkspace.create(parameters: parameters, workingDirectory: job.workingDirectory,
                                                 environment: settings.environment)
         } catch {
-            Log.error("cannot prepare the job: \(error.message); reporting CRASHED", run: id)
+            log.error("cannot prepare the job: \(error.message); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
@@ -285,7 +309,7 @@ struct FlowRunSupervisor: Sendable {
         do {
             executable = try resolveProgram(&arguments, commandIsDefault: job.command == nil, env: env, directory: workspace.workingDirectory)
         } catch {
-            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            log.error("cannot start the job: \(error.message); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
@@ -295,7 +319,7 @@ struct FlowRunSupervisor: Sendable {
         do {
             cgroup = try RunCgroup.prepare(host: context.cgroups.host, whyNoHost: context.cgroups.reason, runID: id, limits: job.limits)
         } catch {
-            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            log.error("cannot start the job: \(error.message); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
@@ -318,17 +342,17 @@ struct FlowRunSupervisor: Sendable {
                 executable: executable, arguments: arguments, environment: env,
                 workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
             request.cgroupFD = cgroup?.fd  // issue 13
-            process = try ChildProcesses.shared.spawn(request)
+            process = try context.spawner.spawn(request)
         } catch {
-            Log.error("cannot start the job: \(error.message); reporting CRASHED", run: id)
+            log.error("cannot start the job: \(error.message); reporting CRASHED")
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
-        await context.registry.setPID(id, process.pid)
+        pid = process.pid
         await context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
             workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
-        Metrics.shared.runStarted()
+        context.metrics.runStarted()
         let logs = context.logs
         let maxLogSize = settings.logsToAPI.maxLogSize
         func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {
@@ -342,7 +366,7 @@ struct FlowRunSupervisor: Sendable {
             process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, redactor: redactor, onLine: shipper(.info)) },
             process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, redactor: redactor, onLine: shipper(.warning)) },
         ].compactMap { $0 }
-        Log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")", run: id)
+        log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")")
 
         // Queued here, before the job can end, so it reaches the server before the final state (per-run
         // order); delivered in the background, so a slow server does not hold up the watch.
@@ -350,12 +374,12 @@ struct FlowRunSupervisor: Sendable {
         await outbox.enqueue(id, .infrastructurePID(pid: process.pid))
         Task { await outbox.deliver(id, policy: .quick) }
 
-        let events = context.events
+        let events = context.events, spawner = context.spawner
         // The engine heartbeats for its own runs; for a plain command the worker does.
         let heartbeat = job.stateOwner == .worker
-            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, run: id)) : nil
+            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
         await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup, exitStatus: {
-            let end = await ChildProcesses.shared.waitForEnd(process.pid)
+            let end = await spawner.waitForEnd(process.pid)
             heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
             return end
@@ -368,8 +392,8 @@ struct FlowRunSupervisor: Sendable {
 
     /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
     func startAllowed(_ id: String) async -> Bool {
-        if await context.registry.isCancelRequested(id) {
-            Log.info("cancelled before it started; not starting it", run: id)
+        if cancelRequested {
+            log.info("cancelled before it started; not starting it")
             await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
             return false
         }
@@ -380,6 +404,44 @@ struct FlowRunSupervisor: Sendable {
         return true
     }
 
+    // MARK: - Stop requests (from the cancellation watch, the drain and the run's timer)
+
+    /// Records that the run is to be cancelled and wakes the supervisor, which stops the job (or does not
+    /// start it) and reports CANCELLED. False if it was already being cancelled. A cancel that arrives while
+    /// the job is being stopped for another reason still makes the final state CANCELLED.
+    @discardableResult
+    func requestCancel() -> Bool {
+        guard !cancelRequested else { return false }
+        cancelRequested = true
+        stopRequested.open()
+        return true
+    }
+
+    /// Records that the job is to be stopped because the worker shuts down, and wakes the supervisor.
+    func requestStop(reason: String) {
+        guard stopReason == nil else { return }
+        stopReason = reason
+        stopRequested.open()
+    }
+
+    /// Records that the job ran past its time limit and wakes the supervisor. Does nothing if the run is
+    /// already being stopped.
+    func requestTimeout(reason: String) {
+        guard !cancelRequested, stopReason == nil else { return }
+        timedOut = true
+        stopReason = reason
+        stopRequested.open()
+    }
+
+    /// Why the job is being stopped, for the log line.
+    private func stopCause(timeout: Double?) -> String {
+        cancelRequested ? "the run is being cancelled"
+            : timedOut ? "it ran longer than timeout_seconds=\(String(format: "%g", timeout ?? 0))"
+            : "the worker is shutting down"
+    }
+
+    // MARK: - Watching
+
     /// Watches a running job until it exits, stopping it (the declared teardown) when the run is cancelled,
     /// runs past `timeout` seconds, or the worker shuts down, then reports the final state and clears the
     /// journal entry. `exitStatus` is nil for an adopted job, whose status and usage cannot be known.
@@ -388,54 +450,51 @@ struct FlowRunSupervisor: Sendable {
     func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
                exitStatus: @escaping @Sendable () async -> JobEnd?,
                executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
-        let registry = context.registry
+        self.pid = pid
         let grace = settings.killGraceSeconds
         let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
         let timer = timeout.map { seconds in
             Task {
                 do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
-                await registry.requestTimeout(id, reason: limit!)
+                self.requestTimeout(reason: limit!)
             }
         }
+        let stopRequested = self.stopRequested, exited = self.exited, spawner = context.spawner
         let stopper = Task { () -> Teardown.Outcome? in
-            await registry.waitForStopRequest(id)
+            await stopRequested.wait()
             if Task.isCancelled { return nil }
-            let entry = await registry.entry(id)
-            let why = entry?.cancelRequested == true ? "the run is being cancelled"
-                : entry?.timedOut == true ? "it ran longer than timeout_seconds=\(String(format: "%g", timeout ?? 0))"
-                : "the worker is shutting down"
-            Log.info("\(why): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s", run: id)
-            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup) {
-                await registry.entry(id)?.pid == nil
+            log.info("\(self.stopCause(timeout: timeout)): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s")
+            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup, leaderExit: exited) {
+                spawner.signalGroup($0, $1)
             }
-            Log.info("job (pid \(pid)) \(outcome)", run: id)
+            log.info("job (pid \(pid)) \(outcome)")
             return outcome
         }
         let end = await exitStatus()
         timer?.cancel()
         let exit = end?.status
-        await registry.setPID(id, nil)
+        self.pid = nil
+        exited.open()
         /// The closing line, the metrics and `executed`, with the whole tree's figures from its cgroup (more
         /// exact than rusage for trees that fork) once the cgroup is empty.
         func closing(_ cgroupUsage: CgroupUsage?) {
             var usage = end?.usage ?? .unknown
             if let cgroupUsage, end != nil { usage = usage.overridden(by: cgroupUsage.jobUsage) }
-            Log.info(JobUsage.closingLine(pid: pid, ending: exit?.description, usage: usage), run: id)
-            if !usage.isUnknown { Metrics.shared.runUsage(usage) }
+            log.info(JobUsage.closingLine(pid: pid, ending: exit?.description, usage: usage))
+            if !usage.isUnknown { context.metrics.runUsage(usage) }
             executed(exit, usage)
         }
 
-        let entry = await registry.entry(id)
-        if entry?.cancelRequested == true || entry?.stopReason != nil {
+        if cancelRequested || stopReason != nil {
             let outcome = await stopper.value
             closing(await finishCgroup(cgroup, id))  // issue 13
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
-            if entry?.timedOut == true, entry?.cancelRequested != true {
+            if timedOut, !cancelRequested {
                 await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
-            } else if entry?.cancelRequested == true {
+            } else if cancelRequested {
                 await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."))
             } else {
-                await report(id, FinalState(type: .crashed, message: "\(entry?.stopReason ?? "Worker shut down"): \(how)."))
+                await report(id, FinalState(type: .crashed, message: "\(stopReason ?? "Worker shut down"): \(how)."))
             }
         } else {
             stopper.cancel()
@@ -448,8 +507,8 @@ struct FlowRunSupervisor: Sendable {
                     await report(id, final)
                 } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
                     // The engine reported; count and log what it reported.
-                    Log.info("the engine reported \(state.rawValue)", run: id)
-                    if state.isTerminal { Metrics.shared.runFinished(state) }
+                    log.info("the engine reported \(state.rawValue)")
+                    if state.isTerminal { context.metrics.runFinished(state) }
                 }
             } else {
                 await reportAdoptedExit(id, owner: owner)
@@ -461,8 +520,8 @@ struct FlowRunSupervisor: Sendable {
     /// Issue 13: once the job has exited, empties and removes its cgroup and logs what its whole tree used.
     func finishCgroup(_ cgroup: RunCgroup?, _ id: String) async -> CgroupUsage? {
         guard let cgroup else { return nil }
-        let usage = await cgroup.finish(runID: id)
-        Log.info("cgroup usage: \(usage.summary)", run: id)
+        let usage = await cgroup.finish(log: log)
+        log.info("cgroup usage: \(usage.summary)")
         return usage
     }
 
@@ -502,13 +561,13 @@ struct FlowRunSupervisor: Sendable {
                 result = try await client.setState(id, proposal)
             } catch let error as APIError where error.isRetryable {
                 guard context.shutdown.phase < .terminating else {
-                    Log.error("could not propose RUNNING (\(error)) and the worker is stopping; the run stays PENDING", run: id)
+                    log.error("could not propose RUNNING (\(error)) and the worker is stopping; the run stays PENDING")
                     return false
                 }
-                Log.warning("could not propose RUNNING yet (\(error)); trying again", run: id)
+                log.warning("could not propose RUNNING yet (\(error)); trying again")
                 continue
             } catch {
-                Log.error("could not propose RUNNING: \(error); reporting CRASHED", run: id)
+                log.error("could not propose RUNNING: \(error); reporting CRASHED")
                 await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
                 return false
             }
@@ -516,12 +575,12 @@ struct FlowRunSupervisor: Sendable {
             case .accepted:
                 return true
             case .wait(let delay):
-                Log.info("server asked to wait \(String(format: "%.1f", delay)) s before RUNNING", run: id)
+                log.info("server asked to wait \(String(format: "%.1f", delay)) s before RUNNING")
                 guard await context.shutdown.sleep(delay) else { await handBack(id); return false }
                 proposal = StateProposal(.running)
             case .refused, .proposeCancelled:
                 let state = result.state?.type
-                Log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job", run: id)
+                log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job")
                 if state == .cancelling || state == .cancelled {
                     await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
                 }

@@ -16,11 +16,13 @@ enum OutboxItem: Codable, Sendable, Equatable {
 /// `<state dir>/outbox/<run id>.json` (written atomically and durably) and delivered in order per run: at
 /// once when possible, else by a background loop when the server is back, and after a worker restart.
 /// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
-actor Outbox {
+actor Outbox: Service {
     let directory: String
     private let client: PrefectClient
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
+    /// Lines about the runs whose reports it carries.
+    private let log: Logger
     /// WAIT answers waited out in one delivery attempt before the item is left for the background loop.
     static let waitsPerAttempt = 20
     /// The items, kept in memory as well: the file is for a restart, memory is what we deliver from, so a
@@ -33,7 +35,8 @@ actor Outbox {
     private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
     private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
 
-    init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil) {
+    init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil, log: Logger = .console) {
+        self.log = log
         self.directory = stateDirectory + "/outbox"
         self.client = client
         self.shutdown = shutdown
@@ -62,7 +65,7 @@ actor Outbox {
             if let data = FileManager.default.contents(atPath: file), let items = try? JSONDecoder().decode([OutboxItem].self, from: data) {
                 if !items.isEmpty { memory[runID] = items }
             } else {
-                Log.error("outbox entry \(file) is unreadable; moved aside to \(file).corrupt", run: runID)
+                log.error("outbox entry \(file) is unreadable; moved aside to \(file).corrupt", run: runID)
                 rename(file, file + ".corrupt")
             }
         }
@@ -91,7 +94,7 @@ actor Outbox {
             }
         }
         if let error = failure {
-            Log.error("cannot write the outbox entry \(path): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
+            log.error("cannot write the outbox entry \(path): \(error); the report is kept in memory and is lost if the worker stops before it is delivered", run: runID)
         }
     }
 
@@ -149,11 +152,11 @@ actor Outbox {
             } catch let error as APIError where error.isRetryable {
                 // A busy server's 503s are routine: a WARNING only once the API has been failing for a while.
                 let line = "cannot report to the server now (\(error)); kept in the outbox, will retry"
-                if client.failingSeconds > PrefectClient.quietFailureSeconds { Log.warning(line, run: runID) } else { Log.info(line, run: runID) }
+                if client.failingSeconds > PrefectClient.quietFailureSeconds { log.warning(line, run: runID) } else { log.info(line, run: runID) }
                 return false
             } catch {
                 // Not retryable (404: the run was deleted; 4xx: refused): retrying cannot help.
-                Log.error("report dropped: \(error)", run: runID)
+                log.error("report dropped: \(error)", run: runID)
             }
             // Items may have been added while we were delivering: remove just the one delivered.
             var current = items(runID)
@@ -179,8 +182,8 @@ actor Outbox {
             // A timed-out engine may report CRASHED on the SIGTERM the worker sent it: the timeout is why.
             let timeoutOverCrash = name == "TimedOut" && current == .crashed
             if let current, current.isTerminal, !timeoutOverCrash {
-                Log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
-                Metrics.shared.runFinished(current)
+                log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
+                client.metrics.runFinished(current)
                 return true
             }
             if current == .cancelling {
@@ -195,17 +198,17 @@ actor Outbox {
                 let result = try await client.setState(runID, proposal, policy: policy)
                 switch Orchestration.decide(proposed: type, result) {
                 case .accepted:
-                    Log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
-                    Metrics.shared.runFinished(type)
+                    log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
+                    client.metrics.runFinished(type)
                     return true
                 case .wait(let seconds):
                     waits += 1
                     if waits > Self.waitsPerAttempt {
-                        Log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
+                        log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
                         return false
                     }
                     guard await pause(seconds), !Task.isCancelled else {
-                        Log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
+                        log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
                         return false
                     }
                 case .proposeCancelled:
@@ -216,7 +219,7 @@ actor Outbox {
                 case .refused(let state, let reason):
                     // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
                     let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
-                    Log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
+                    log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
                     return true
                 }
             }
@@ -239,7 +242,7 @@ actor Outbox {
             return true
         }, { try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000)); return false })
         if !delivered {
-            Log.warning("\(pendingRuns().count) run(s) have reports the server has not received yet; they stay in \(directory) and are delivered when a worker with this state directory starts again")
+            log.warning("\(pendingRuns().count) run(s) have reports the server has not received yet; they stay in \(directory) and are delivered when a worker with this state directory starts again")
         }
     }
 

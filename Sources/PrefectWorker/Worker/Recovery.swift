@@ -7,7 +7,10 @@ import Glibc
 /// reporting, and either adopts their still-running jobs or reports them CRASHED.
 struct Recovery: Sendable {
     let context: WorkerContext
-    var supervisor: FlowRunSupervisor { FlowRunSupervisor(context: context) }
+    /// Where an adopted job's watch runs, beside the other runs.
+    let launcher: RunLauncher
+    /// A supervisor for the recovered run: it reports for it, or watches its adopted job.
+    func supervisor(_ runID: String) -> FlowRunSupervisor { FlowRunSupervisor(context: context, runID: runID) }
 
     func run() async {
         let orphans = context.journal.takeOverOrphans(me: context.identity, pool: context.settings.pool)
@@ -20,21 +23,21 @@ struct Recovery: Sendable {
     /// A journalled job: adopt it if its process is still the one we started, else report the run CRASHED.
     func recover(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async {
         if ProcFS.isAlive(pid, startTime: processStart) {
-            adopt(runID: runID, pid: pid, processStart: processStart, owner: owner)
+            await adopt(runID: runID, pid: pid, processStart: processStart, owner: owner)
         } else {
-            Log.info("a previous worker launched this run as pid \(pid), which is gone; reporting CRASHED unless it is final", run: runID)
-            await supervisor.report(runID, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
+            context.log.info("a previous worker launched this run as pid \(pid), which is gone; reporting CRASHED unless it is final", run: runID)
+            await supervisor(runID).report(runID, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
             await context.journal.remove(runID)
         }
     }
 
     /// Watches a job a previous worker left running, keeping it cancellable, until it exits.
-    func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) {
-        Log.info("adopting job pid \(pid) left running by a previous worker; watching it until it exits", run: runID)
+    func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async {
+        context.log.info("adopting job pid \(pid) left running by a previous worker; watching it until it exits", run: runID)
         let registry = context.registry
-        let supervisor = self.supervisor
-        Task {
-            await registry.adopt(runID, pid: pid)
+        let supervisor = self.supervisor(runID)
+        await registry.adopt(supervisor)
+        launcher.submit {
             // Issue 13: the run's cgroup, if the previous worker made one, still holds the whole tree.
             let cgroup = RunCgroup.existing(host: supervisor.context.cgroups.host, runID: runID)
             await supervisor.watch(runID, pid: pid, owner: owner, cgroup: cgroup) {
@@ -58,20 +61,20 @@ struct Recovery: Sendable {
         do {
             runs = try await context.client.filterFlowRuns(filter)
         } catch {
-            Log.warning("cannot look for runs a previous worker named '\(settings.workerName)' left behind: \(error)")
+            context.log.warning("cannot look for runs a previous worker named '\(settings.workerName)' left behind: \(error)")
             return
         }
         for run in runs where run.labels?["prefect.worker.name"]?.stringValue == settings.workerName {
-            if await context.registry.entry(run.id) != nil { continue }
+            if await context.registry.supervisor(run.id) != nil { continue }
             if let raw = run.infrastructurePID, let pid = pid_t(raw), ProcFS.isAlive(pid, startTime: nil),
                ProcFS.environment(of: pid, contains: "PREFECT__FLOW_RUN_ID=" + run.id) {
-                adopt(runID: run.id, pid: pid, processStart: ProcFS.startTime(of: pid), owner: .engine)
+                await adopt(runID: run.id, pid: pid, processStart: ProcFS.startTime(of: pid), owner: .engine)
             } else if run.currentStateType == .pending, run.infrastructurePID == nil {
-                Log.info("claimed by a previous worker named '\(settings.workerName)' but never started; handing it back", run: run.id)
-                await supervisor.handBack(run.id, because: "Worker '\(settings.workerName)' restarted before the run started.")
+                context.log.info("claimed by a previous worker named '\(settings.workerName)' but never started; handing it back", run: run.id)
+                await supervisor(run.id).handBack(run.id, because: "Worker '\(settings.workerName)' restarted before the run started.")
             } else {
-                Log.info("left \(run.currentStateType?.rawValue ?? "?") by a previous worker named '\(settings.workerName)' and its process is gone; reporting CRASHED", run: run.id)
-                await supervisor.report(run.id, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
+                context.log.info("left \(run.currentStateType?.rawValue ?? "?") by a previous worker named '\(settings.workerName)' and its process is gone; reporting CRASHED", run: run.id)
+                await supervisor(run.id).report(run.id, FinalState(type: .crashed, message: "Worker restarted; job process was gone."))
             }
         }
     }

@@ -36,8 +36,10 @@ final class RunJournal: Sendable {
     /// Entry writes and removals, off the threads async code runs on. One run's writes never overlap (its
     /// supervisor awaits each), so runs are written concurrently.
     private let disk = DispatchQueue.global(qos: .utility)
+    private let log: Logger
 
-    init(stateDirectory: String) {
+    init(stateDirectory: String, log: Logger = .console) {
+        self.log = log
         directory = stateDirectory + "/journal"
     }
 
@@ -80,7 +82,7 @@ final class RunJournal: Sendable {
     }
 
     private func logFailure(_ runID: String, _ error: AtomicFile.Failure) {
-        Log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
+        log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
     }
 
     func remove(_ runID: String) async {
@@ -96,7 +98,7 @@ final class RunJournal: Sendable {
             let file = directory + "/" + name
             guard let data = FileManager.default.contents(atPath: file),
                   let entry = try? JSONDecoder().decode(JournalEntry.self, from: data) else {
-                if !name.contains(".tmp-") { Log.warning("ignoring unreadable journal entry \(file)") }
+                if !name.contains(".tmp-") { log.warning("ignoring unreadable journal entry \(file)") }
                 continue
             }
             if entry.workerPID == me.pid && entry.workerStart == me.start { continue }

@@ -5,6 +5,10 @@ import Synchronization
 final class WorkerContext: Sendable {
     let settings: Settings
     let client: PrefectClient
+    /// The counters behind `/metrics` (the client counts its requests into them too).
+    let metrics: Metrics
+    /// Starts jobs and reports how they ended.
+    let spawner: any ProcessSpawner
     let registry: RunRegistry
     let shutdown: Shutdown
     let status: WorkerStatus
@@ -21,20 +25,22 @@ final class WorkerContext: Sendable {
     /// Job output of worker-owned runs and the worker's own lines about runs, shipped to `POST /logs/`.
     let logs: APIShipper
     let events: WorkerEvents
+    /// The worker's lines: redacted, and those about a run shipped to its logs too (`logs`).
+    let log: Logger
     let notifier: SystemdNotifier
     /// The secrets to keep out of job output, the worker's log lines and its events.
     let secrets: KnownSecrets
     /// Issue 13: the worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
     private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
-    init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown()) {
+    init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown(), spawner: any ProcessSpawner = ChildProcesses.shared) {
         self.settings = settings
+        self.spawner = spawner
         self.client = client
-        self.registry = RunRegistry(limit: settings.limit)
+        self.metrics = client.metrics
+        self.registry = RunRegistry(limit: settings.limit, metrics: client.metrics)
         self.shutdown = shutdown
         self.status = WorkerStatus()
-        self.journal = RunJournal(stateDirectory: settings.stateDirectory)
-        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown)
         let logSettings = settings.logsToAPI
         self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
                                maxBatchBytes: logSettings.maxBatchBytes, interval: logSettings.batchInterval) { runID, count in
@@ -44,6 +50,17 @@ final class WorkerContext: Sendable {
         }
         let secrets = KnownSecrets(settings.secretValues)
         self.secrets = secrets
+        let logs = self.logs
+        var runLine: (@Sendable (Log.Level, String, String) -> Void)?
+        if logSettings.enabled {
+            runLine = { level, runID, message in
+                logs.add(FlowRunLog.shippable(runID: runID, level: level, message: message, maxSize: logSettings.maxLogSize))
+            }
+        }
+        let log = Logger(output: Logger.Output(redact: { secrets.redact($0) }, runLine: runLine))
+        self.log = log
+        self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
+        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1),
                                    secrets: secrets)

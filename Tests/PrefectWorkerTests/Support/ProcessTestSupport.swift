@@ -176,7 +176,12 @@ enum ProcessTestSupport {
 /// Set once, read from any task: "has this child exited?" for `Teardown.run`.
 final class ExitFlag: Sendable {
     private let state = Mutex<ExitStatus?>(nil)
-    func set(_ status: ExitStatus) { state.withLock { $0 = status } }
+    /// Open once the status is set: what a teardown waits on.
+    let latch = Latch()
+    func set(_ status: ExitStatus) {
+        state.withLock { $0 = status }
+        latch.open()
+    }
     var status: ExitStatus? { state.withLock { $0 } }
     var isSet: Bool { status != nil }
 }

@@ -61,13 +61,13 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// it Late, with a new state id; a run already Late stayed stranded until a restart).
     func testARunWhoseClaimMetFailedReadsIsTakenAgainOnTheNextPoll() async throws {
         let context = makeContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-stranded")
         let registry = context.registry
         let run = try polledRun("run-stranded")
         // Every attempt of the read before the claim fails (the quick policy makes 4).
         fake.inject(Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "GET", path: "/api/flow_runs/*")
 
-        let reserved = await registry.reserve(run)
+        let reserved = await registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
         let first = await supervisor.claim(run)
         XCTAssertFalse(first, "no read succeeded: the run cannot be claimed now")
@@ -76,7 +76,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         await registry.release(run.id)
 
         // The next poll returns the same run in the same scheduled state: it must be taken again.
-        let again = await registry.reserve(run)
+        let again = await registry.reserve(run, for: supervisor)
         XCTAssertTrue(again, "a run left for the next poll must be taken on the next poll")
         let second = await supervisor.claim(run)
         XCTAssertTrue(second, "the server is back: the claim succeeds")
@@ -84,10 +84,10 @@ final class FlowRunSupervisorTests: XCTestCase {
         await registry.release(run.id)
 
         // Claimed once: a stale poll that still shows it SCHEDULED in that state never starts it a second time.
-        let stale = await registry.reserve(run)
+        let stale = await registry.reserve(run, for: supervisor)
         XCTAssertFalse(stale, "a run this worker claimed is never taken again in the same scheduled state")
         // A re-run (a new SCHEDULED state) may be taken again.
-        let rerun = await registry.reserve(try polledRun("run-stranded", stateID: "s-2"))
+        let rerun = await registry.reserve(try polledRun("run-stranded", stateID: "s-2"), for: supervisor)
         XCTAssertTrue(rerun)
     }
 
@@ -98,13 +98,13 @@ final class FlowRunSupervisorTests: XCTestCase {
         var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
         settings.stateDirectory = stateDirectory
         let context = WorkerContext(settings: settings, client: fake.client(requestTimeout: 1))
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-lost-answer")
         let run = try polledRun("run-lost-answer")
         // The proposal is applied after 2 s, when the client has given up on its answer (1 s timeout)...
         fake.inject([.delay(2)], method: "POST", path: "/api/flow_runs/*/set_state")
         // ... and the reads after it fail for a while (the first read, before the proposal, passes).
         fake.inject([.delay(0)] + Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "GET", path: "/api/flow_runs/*")
-        let reserved = await context.registry.reserve(run)
+        let reserved = await context.registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
         let claimed = await supervisor.claim(run)
         XCTAssertEqual(server.value.type, "PENDING", "the lost proposal did land")
@@ -116,35 +116,35 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// saying so; the run is then left for the next poll (and is taken there, as it was not claimed).
     func testAClaimThatIsToldToWaitAgainAndAgainGivesUpAfterAReadAndSaysSo() async throws {
         let context = makeContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-waits")
         fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
             .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0}}"#)
         }
         let run = try polledRun("run-waits")
-        _ = await context.registry.reserve(run)
+        _ = await context.registry.reserve(run, for: supervisor)
         let claimed = await supervisor.claim(run)
         XCTAssertFalse(claimed)
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/*/set_state").count, 20)
         XCTAssertEqual(fake.requests("GET", "/api/flow_runs/*").count, 21, "a read before each proposal, and one before giving up")
         await context.registry.release(run.id)
-        let again = await context.registry.reserve(run)
+        let again = await context.registry.reserve(run, for: supervisor)
         XCTAssertTrue(again, "not claimed: taken again on the next poll")
     }
 
     /// The same when the claim was never tried because the deployment could not be read.
     func testARunLeftBecauseItsDeploymentCouldNotBeReadIsTakenAgain() async throws {
         let context = makeContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-d")
         let registry = context.registry
         let fields = JSON.object(["id": "run-d", "state_id": "s-1", "deployment_id": "d-1"])
         let run = try JSONDecoder().decode(FlowRun.self, from: Data(fields.encoded().utf8))
         fake.outage = .unavailable(retryAfter: "0")
-        let reserved = await registry.reserve(run)
+        let reserved = await registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
         await supervisor.run(run)
         await registry.release(run.id)
         XCTAssertFalse(fake.requests("GET", "/api/deployments/d-1").isEmpty, "the deployment read was tried")
-        let again = await registry.reserve(run)
+        let again = await registry.reserve(run, for: supervisor)
         XCTAssertTrue(again, "a run left for the next poll must be taken on the next poll")
     }
 
@@ -153,16 +153,16 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// after the final state had been queued.)
     func testAFastJobsPidReachesTheServerBeforeItsFinalState() async throws {
         let context = try await makeLaunchingContext()
-        let supervisor = FlowRunSupervisor(context: context)
         // Before the fix about one run in fifteen came out in the wrong order here; twenty make a failure likely.
         for i in 0..<20 {
             let id = "run-fast-\(i)"
+            let supervisor = FlowRunSupervisor(context: context, runID: id)
             server.value = (type: "SCHEDULED", stateID: "s-\(i)", transitionID: "t-0")
             let json = JSON.object(["id": .string(id), "state_id": .string("s-\(i)"), "run_count": .int(0),
                                     "job_variables": .object(["command": "true", "stream_output": .bool(false)]),
                                     "state": .object(["id": .string("s-\(i)"), "type": "SCHEDULED", "name": "Scheduled"])])
             let run = try JSONDecoder().decode(FlowRun.self, from: Data(json.encoded().utf8))
-            let reserved = await context.registry.reserve(run)
+            let reserved = await context.registry.reserve(run, for: supervisor)
             XCTAssertTrue(reserved)
             let finished = await finishes(within: 30) { await supervisor.run(run) }
             XCTAssertTrue(finished, "the run should be supervised to its end")
@@ -177,11 +177,14 @@ final class FlowRunSupervisorTests: XCTestCase {
     // MARK: - A run from claim to final state (a real job, the fake API)
 
     /// A context ready to launch jobs: state directories prepared, a process pool with the default template.
-    private func makeLaunchingContext() async throws -> WorkerContext {
+    /// A context whose runs can launch jobs: real ones, or `spawner`'s.
+    private func makeLaunchingContext(spawner: (any ProcessSpawner)? = nil, configure: (inout Settings) -> Void = { _ in }) async throws -> WorkerContext {
         var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
         settings.stateDirectory = stateDirectory
         settings.environment = ["PATH": "/usr/bin:/bin"]
-        let context = WorkerContext(settings: settings, client: fake.client())
+        configure(&settings)
+        let context = spawner.map { WorkerContext(settings: settings, client: fake.client(), spawner: $0) }
+            ?? WorkerContext(settings: settings, client: fake.client())
         try context.journal.prepare()
         try await context.outbox.prepare()
         context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
@@ -212,7 +215,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// the read after the claim remains (it catches a run finished in between).
     func testAFreshlyPolledRunIsClaimedWithoutAReadBeforeItsFirstProposal() async throws {
         let context = makeContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-fresh")
         var fresh = try polledRun("run-fresh")
         fresh.polledAt = Date()
         let claimed = await supervisor.claim(fresh)
@@ -236,9 +239,10 @@ final class FlowRunSupervisorTests: XCTestCase {
         let context = try await makeLaunchingContext()
         fake.inject(Array(repeating: .unavailable(retryAfter: "0"), count: 4), method: "PATCH", path: "/api/flow_runs/*/labels")
         let run = try commandRun("run-labels", "true")
-        let reserved = await context.registry.reserve(run)
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        let reserved = await context.registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
-        let finished = await finishes(within: 30) { await FlowRunSupervisor(context: context).run(run) }
+        let finished = await finishes(within: 30) { await supervisor.run(run) }
         XCTAssertTrue(finished)
         let fake = self.fake!
         let labelled = await finishes(within: 10) {
@@ -250,13 +254,13 @@ final class FlowRunSupervisorTests: XCTestCase {
 
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
         let context = makeContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-race")
         // Another worker's PENDING landed first: the server rejects ours and returns theirs.
         fake.route("POST", "/api/flow_runs/*/set_state") { _, _, _ in
             .json(200, #"{"status":"REJECT","details":{"type":"reject_details","reason":"This run is already PENDING."},"state":{"type":"PENDING","name":"Pending","state_details":{"transition_id":"t-someone-else"}}}"#)
         }
         let run = try polledRun("run-race")
-        let reserved = await context.registry.reserve(run)
+        let reserved = await context.registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
         let claimed = await supervisor.claim(run)
         XCTAssertFalse(claimed, "another worker's PENDING is not ours")
@@ -264,23 +268,25 @@ final class FlowRunSupervisorTests: XCTestCase {
     }
 
     func testCancelledBeforeItStartsIsReportedCancelledAndNeverStarted() async throws {
-        let context = try await makeLaunchingContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let spawner = FakeSpawner()
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-cancel-early")
         let marker = stateDirectory + "/started"
         let run = try commandRun("run-cancel-early", "touch \(marker)")
-        let reserved = await context.registry.reserve(run)
+        let reserved = await context.registry.reserve(run, for: supervisor)
         XCTAssertTrue(reserved)
-        await context.registry.requestCancel(run.id)
+        await supervisor.requestCancel()
         let finished = await finishes(within: 30) { await supervisor.run(run) }
         XCTAssertTrue(finished)
         XCTAssertEqual(reports(run.id), ["PENDING", "CANCELLED"])
         XCTAssertEqual(server.value.type, "CANCELLED")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+        XCTAssertEqual(spawner.spawned.count, 0, "the job must not have started")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
     }
 
     func testWaitBeforeRunningIsWaitedOutThenTheJobRuns() async throws {
         let context = try await makeLaunchingContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-wait-running")
         let server = server
         let waits = FakeAPIBox(0)
         fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
@@ -295,7 +301,7 @@ final class FlowRunSupervisorTests: XCTestCase {
             return .json(201, JSON.object(["status": "ACCEPT", "details": .object(["type": "accept_details"]), "state": state]))
         }
         let run = try commandRun("run-wait-running", "true")
-        _ = await context.registry.reserve(run)
+        _ = await context.registry.reserve(run, for: supervisor)
         let start = Date()
         let finished = await finishes(within: 30) { await supervisor.run(run) }
         XCTAssertTrue(finished)
@@ -306,16 +312,16 @@ final class FlowRunSupervisorTests: XCTestCase {
 
     func testCancelWhileTheJobRunsStopsItAndReportsCancelled() async throws {
         let context = try await makeLaunchingContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-cancel-running")
         let run = try commandRun("run-cancel-running", "sleep 30")
-        _ = await context.registry.reserve(run)
+        _ = await context.registry.reserve(run, for: supervisor)
         let supervision = Task { await supervisor.run(run) }
         let deadline = Date().addingTimeInterval(20)
-        while await context.registry.entry(run.id)?.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
-        let pid = await context.registry.entry(run.id)?.pid
+        while await supervisor.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        let pid = await supervisor.pid
         XCTAssertNotNil(pid, "the job should have started")
         let cancelledAt = Date()
-        await context.registry.requestCancel(run.id)
+        await supervisor.requestCancel()
         let finished = await finishes(within: 20) { await supervision.value }
         XCTAssertTrue(finished)
         XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 10, "SIGTERM ends sleep at once; no need for the grace period")
@@ -327,10 +333,10 @@ final class FlowRunSupervisorTests: XCTestCase {
 
     func testADrainBeforeAScheduledStartHandsTheRunBack() async throws {
         let context = try await makeLaunchingContext()
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "run-drained")
         let marker = stateDirectory + "/started"
         let run = try commandRun("run-drained", "touch \(marker)", startingAt: Date().addingTimeInterval(60))
-        _ = await context.registry.reserve(run)
+        _ = await context.registry.reserve(run, for: supervisor)
         let supervision = Task { await supervisor.run(run) }
         let deadline = Date().addingTimeInterval(10)
         while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
@@ -341,5 +347,104 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(reports(run.id), ["PENDING", "SCHEDULED"])
         XCTAssertEqual(server.value.type, "SCHEDULED")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the job must not have started")
+    }
+
+    // MARK: - With a fake spawner: stopping jobs
+
+    /// Waits until the supervisor has a job, and returns its pid.
+    private func jobPID(of supervisor: FlowRunSupervisor) async throws -> pid_t {
+        let deadline = Date().addingTimeInterval(20)
+        while await supervisor.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        let pid = await supervisor.pid
+        return try XCTUnwrap(pid, "the job should have started")
+    }
+
+    func testACancelDuringATeardownForShutdownMakesTheRunCancelled() async throws {
+        let spawner = FakeSpawner { _ in .ignoresSIGTERM }
+        let context = try await makeLaunchingContext(spawner: spawner) { $0.killGraceSeconds = 0.5 }
+        let run = try commandRun("run-cancel-in-teardown", "sleep 30")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let supervision = Task { await supervisor.run(run) }
+        let pid = try await jobPID(of: supervisor)
+        await supervisor.requestStop(reason: "Worker 'worker' shut down")
+        // The teardown has sent SIGTERM and waits out the grace; CANCELLING arrives meanwhile.
+        let deadline = Date().addingTimeInterval(5)
+        while spawner.signals(pid).isEmpty, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        XCTAssertEqual(spawner.signals(pid), [SIGTERM])
+        let taken = await supervisor.requestCancel()
+        XCTAssertTrue(taken)
+        let finished = await finishes(within: 10) { await supervision.value }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(spawner.signals(pid), [SIGTERM, SIGKILL], "the teardown ran to its end: SIGKILL after the grace")
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"], "cancelled, not crashed by the shutdown")
+        let message = lastProposal(run.id)?["state"]?["message"]?.stringValue ?? ""
+        XCTAssertTrue(message.contains("SIGKILL"), message)
+    }
+
+    func testACancelWhileTheJobRunsSendsSIGTERMToItsGroup() async throws {
+        let spawner = FakeSpawner { _ in .runsUntilSignalled }
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let run = try commandRun("run-cancel-fake", "sleep 30")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let supervision = Task { await supervisor.run(run) }
+        let pid = try await jobPID(of: supervisor)
+        await supervisor.requestCancel()
+        let finished = await finishes(within: 10) { await supervision.value }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(spawner.signals(pid), [SIGTERM])
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"])
+        let pidAfter = await supervisor.pid
+        XCTAssertNil(pidAfter, "the supervisor knows its job is gone")
+    }
+
+    func testADrainWaitsForARunInFlightThenStopsItWhenTheDrainTimeoutPasses() async throws {
+        let spawner = FakeSpawner { _ in .runsUntilSignalled }
+        let context = try await makeLaunchingContext(spawner: spawner) { $0.drainTimeout = 0.5 }
+        let run = try commandRun("run-in-flight", "sleep 30")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let registry = context.registry
+        let supervision = Task {
+            await supervisor.run(run)
+            await registry.release(run.id)
+        }
+        let pid = try await jobPID(of: supervisor)
+        context.shutdown.advance()  // draining
+        let start = Date()
+        let drained = await finishes(within: 10) { await Worker(context: context).drain() }
+        XCTAssertTrue(drained)
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5, "the run had its drain timeout to finish")
+        XCTAssertEqual(spawner.signals(pid), [SIGTERM])
+        _ = await supervision.value
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CRASHED"])
+        let message = lastProposal(run.id)?["state"]?["message"]?.stringValue ?? ""
+        XCTAssertTrue(message.contains("drain timeout passed"), message)
+        let left = await registry.count
+        XCTAssertEqual(left, 0)
+    }
+
+    func testADrainLetsARunThatFinishesCompleteUntouched() async throws {
+        let spawner = FakeSpawner { _ in .runsUntilSignalled }
+        let context = try await makeLaunchingContext(spawner: spawner) { $0.drainTimeout = 30 }
+        let run = try commandRun("run-finishes", "sleep 1")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let registry = context.registry
+        let supervision = Task {
+            await supervisor.run(run)
+            await registry.release(run.id)
+        }
+        let pid = try await jobPID(of: supervisor)
+        context.shutdown.advance()  // draining
+        let drain = Task { await Worker(context: context).drain() }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        spawner.end(pid, .exited(0))
+        let drained = await finishes(within: 10) { await drain.value }
+        XCTAssertTrue(drained, "the drain ends when the last run does")
+        _ = await supervision.value
+        XCTAssertEqual(spawner.signals(pid), [], "never signalled")
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
     }
 }

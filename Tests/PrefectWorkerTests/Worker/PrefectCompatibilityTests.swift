@@ -182,8 +182,8 @@ final class WorkerIdentityTests: XCTestCase {
             return json?["return_id"] == .bool(true) ? .json(200, "\"\(id)\"") : .noContent
         }
         let worker = worker(cloud: true)
-        await worker.sendHeartbeat()
-        await worker.sendHeartbeat()
+        await PoolService(context: worker.context).sendHeartbeat()
+        await PoolService(context: worker.context).sendHeartbeat()
         let beats = fake.requests("POST", "/api/work_pools/p/workers/heartbeat")
         XCTAssertEqual(beats.count, 2)
         XCTAssertEqual(beats[0].json?["return_id"], .bool(true), "asks Cloud for its id")
@@ -197,7 +197,7 @@ final class WorkerIdentityTests: XCTestCase {
     func testAServerThatIsNotCloudIsNeverAskedForAnId() async throws {
         fake.route("POST", "/api/work_pools/p/workers/heartbeat") { _, _, _ in .noContent }
         let worker = worker(cloud: false)
-        await worker.sendHeartbeat()
+        await PoolService(context: worker.context).sendHeartbeat()
         let beat = try XCTUnwrap(fake.requests("POST", "/api/work_pools/p/workers/heartbeat").first)
         XCTAssertNil(beat.json?["return_id"])
         XCTAssertEqual(beat.header("X-Prefect-Worker-Name"), "w1")
@@ -210,7 +210,7 @@ final class WorkerIdentityTests: XCTestCase {
         settings.stateDirectory = stateDirectory
         settings.environment = ["PREFECT_FROM_PROFILE": "profile-value", "PATH": "/usr/bin:/bin"]
         let context = WorkerContext(settings: settings, client: fake.client())
-        let supervisor = FlowRunSupervisor(context: context)
+        let supervisor = FlowRunSupervisor(context: context, runID: "r1")
         let run = try JSONTreeDecoder.decode(FlowRun.self, from: Data(fakeFlowRunJSON(id: "r1", stateType: "PENDING").utf8))
         let job = try JobConfiguration(RenderedJob(configuration: ["command": .string("true")], variables: [:]))
         var env = supervisor.environment(for: run, job: job, parameters: "{}", parametersFile: "/tmp/x")

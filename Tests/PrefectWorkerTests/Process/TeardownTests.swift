@@ -8,6 +8,8 @@ import Glibc
 /// `Teardown` against real process groups.
 final class TeardownTests: XCTestCase {
     private typealias P = ProcessTestSupport
+    /// For a leader already known to be gone.
+    private static let open: Latch = { let latch = Latch(); latch.open(); return latch }()
 
     /// Starts watching `pid`: the flag is set when it has been reaped.
     private func watch(_ pid: pid_t) -> (ExitFlag, Task<ExitStatus, Never>) {
@@ -34,7 +36,7 @@ final class TeardownTests: XCTestCase {
         let start = Date()
         let result = FakeAPIBox<Teardown.Outcome?>(nil)
         let finished = await finishes(within: 10) {
-            result.value = await Teardown.terminate(grace: 0.6).run(processGroup: process.pid, runID: nil) { flag.isSet }
+            result.value = await Teardown.terminate(grace: 0.6).run(processGroup: process.pid, runID: nil, leaderExit: flag.latch)
         }
         let elapsed = Date().timeIntervalSince(start)
         XCTAssertTrue(finished, "the teardown should end within 10 s")
@@ -54,13 +56,13 @@ final class TeardownTests: XCTestCase {
         let process = try P.shell("trap '' TERM; sleep 30", captureOutput: false)
         XCTAssertTrue(P.waitUntilIgnoring(process.pid, SIGTERM), "the shell should have set its trap")
         let (flag, task) = watch(process.pid)
-        let checks = FakeAPIBox(0)
+        let signals = FakeAPIBox(0)
         let teardown = Task { () -> (Teardown.Outcome, Bool, Double) in
             withUnsafeCurrentTask { $0?.cancel() }
             let start = Date()
-            let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil) {
-                checks.update { $0 += 1 }
-                return flag.isSet
+            let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil, leaderExit: flag.latch) {
+                signals.update { $0 += 1 }
+                _ = kill(-$0, $1)
             }
             return (outcome, flag.isSet, Date().timeIntervalSince(start))
         }
@@ -68,7 +70,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertEqual(outcome, .killed)
         XCTAssertGreaterThanOrEqual(elapsed, 0.5)
         XCTAssertTrue(reapedWhenItReturned, "the teardown returned before the killed job was gone")
-        XCTAssertLessThan(checks.value, 100, "checked the job \(checks.value) times in \(elapsed) s: the waits spin")
+        XCTAssertLessThan(signals.value, 10, "signalled the job \(signals.value) times in \(elapsed) s: the waits spin")
         _ = await task.value
     }
 
@@ -82,7 +84,7 @@ final class TeardownTests: XCTestCase {
         let process = try ChildProcesses.shared.spawn(P.request(P.sleep, ["30"]))
         let (flag, task) = watch(process.pid)
         let start = Date()
-        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil, leaderExit: flag.latch)
         XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
         XCTAssertLessThan(Date().timeIntervalSince(start), 2, "no need to wait for the grace period")
         let status = await task.value
@@ -94,7 +96,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(P.waitUntilIgnoring(process.pid, SIGTERM), "the shell should have set its trap")
         let (flag, task) = watch(process.pid)
         let start = Date()
-        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: nil, leaderExit: flag.latch)
         let elapsed = Date().timeIntervalSince(start)
         XCTAssertEqual(outcome, .killed)
         XCTAssertGreaterThanOrEqual(elapsed, 0.5)
@@ -109,7 +111,7 @@ final class TeardownTests: XCTestCase {
         let stdout = try XCTUnwrap(process.stdout)
         let grandchild = try XCTUnwrap(P.readLine(stdout).flatMap { pid_t($0) })
         let (flag, task) = watch(process.pid)
-        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil) { flag.isSet }
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: nil, leaderExit: flag.latch)
         XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
         _ = await task.value
         XCTAssertTrue(P.waitUntilDead(grandchild), "the background sleep got SIGTERM too")
@@ -119,7 +121,7 @@ final class TeardownTests: XCTestCase {
 
     func testAlreadyExitedSendsNothing() async throws {
         let process = try ChildProcesses.shared.spawn(P.request(P.sleep, ["30"]))
-        let outcome = await Teardown.terminate(grace: 0.1).run(processGroup: process.pid, runID: nil) { true }
+        let outcome = await Teardown.terminate(grace: 0.1).run(processGroup: process.pid, runID: nil, leaderExit: Self.open)
         XCTAssertEqual(outcome, .alreadyExited)
         try await Task.sleep(nanoseconds: 100_000_000)
         XCTAssertFalse(P.isDead(process.pid), "no signal was sent")
@@ -133,7 +135,7 @@ final class TeardownTests: XCTestCase {
         let (flag, task) = watch(process.pid)
         let teardown = Teardown(steps: [Teardown.Step(signal: SIGINT, grace: 0.2), Teardown.Step(signal: SIGTERM, grace: 0.2)])
         let start = Date()
-        let outcome = await teardown.run(processGroup: process.pid, runID: nil) { flag.isSet }
+        let outcome = await teardown.run(processGroup: process.pid, runID: nil, leaderExit: flag.latch)
         XCTAssertEqual(outcome, .killed)
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.4)
         let status = await task.value
@@ -143,7 +145,7 @@ final class TeardownTests: XCTestCase {
         let second = try P.shell("trap '' INT; sleep 30", captureOutput: false)
         XCTAssertTrue(P.waitUntilIgnoring(second.pid, SIGINT))
         let (flag2, task2) = watch(second.pid)
-        let outcome2 = await teardown.run(processGroup: second.pid, runID: nil) { flag2.isSet }
+        let outcome2 = await teardown.run(processGroup: second.pid, runID: nil, leaderExit: flag2.latch)
         XCTAssertEqual(outcome2, .exitedAfter(signal: SIGTERM))
         _ = await task2.value
     }
@@ -185,7 +187,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertNotEqual(getpgid(escapee), process.pid, "the descendant left the job's process group")
         XCTAssertEqual(ProcFS.processes(ofRun: runID).sorted(), [process.pid, escapee].sorted())
         let (flag, task) = watch(process.pid)
-        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID) { flag.isSet }
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID, leaderExit: flag.latch)
         XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
         _ = await task.value
         XCTAssertTrue(P.waitUntilDead(escapee), "the escaped descendant got SIGTERM")
@@ -199,7 +201,7 @@ final class TeardownTests: XCTestCase {
         XCTAssertTrue(P.waitUntilIgnoring(escapee, SIGTERM))
         let (flag, task) = watch(process.pid)
         let start = Date()
-        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: runID) { flag.isSet }
+        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: runID, leaderExit: flag.latch)
         XCTAssertEqual(outcome, .killed, "the job's shell exited on SIGTERM, but its descendant did not")
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5)
         let status = await task.value
@@ -214,7 +216,7 @@ final class TeardownTests: XCTestCase {
         defer { closeOutput(process) }
         let status = await ChildProcesses.shared.waitForExit(process.pid)
         XCTAssertEqual(status, .exited(0))
-        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID) { true }
+        let outcome = await Teardown.terminate(grace: 5).run(processGroup: process.pid, runID: runID, leaderExit: Self.open)
         XCTAssertEqual(outcome, .exitedAfter(signal: SIGTERM))
         XCTAssertTrue(P.waitUntilDead(escapee))
     }

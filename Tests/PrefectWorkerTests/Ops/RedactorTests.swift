@@ -127,15 +127,19 @@ final class RedactorTests: XCTestCase {
         XCTAssertEqual(pipe(&fds), 0)
         let saved = dup(STDERR_FILENO)
         dup2(fds[1], STDERR_FILENO)
-        Log.setRedaction { Redactor(secrets: ["log-secret-99"]).redact($0) }
-        Log.info("the value is log-secret-99, really")
-        Log.setRedaction(nil)
+        let shipped = FakeAPIBox<[String]>([])
+        let log = Logger(output: Logger.Output(redact: { Redactor(secrets: ["log-secret-99"]).redact($0) },
+                                               runLine: { _, runID, message in shipped.update { $0.append(runID + ": " + message) } }))
+        log.info("the value is log-secret-99, really")
+        log.forRun("r-1").info("and log-secret-99 about a run")
         dup2(saved, STDERR_FILENO)
         close(saved)
         close(fds[1])
         let text = try XCTUnwrap(P.readAll(fds[0]))
         XCTAssertTrue(text.contains("the value is [REDACTED], really"), text)
+        XCTAssertTrue(text.contains("flow run r-1: and [REDACTED] about a run"), text)
         XCTAssertFalse(text.contains("log-secret-99"), text)
+        XCTAssertEqual(shipped.value, ["r-1: and [REDACTED] about a run"], "only the line about the run is shipped, redacted")
     }
 
     // MARK: - Job output

@@ -285,14 +285,14 @@ final class CgroupTeardownTests: XCTestCase, @unchecked Sendable {
         let exited = ExitFlag()
         let waiter = Task { let s = await ChildProcesses.shared.waitForExit(process.pid); exited.set(s); return s }
         let started = Date()
-        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: runID, cgroup: cgroup) { exited.status != nil }
+        let outcome = await Teardown.terminate(grace: 0.5).run(processGroup: process.pid, runID: runID, cgroup: cgroup, leaderExit: exited.latch)
         XCTAssertEqual(outcome, .killed)
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.5)
         XCTAssertFalse(cgroup.isPopulated, "cgroup.events says populated 0")
         let status = await waiter.value
         XCTAssertEqual(status, .signaled(SIGKILL))
         XCTAssertTrue(ProcessTestSupport.waitUntilDead(escapee))
-        let usage = await cgroup.finish(runID: runID)
+        let usage = await cgroup.finish(log: Logger.console.forRun(runID))
         XCTAssertGreaterThan(usage.usageUsec, 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: cgroup.path), "removed")
         if let out = process.stdout { close(out) }

@@ -1,0 +1,31 @@
+import Foundation
+
+/// Watches the runs in flight for CANCELLING (or CANCELLED) and has their supervisors stop them.
+struct CancellationWatch: Service {
+    let context: WorkerContext
+    var client: PrefectClient { context.client }
+    var settings: Settings { context.settings }
+
+    /// While runs are in flight, asks the server which of them are CANCELLING (or were CANCELLED) and has
+    /// their supervisors stop them. An idle worker makes no request.
+    func run() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(settings.cancellationPollSeconds * 1_000_000_000))
+            let ids = await context.registry.runIDs
+            for start in stride(from: 0, to: ids.count, by: 200) {
+                let chunk = Array(ids[start..<min(start + 200, ids.count)])
+                let filter = JSON.object([
+                    "flow_runs": .object([
+                        "id": .object(["any_": .array(chunk.map(JSON.string))]),
+                        "state": .object(["type": .object(["any_": .array(["CANCELLING", "CANCELLED"])])]),
+                    ]),
+                    "limit": .int(chunk.count),
+                ])
+                guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else { continue }
+                for run in runs where await context.registry.supervisor(run.id)?.requestCancel() == true {
+                    context.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
+                }
+            }
+        }
+    }
+}

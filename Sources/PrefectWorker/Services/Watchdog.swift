@@ -1,0 +1,26 @@
+import Foundation
+
+/// The systemd watchdog (`WatchdogSec=`): pings while the worker's loops keep ticking.
+struct Watchdog: Service {
+    let context: WorkerContext
+    var settings: Settings { context.settings }
+
+    /// Under systemd with `WatchdogSec=`: WATCHDOG=1 at half the interval, but only while the poll and
+    /// heartbeat loops keep ticking, so a stuck loop gets the worker restarted.
+    func run() async {
+        guard let interval = context.notifier.watchdogInterval else { return }
+        // A loop iteration may legitimately wait for its interval plus a request with its retries.
+        let pollBound = settings.querySeconds * 2 + 180
+        let heartbeatBound = settings.heartbeatSeconds * 2 + 180
+        while !Task.isCancelled {
+            let ticks = context.status.loopTicks
+            let now = Date()
+            if now.timeIntervalSince(ticks.poll) < pollBound, now.timeIntervalSince(ticks.heartbeat) < heartbeatBound {
+                context.notifier.notify("WATCHDOG=1")
+            } else {
+                context.log.error("a worker loop has not run for too long (poll \(Int(now.timeIntervalSince(ticks.poll))) s, heartbeat \(Int(now.timeIntervalSince(ticks.heartbeat))) s ago); withholding the systemd watchdog ping")
+            }
+            try? await Task.sleep(nanoseconds: UInt64(interval * 1_000_000_000))
+        }
+    }
+}
