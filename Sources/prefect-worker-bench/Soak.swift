@@ -264,8 +264,12 @@ struct Soak {
 
 extension RetryPolicy {
     /// The bench's creations outlast the server's bad moments (it is not behind the proxy, but the server is
-    /// busy): many tries, at most 10 s apart.
-    static let persistentSoak = RetryPolicy(maxAttempts: 30, baseDelay: 0.5, maxDelay: 10)
+    /// busy): the standard schedule, with 30 tries instead of 7.
+    static var persistentSoak: RetryPolicy {
+        var policy = RetryPolicy.standard
+        policy.maxAttempts = 30
+        return policy
+    }
 }
 
 // MARK: - Results
