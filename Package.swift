@@ -17,9 +17,11 @@ let package = Package(
         // Thin entry point: parse arguments, run the worker, map errors to exit codes.
         .executableTarget(name: "prefect-worker", dependencies: ["PrefectWorker"]),
         // Measures this worker beside Prefect's Python worker and the server's own ceiling (scripts/bench).
-        .executableTarget(name: "prefect-worker-bench", dependencies: ["PrefectWorker"]),
+        .executableTarget(name: "prefect-worker-bench", dependencies: ["PrefectWorker", "FaultProxy"]),
+        // A fault-injecting HTTP proxy (503s, resets, lost answers, outages) for the end-to-end tests and the soak.
+        .target(name: "FaultProxy"),
         .testTarget(name: "PrefectWorkerTests", dependencies: ["PrefectWorker"]),
         // Runs the built binary against a real Prefect server started by scripts/test.
-        .testTarget(name: "EndToEndTests", dependencies: ["PrefectWorker"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["PrefectWorker", "FaultProxy"]),
     ]
 )

@@ -16,9 +16,15 @@ Usage:
   prefect-worker-bench scale   --api URL --worker BIN --venv DIR --work DIR --out FILE
                                [--runs 1000] [--workers 1,2,4] [--query-seconds 1] [--prefetch-seconds 0]
                                [--database NAME]
+  prefect-worker-bench soak    --api URL --worker BIN --venv DIR --work DIR --out FILE
+                               [--runs 1000] [--workers 3] [--rate 3] [--fail-rate 0.2] [--reset-rate 0.05]
+                               [--outage 30] [--outage-after SECONDS] [--bound 1200] [--grace 10]
+                               [--query-seconds 1] [--database NAME]
   prefect-worker-bench report  [--compare FILE] [--scale FILE] --json FILE --md FILE [--mode NAME]
                                [--command TEXT] [--version KEY=VALUE]... [--check]
-  (--check: exit 3 if our worker had errors, runs not COMPLETED or a failed cancellation)
+  prefect-worker-bench report  --soak FILE --json FILE --md FILE [--command TEXT] [--version KEY=VALUE]... [--check]
+  (--check: exit 3 if our worker had errors, runs not COMPLETED or a failed cancellation; with --soak: if a
+   goal of the soak is not met)
 Workers started here are stopped on exit and on SIGINT/SIGTERM; their pids are also listed in WORK/pids.
 """
 
@@ -133,12 +139,50 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
             FileHandle.standardError.write(Data("prefect-worker-bench: scale failed: \(error)\n".utf8))
             status = 1
         }
+    case "soak":
+        let work = prepareWork(arguments)
+        let runs = arguments.int("--runs", 1000)
+        let rate = arguments.double("--rate", 3)
+        guard runs > 0, rate > 0 else { fail("soak: --runs and --rate must be above 0") }
+        let outage = arguments.double("--outage", 30)
+        let settings = SoakSettings(
+            runs: runs, workers: max(1, arguments.int("--workers", 3)), rate: rate,
+            failRate: arguments.double("--fail-rate", 0.2), resetRate: arguments.double("--reset-rate", 0.05),
+            // In the middle of the arrivals by default: runs are in flight before, during and after it.
+            outageSeconds: outage, outageAfterSeconds: arguments.double("--outage-after", max(0, (Double(runs) / rate - outage) / 2)),
+            boundSeconds: arguments.double("--bound", 1200), graceSeconds: arguments.double("--grace", 10),
+            querySeconds: arguments.double("--query-seconds", 1), job: "sh -c 'echo \"$PREFECT__FLOW_RUN_ID\" >> LEDGER'")
+        let soak = Soak(api: apiClient(arguments, createConcurrency: 4), launcher: launcher(arguments, work: work), settings: settings,
+                        database: arguments.string("--database") ?? "PostgreSQL")
+        do {
+            try ResultFile.write(try await soak.run(), to: arguments.required("--out"))
+        } catch {
+            FileHandle.standardError.write(Data("prefect-worker-bench: soak failed: \(error)\n".utf8))
+            status = 1
+        }
     case "report":
         var versions: [String: String] = [:]
         for pair in arguments.values["--version"] ?? [] {
             let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { fail("--version wants KEY=VALUE, not '\(pair)'") }
             versions[parts[0]] = parts[1]
+        }
+        if let soakFile = arguments.string("--soak") {
+            do {
+                let report = SoakReport(soak: try ResultFile.read(SoakResult.self, from: soakFile),
+                                        command: arguments.string("--command") ?? "scripts/bench --soak", versions: versions)
+                try ResultFile.write(report.file, to: arguments.required("--json"))
+                try report.markdown().write(toFile: arguments.required("--md"), atomically: true, encoding: .utf8)
+                if arguments.switches.contains("--check"), !report.allMet {
+                    for goal in report.file.goals where goal.met != true {
+                        FileHandle.standardError.write(Data("prefect-worker-bench: soak goal not met: \(goal.metric): \(goal.value) (goal \(goal.target))\n".utf8))
+                    }
+                    status = 3
+                }
+            } catch {
+                fail("report: \(error)", code: 1)
+            }
+            return status
         }
         do {
             let compare = try arguments.string("--compare").map { try ResultFile.read(CompareResult.self, from: $0) }

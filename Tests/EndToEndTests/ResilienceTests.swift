@@ -1,3 +1,4 @@
+import FaultProxy
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -3,7 +3,8 @@ import Foundation
 import Glibc
 #endif
 
-/// A fault-injecting HTTP/1.1 proxy in front of the real Prefect server, for the resilience tests.
+/// A fault-injecting HTTP/1.1 proxy in front of the real Prefect server, for the resilience tests
+/// (Tests/EndToEndTests) and the fault soak (`prefect-worker-bench soak`).
 ///
 /// Listens on 127.0.0.1 (port chosen by the OS). Each connection carries one request: the request line, headers
 /// and `Content-Length` (or chunked) body are read, forwarded to the upstream server with `Connection: close`,
@@ -15,30 +16,34 @@ import Glibc
 /// - `down`: every connection is reset as soon as it is accepted.
 ///
 /// Sockets and threads only (Glibc); every counter and setting is behind one lock.
-final class FaultProxy: @unchecked Sendable {
-    struct Counters: Sendable, CustomStringConvertible {
-        var connections = 0
-        var requests = 0
-        var forwarded = 0
-        var injected503 = 0
-        var resetsBeforeForward = 0
-        var resetsAfterForward = 0
-        var refusedWhileDown = 0
-        var upstreamErrors = 0
+public final class FaultProxy: @unchecked Sendable {
+    /// What the proxy did so far.
+    public struct Counters: Sendable, CustomStringConvertible {
+        public var connections = 0
+        public var requests = 0
+        public var forwarded = 0
+        public var injected503 = 0
+        public var resetsBeforeForward = 0
+        public var resetsAfterForward = 0
+        public var refusedWhileDown = 0
+        public var upstreamErrors = 0
         /// "METHOD /path" of each request whose answer was lost after it took effect.
-        var lostAnswers: [String] = []
+        public var lostAnswers: [String] = []
 
-        var resets: Int { resetsBeforeForward + resetsAfterForward }
+        /// Resets before and after forwarding.
+        public var resets: Int { resetsBeforeForward + resetsAfterForward }
 
-        var description: String {
+        public var description: String {
             "requests=\(requests) forwarded=\(forwarded) injected503=\(injected503) resetsBeforeForward=\(resetsBeforeForward) "
                 + "resetsAfterForward=\(resetsAfterForward) refusedWhileDown=\(refusedWhileDown) upstreamErrors=\(upstreamErrors)"
         }
     }
 
-    let upstreamHost: String
-    let upstreamPort: UInt16
-    private(set) var port: UInt16 = 0
+    /// The real server's host and port.
+    public let upstreamHost: String
+    public let upstreamPort: UInt16
+    /// The port the proxy listens on (set by `start`).
+    public private(set) var port: UInt16 = 0
     private var listenFD: Int32 = -1
     private let lock = NSLock()
     private var _failRate = 0.0
@@ -52,7 +57,7 @@ final class FaultProxy: @unchecked Sendable {
     private var _counters = Counters()
 
     /// `upstream` is the real API URL (`http://host:port/api`); only host and port are used.
-    init(upstream: URL) {
+    public init(upstream: URL) {
         upstreamHost = upstream.host ?? "127.0.0.1"
         upstreamPort = UInt16(upstream.port ?? 80)
     }
@@ -63,54 +68,59 @@ final class FaultProxy: @unchecked Sendable {
         return body()
     }
 
-    var failRate: Double {
+    /// Fraction of the requests answered 503 without forwarding.
+    public var failRate: Double {
         get { locked { _failRate } }
         set { locked { _failRate = newValue } }
     }
 
-    var resetRate: Double {
+    /// Fraction of the requests whose connection is reset (half before forwarding, half after).
+    public var resetRate: Double {
         get { locked { _resetRate } }
         set { locked { _resetRate = newValue } }
     }
 
     /// Fraction of the requests whose path contains `lostAnswerPath` that are forwarded and then reset before
     /// the answer is relayed (on top of `resetRate`): aims the "request applied, answer lost" fault.
-    var lostAnswerRate: Double {
+    public var lostAnswerRate: Double {
         get { locked { _lostAnswerRate } }
         set { locked { _lostAnswerRate = newValue } }
     }
 
-    var lostAnswerPath: String {
+    /// See `lostAnswerRate`.
+    public var lostAnswerPath: String {
         get { locked { _lostAnswerPath } }
         set { locked { _lostAnswerPath = newValue } }
     }
 
     /// While true, every connection is reset on accept (nothing is read or forwarded).
-    var down: Bool {
+    public var down: Bool {
         get { locked { _down } }
         set { locked { _down = newValue } }
     }
 
-    var counters: Counters { locked { _counters } }
+    /// A snapshot of the counters.
+    public var counters: Counters { locked { _counters } }
 
     /// Answers 503 (without forwarding) to the next `count` requests whose method and path (no query) are
     /// exactly `summary`, e.g. `"GET /api/flow_runs/<id>"`; on top of `failRate`.
-    func failNext(_ count: Int, matching summary: String) {
+    public func failNext(_ count: Int, matching summary: String) {
         locked { _targetedFailures[summary, default: 0] += count }
     }
 
     /// Targeted failures (`failNext`) not used yet.
-    var unusedTargetedFailures: Int { locked { _targetedFailures.values.reduce(0, +) } }
+    public var unusedTargetedFailures: Int { locked { _targetedFailures.values.reduce(0, +) } }
 
     /// `http://127.0.0.1:<port>/api`: what the worker is pointed at.
-    var apiURL: String { "http://127.0.0.1:\(port)/api" }
+    public var apiURL: String { "http://127.0.0.1:\(port)/api" }
 
-    struct ProxyError: Error, CustomStringConvertible {
-        var description: String
+    /// The proxy could not listen.
+    public struct ProxyError: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// Binds, listens and starts the accept thread.
-    func start() throws {
+    public func start() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ProxyError(description: "socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
@@ -139,7 +149,7 @@ final class FaultProxy: @unchecked Sendable {
     }
 
     /// Stops listening (connections in flight finish on their own threads).
-    func stop() {
+    public func stop() {
         let fd: Int32 = locked {
             if _stopped { return -1 }
             _stopped = true
