@@ -351,22 +351,30 @@ final class FlowRunSupervisorTests: XCTestCase {
 
     // MARK: - With a fake spawner: stopping jobs
 
-    /// Waits until the supervisor has a job, and returns its pid.
-    private func jobPID(of supervisor: FlowRunSupervisor) async throws -> pid_t {
+    /// Reserves and supervises a run of a `sleep 30` command, as the poll and the launcher do, until its job
+    /// has started; the supervision ends with the slot's release.
+    private func launch(_ id: String, in context: WorkerContext) async throws
+        -> (FlowRun, FlowRunSupervisor, Task<Void, Never>, pid_t) {
+        let run = try commandRun(id, "sleep 30")
+        let supervisor = FlowRunSupervisor(context: context, runID: id)
+        let reserved = await context.registry.reserve(run, for: supervisor)
+        XCTAssertTrue(reserved)
+        let registry = context.registry
+        let supervision = Task {
+            await supervisor.run(run)
+            await registry.release(id)
+        }
         let deadline = Date().addingTimeInterval(20)
         while await supervisor.pid == nil, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
-        let pid = await supervisor.pid
-        return try XCTUnwrap(pid, "the job should have started")
+        let started = await supervisor.pid
+        let pid = try XCTUnwrap(started, "the job should have started")
+        return (run, supervisor, supervision, pid)
     }
 
     func testACancelDuringATeardownForShutdownMakesTheRunCancelled() async throws {
         let spawner = FakeSpawner { _ in .ignoresSIGTERM }
         let context = try await makeLaunchingContext(spawner: spawner) { $0.killGraceSeconds = 0.5 }
-        let run = try commandRun("run-cancel-in-teardown", "sleep 30")
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-        _ = await context.registry.reserve(run, for: supervisor)
-        let supervision = Task { await supervisor.run(run) }
-        let pid = try await jobPID(of: supervisor)
+        let (run, supervisor, supervision, pid) = try await launch("run-cancel-in-teardown", in: context)
         await supervisor.requestStop(reason: "Worker 'worker' shut down")
         // The teardown has sent SIGTERM and waits out the grace; CANCELLING arrives meanwhile.
         let deadline = Date().addingTimeInterval(5)
@@ -385,11 +393,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     func testACancelWhileTheJobRunsSendsSIGTERMToItsGroup() async throws {
         let spawner = FakeSpawner { _ in .runsUntilSignalled }
         let context = try await makeLaunchingContext(spawner: spawner)
-        let run = try commandRun("run-cancel-fake", "sleep 30")
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-        _ = await context.registry.reserve(run, for: supervisor)
-        let supervision = Task { await supervisor.run(run) }
-        let pid = try await jobPID(of: supervisor)
+        let (run, supervisor, supervision, pid) = try await launch("run-cancel-fake", in: context)
         await supervisor.requestCancel()
         let finished = await finishes(within: 10) { await supervision.value }
         XCTAssertTrue(finished)
@@ -402,15 +406,8 @@ final class FlowRunSupervisorTests: XCTestCase {
     func testADrainWaitsForARunInFlightThenStopsItWhenTheDrainTimeoutPasses() async throws {
         let spawner = FakeSpawner { _ in .runsUntilSignalled }
         let context = try await makeLaunchingContext(spawner: spawner) { $0.drainTimeout = 0.5 }
-        let run = try commandRun("run-in-flight", "sleep 30")
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-        _ = await context.registry.reserve(run, for: supervisor)
+        let (run, _, supervision, pid) = try await launch("run-in-flight", in: context)
         let registry = context.registry
-        let supervision = Task {
-            await supervisor.run(run)
-            await registry.release(run.id)
-        }
-        let pid = try await jobPID(of: supervisor)
         context.shutdown.advance()  // draining
         let start = Date()
         let drained = await finishes(within: 10) { await Worker(context: context).drain() }
@@ -428,15 +425,8 @@ final class FlowRunSupervisorTests: XCTestCase {
     func testADrainLetsARunThatFinishesCompleteUntouched() async throws {
         let spawner = FakeSpawner { _ in .runsUntilSignalled }
         let context = try await makeLaunchingContext(spawner: spawner) { $0.drainTimeout = 30 }
-        let run = try commandRun("run-finishes", "sleep 1")
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-        _ = await context.registry.reserve(run, for: supervisor)
+        let (run, _, supervision, pid) = try await launch("run-finishes", in: context)
         let registry = context.registry
-        let supervision = Task {
-            await supervisor.run(run)
-            await registry.release(run.id)
-        }
-        let pid = try await jobPID(of: supervisor)
         context.shutdown.advance()  // draining
         let drain = Task { await Worker(context: context).drain() }
         try await Task.sleep(nanoseconds: 200_000_000)
