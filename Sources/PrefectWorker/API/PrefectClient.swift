@@ -36,6 +36,13 @@ public final class PrefectClient: Sendable {
 
     /// Counts every request and its failures for `/metrics`.
     let metrics: Metrics
+    /// Where the client's own lines go (retries, skipped entries); the worker's redacting logger once
+    /// `WorkerContext` sets it.
+    var log: Logger {
+        get { logger.withLock { $0 } }
+        set { logger.withLock { $0 = newValue } }
+    }
+    private let logger = Mutex(Logger.console)
 
     init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings, metrics: Metrics = Metrics()) {
         self.baseURL = baseURL
@@ -95,7 +102,7 @@ public final class PrefectClient: Sendable {
     /// has been failing for less than 10 s (a busy server's 503s are routine), at WARNING after that.
     @discardableResult
     func send(_ method: String, _ path: String, body: JSON? = nil, what: String,
-                     policy: RetryPolicy = .standard) async throws -> Data {
+              policy: RetryPolicy = .standard) async throws -> Data {
         // Prefect's schedule for ordinary calls: 2, 4, 8, 16, 32 s between its retries (±jitter).
         var policy = policy == .standard ? RetryPolicy(maxAttempts: settings.maxRetries + 1, baseDelay: 2, maxDelay: 32) : policy
         policy.jitter = settings.retryJitterFactor
@@ -108,7 +115,7 @@ public final class PrefectClient: Sendable {
                 let delay = policy.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
                 let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
-                if failingSeconds > Self.quietFailureSeconds { Log.warning(line) } else { Log.debug(line) }
+                if failingSeconds > Self.quietFailureSeconds { log.warning(line) } else { log.debug(line) }
                 try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
             }
         }
@@ -280,7 +287,7 @@ extension PrefectClient {
     /// only, as Prefect's worker asks), the answer is the worker's id; nil if the body is not one.
     @discardableResult
     func heartbeat(pool: String, worker: String, intervalSeconds: Int, returnID: Bool = false,
-                          policy: RetryPolicy = .quick) async throws -> String? {
+                   policy: RetryPolicy = .quick) async throws -> String? {
         var body: [String: JSON] = ["name": .string(worker), "heartbeat_interval_seconds": .int(intervalSeconds)]
         if returnID { body["return_id"] = .bool(true) }
         let data = try await send("POST", "/work_pools/\(Self.pathComponent(pool))/workers/heartbeat", body: .object(body),
@@ -292,7 +299,7 @@ extension PrefectClient {
 
     /// `POST /work_pools/{pool}/get_scheduled_flow_runs`.
     func scheduledFlowRuns(pool: String, queues: [String], before: Date, limit: Int?,
-                                  policy: RetryPolicy = .quick) async throws -> [FlowRun] {
+                           policy: RetryPolicy = .quick) async throws -> [FlowRun] {
         var body: [String: JSON] = [
             "work_queue_names": .array(queues.map(JSON.string)),
             "scheduled_before": .string(Timestamp.format(before)),
@@ -310,7 +317,7 @@ extension PrefectClient {
                 run.polledAt = polled
                 return run
             case .failure(let error):
-                Log.warning("skipping a malformed entry in the get_scheduled_flow_runs response: \(error)")
+                log.warning("skipping a malformed entry in the get_scheduled_flow_runs response: \(error)")
                 return nil
             }
         }

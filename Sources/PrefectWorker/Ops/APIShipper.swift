@@ -45,8 +45,8 @@ final class APIShipper: Service {
 
     /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
     init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
-                maxBatchBytes: Int = .max, interval: Double = 1,
-                droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil }) {
+         maxBatchBytes: Int = .max, interval: Double = 1,
+         droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil }) {
         self.client = client
         self.path = path
         self.what = what
@@ -115,7 +115,7 @@ final class APIShipper: Service {
                     state.evictedInFlight = [:]
                     state.inFlightThrough = nil
                 }
-                Log.debug("\(what): \(error); \(pending) record(s) kept for the next attempt")
+                client.log.debug("\(what): \(error); \(pending) record(s) kept for the next attempt")
                 return false
             }
             state.withLock { state in

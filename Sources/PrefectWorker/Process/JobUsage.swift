@@ -15,7 +15,7 @@ struct JobUsage: Sendable, Equatable {
     var peakMemoryIsUpperBound = false
 
     init(wallSeconds: Double? = nil, userCPUSeconds: Double? = nil, systemCPUSeconds: Double? = nil, peakMemoryBytes: Int? = nil,
-                peakMemoryIsUpperBound: Bool = false) {
+         peakMemoryIsUpperBound: Bool = false) {
         self.wallSeconds = wallSeconds
         self.userCPUSeconds = userCPUSeconds
         self.systemCPUSeconds = systemCPUSeconds

@@ -16,7 +16,7 @@ final class OutputPump: Sendable {
     /// Starts pumping `fd` (which the pump then owns and closes) to `destination` (or nowhere, if nil), giving
     /// each line also to `onLine`, in order, both with secrets redacted.
     init(fd: Int32, prefix: String, destination: Int32?, redactor: Redactor = Redactor(secrets: [String]()),
-                onLine: (@Sendable (String) -> Void)? = nil) {
+         onLine: (@Sendable (String) -> Void)? = nil) {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         // The buffer is only touched on the poller thread, by the handler below.
         let buffer = Box()

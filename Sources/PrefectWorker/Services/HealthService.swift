@@ -1,6 +1,7 @@
 import Foundation
 
-/// Serves `/health` and `/metrics` (`--with-healthcheck`) from a bound `HealthServer` until the worker stops.
+/// Serves `/health` and `/metrics` (`--with-healthcheck`) from a bound `HealthServer`. The server's thread
+/// answers until the process exits, through the drain and the flush; stopping the service ends only its wait.
 struct HealthService: Service {
     let context: WorkerContext
     let server: HealthServer

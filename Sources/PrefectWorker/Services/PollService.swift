@@ -36,6 +36,7 @@ struct PollService: Service {
             }
             var taken = 0
             for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
+                if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
                 let supervisor = FlowRunSupervisor(context: context, runID: run.id)
                 guard await context.registry.reserve(run, for: supervisor) else { continue }
                 taken += 1

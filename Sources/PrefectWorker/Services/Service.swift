@@ -11,7 +11,6 @@ protocol Service: Sendable {
 /// sees a cancelled task) and returns once all of them have returned. `Worker` stops its stages in a
 /// declared order, so what a later stage needs (the outbox, say) outlives what feeds it.
 final class ServiceStage: Sendable {
-    let name: String
     private let stopRequested = Latch()
     private struct State {
         var running = 0
@@ -19,9 +18,7 @@ final class ServiceStage: Sendable {
     }
     private let state = Mutex(State())
 
-    init(_ name: String) {
-        self.name = name
-    }
+    init() {}
 
     /// Runs `service` in a child task of `group` until it returns or the stage is stopped.
     func start(_ service: any Service, in group: inout DiscardingTaskGroup) {

@@ -8,7 +8,7 @@ enum FlowRunLog {
     /// The record with its size, its message truncated like Prefect's `APILogHandler` when the record would
     /// exceed `maxSize` bytes: cut 50 bytes short of the limit and ended with "... [truncated]".
     static func shippable(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
-                                 maxSize: Int) -> APIShipper.Record {
+                          maxSize: Int) -> APIShipper.Record {
         var text = message
         var size = recordOverhead + name.utf8.count + text.utf8.count
         if size > maxSize {
@@ -28,7 +28,7 @@ enum FlowRunLog {
     }
 
     static func record(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker",
-                              at date: Date = Date()) -> JSON {
+                       at date: Date = Date()) -> JSON {
         .object([
             "name": .string(name), "level": .int(level.rawValue), "message": .string(message),
             "timestamp": .string(Timestamp.format(date)), "flow_run_id": .string(runID), "task_run_id": .null,

@@ -6,8 +6,8 @@ import Glibc
 /// Takes one flow run from claim to final state: claim with PENDING, render the job configuration, start
 /// the job at its scheduled time, watch it, and report how it ended. One per run, for the run's whole life
 /// in this worker: it owns the job's pid and exit, the run's cancel or stop request, the job's output pumps
-/// and the run's reports. The cancellation watch, the drain and the run's own timer reach it through the
-/// registry, by run id.
+/// and the run's reports. The cancellation watch and the drain reach it through the registry, by run id;
+/// its own timer (`timeout_seconds`) calls it directly.
 actor FlowRunSupervisor {
     nonisolated let runID: String
     let context: WorkerContext
@@ -28,16 +28,17 @@ actor FlowRunSupervisor {
     nonisolated var client: PrefectClient { context.client }
     nonisolated var settings: Settings { context.settings }
 
-    /// Environment variables a job must not inherit from a systemd-managed worker.
-    /// A poll answer younger than this is taken as the run's state for its first PENDING proposal.
-    static let freshPollSeconds = 2.0
-
+    /// A supervisor for the run with id `runID`; `run(_:)` or `watch` gives it its work.
     init(context: WorkerContext, runID: String) {
         self.context = context
         self.runID = runID
         self.log = context.log.forRun(runID)
     }
 
+    /// A poll answer younger than this is taken as the run's state for its first PENDING proposal.
+    static let freshPollSeconds = 2.0
+
+    /// Environment variables a job must not inherit from a systemd-managed worker.
     static let serviceVariables: Set<String> = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"]
 
     func run(_ run: FlowRun) async {
@@ -278,7 +279,7 @@ actor FlowRunSupervisor {
             env["PREFECT_FLOW_RUN_PARAMETERS"] = parameters
         } else {
             env["PREFECT_FLOW_RUN_PARAMETERS"] = nil
-            log.warning("parameters are \(parameters.utf8.count) bytes, too large for one environment variable; the job gets them only through PREFECT_FLOW_RUN_PARAMETERS_FILE", run: run.id)
+            log.warning("parameters are \(parameters.utf8.count) bytes, too large for one environment variable; the job gets them only through PREFECT_FLOW_RUN_PARAMETERS_FILE")
         }
         return env
     }
@@ -329,6 +330,12 @@ actor FlowRunSupervisor {
         guard await startAllowed(id) else { return }
         if job.stateOwner == .worker {
             guard await proposeRunning(id) else { return }
+            // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
+            if cancelRequested {
+                log.info("cancelled while RUNNING was being proposed; not starting it")
+                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                return
+            }
         }
 
         let flowName = await context.flowName(run.flowID)

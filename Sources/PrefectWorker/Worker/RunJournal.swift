@@ -38,7 +38,7 @@ final class RunJournal: Sendable {
     private let disk = DispatchQueue.global(qos: .utility)
     private let log: Logger
 
-    init(stateDirectory: String, log: Logger = .console) {
+    init(stateDirectory: String, log: Logger) {
         self.log = log
         directory = stateDirectory + "/journal"
     }

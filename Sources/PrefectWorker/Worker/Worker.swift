@@ -46,8 +46,8 @@ public final class Worker: Sendable {
     ///
     /// The worker's parts are services in one task group, in three stages that stop in a declared order:
     /// stop claiming (the poll) → drain (the runs in flight, through their supervisors) → stop the loops
-    /// (pool sync and heartbeat, cancellation watch, watchdog, health server) → flush and stop the shippers
-    /// (outbox, run logs, events), which carry the runs' last reports.
+    /// (pool sync and heartbeat, cancellation watch, watchdog; the health server answers until the process
+    /// exits) → stop and flush the shippers (outbox, run logs, events), which carry the runs' last reports.
     public func run() async -> Int32 {
         log.info("worker '\(settings.workerName)' \(WorkerVersion.current) starting for work pool '\(settings.pool)' at \(redactedURL(settings.apiURL))"
                  + (client.proxyDescription.map { " through proxy \($0)" } ?? ""))
@@ -75,7 +75,7 @@ public final class Worker: Sendable {
         }
 
         return await withDiscardingTaskGroup(returning: Int32.self) { group in
-            let shippers = ServiceStage("shippers"), loops = ServiceStage("loops"), claiming = ServiceStage("claiming")
+            let shippers = ServiceStage(), loops = ServiceStage(), claiming = ServiceStage()
             for shipper in [context.outbox, context.logs, context.events.shipper] as [any Service] {
                 shippers.start(shipper, in: &group)
             }

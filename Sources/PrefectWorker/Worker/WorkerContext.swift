@@ -59,6 +59,7 @@ final class WorkerContext: Sendable {
         }
         let log = Logger(output: Logger.Output(redact: { secrets.redact($0) }, runLine: runLine))
         self.log = log
+        client.log = log
         self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
         self.events = WorkerEvents(settings: settings,
@@ -102,11 +103,6 @@ final class WorkerContext: Sendable {
         set { workerIDValue.withLock { $0 = newValue } }
     }
     private let workerIDValue = Mutex<String?>(nil)
-
-    /// A line about a run (job output or the worker's own), for `logs`, cut to `PREFECT_LOGGING_TO_API_MAX_LOG_SIZE`.
-    func logRecord(runID: String, level: Log.Level, message: String, name: String = "prefect.flow_runs.worker") -> APIShipper.Record {
-        FlowRunLog.shippable(runID: runID, level: level, message: message, name: name, maxSize: settings.logsToAPI.maxLogSize)
-    }
 
     /// Issue 13: set once at start-up by `CgroupHost.setUp`.
     var cgroups: CgroupHost.Detection {

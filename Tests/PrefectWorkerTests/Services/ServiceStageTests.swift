@@ -26,7 +26,7 @@ final class ServiceStageTests: XCTestCase {
         let events = FakeAPIBox<[String]>([])
         let finished = await finishes(within: 5) {
             await withDiscardingTaskGroup { group in
-                let first = ServiceStage("first"), second = ServiceStage("second")
+                let first = ServiceStage(), second = ServiceStage()
                 first.start(Loop(name: "a", events: events), in: &group)
                 second.start(Loop(name: "b", events: events), in: &group)
                 second.start(Loop(name: "c", events: events), in: &group)
@@ -50,7 +50,7 @@ final class ServiceStageTests: XCTestCase {
         let events = FakeAPIBox<[String]>([])
         let finished = await finishes(within: 5) {
             await withDiscardingTaskGroup { group in
-                let stage = ServiceStage("once")
+                let stage = ServiceStage()
                 stage.start(OneShot(events: events), in: &group)
                 await stage.finished()
             }
@@ -71,5 +71,31 @@ final class ServiceStageTests: XCTestCase {
         XCTAssertTrue(wasOpen)
         let late = await latch.wait(timeout: 0)
         XCTAssertTrue(late, "open: returns true at once")
+    }
+
+    /// Regression: the timed wait raced the latch against `Task.sleep`, so in a cancelled task it returned
+    /// at once, and a teardown's deadline loop built on it would spin.
+    func testATimedWaitInACancelledTaskStillWaits() async {
+        let latch = Latch()
+        let waited = Task { () -> (Bool, Double) in
+            withUnsafeCurrentTask { $0?.cancel() }
+            let start = Date()
+            let opened = await latch.wait(timeout: 0.3)
+            return (opened, Date().timeIntervalSince(start))
+        }
+        let (opened, elapsed) = await waited.value
+        XCTAssertFalse(opened)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.29, "a cancelled task's timed wait returned after \(elapsed) s")
+
+        let opener = Task { () -> Bool in
+            withUnsafeCurrentTask { $0?.cancel() }
+            return await latch.wait(timeout: 10)
+        }
+        try? await Task.sleep(nanoseconds: 50_000_000)
+        latch.open()
+        let woken = await finishes(within: 2) { _ = await opener.value }
+        XCTAssertTrue(woken, "opening the latch ends a timed wait at once")
+        let result = await opener.value
+        XCTAssertTrue(result)
     }
 }

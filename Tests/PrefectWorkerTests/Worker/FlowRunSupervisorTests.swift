@@ -437,4 +437,56 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(spawner.signals(pid), [], "never signalled")
         XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
     }
+
+    // MARK: - The whole worker: its stop order
+
+    /// The declared stop order, on the fake API and the fake spawner: after SIGTERM the worker stops polling
+    /// at once but keeps its loops (heartbeats) going while it drains the run in flight; it exits 0 once the
+    /// run's final state is delivered.
+    func testOnSIGTERMPollingStopsWhileHeartbeatsGoOnUntilTheRunInFlightIsReported() async throws {
+        let spawner = FakeSpawner { _ in .runsUntilSignalled }
+        let context = try await makeLaunchingContext(spawner: spawner) {
+            $0.heartbeatSeconds = 0.2
+            $0.querySeconds = 0.1
+        }
+        let pool = JSON.object(["id": "p-1", "name": "pool", "type": "process", "base_job_template": JobTemplate.defaultProcessTemplate])
+        fake.route("GET", "/api/work_pools/pool") { _, _, _ in .json(200, pool.encoded()) }
+        fake.route("POST", "/api/work_pools/pool/workers/heartbeat") { _, _, _ in .noContent }
+        fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }
+        let run = JSON.object(["id": "run-whole", "state_id": "s-1", "run_count": .int(0),
+                               "job_variables": .object(["command": "sleep 30", "stream_output": .bool(false)]),
+                               "state": .object(["id": "s-1", "type": "SCHEDULED", "name": "Scheduled"])])
+        let polled = FakeAPIBox(false)
+        fake.route("POST", "/api/work_pools/pool/get_scheduled_flow_runs") { _, _, _ in
+            let first = polled.update { (done: inout Bool) -> Bool in defer { done = true }; return !done }
+            return .json(200, first ? JSON.array([.object(["flow_run": run])]).encoded() : "[]")
+        }
+        let worker = Worker(context: context)
+        let running = Task { await worker.run() }
+        let deadline = Date().addingTimeInterval(20)
+        while spawner.spawned.isEmpty, Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        XCTAssertEqual(spawner.spawned.count, 1, "the worker should have started the run's job")
+
+        let fake = self.fake!
+        func count(_ path: String) -> Int { fake.requests("POST", path).count }
+        context.shutdown.advance()  // SIGTERM: draining
+        try await Task.sleep(nanoseconds: 200_000_000)  // a poll already under way may finish
+        let polls = count("/api/work_pools/pool/get_scheduled_flow_runs")
+        let beats = count("/api/work_pools/pool/workers/heartbeat")
+        try await Task.sleep(nanoseconds: 700_000_000)
+        XCTAssertEqual(count("/api/work_pools/pool/get_scheduled_flow_runs"), polls, "claiming stopped first: no poll while draining")
+        XCTAssertGreaterThan(count("/api/work_pools/pool/workers/heartbeat"), beats, "the loops run through the drain: the worker stays ONLINE")
+        XCTAssertNotNil(context.pool)
+
+        let supervisor = await context.registry.supervisor("run-whole")
+        let jobPID = await supervisor?.pid
+        let pid = try XCTUnwrap(jobPID)
+        spawner.end(pid, .exited(0))
+        let stopped = await finishes(within: 15) { _ = await running.value }
+        XCTAssertTrue(stopped, "the worker exits once its last run is reported")
+        let code = await running.value
+        XCTAssertEqual(code, 0)
+        XCTAssertEqual(reports("run-whole"), ["PENDING", "RUNNING", "pid", "COMPLETED"], "the final state was flushed before the exit")
+        XCTAssertEqual(server.value.type, "COMPLETED")
+    }
 }

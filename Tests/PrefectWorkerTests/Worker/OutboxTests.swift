@@ -33,7 +33,7 @@ final class OutboxTests: XCTestCase {
 
     private func makeOutbox() throws -> Outbox {
         // A fresh client each time, as after a restart.
-        Outbox(stateDirectory: stateDirectory, client: fake.client())
+        Outbox(stateDirectory: stateDirectory, client: fake.client(), log: .console)
     }
 
     private func outboxFile(_ run: String) -> String { stateDirectory + "/outbox/" + run + ".json" }

@@ -23,7 +23,7 @@ final class RunJournalTests: XCTestCase {
     }
 
     func testRecordThenRemove() async throws {
-        let journal = RunJournal(stateDirectory: stateDirectory)
+        let journal = RunJournal(stateDirectory: stateDirectory, log: .console)
         try journal.prepare()
         await journal.record(entry("run-a"))
         let data = try XCTUnwrap(FileManager.default.contents(atPath: journal.path("run-a")))
@@ -38,7 +38,7 @@ final class RunJournalTests: XCTestCase {
     /// Regression: `record` ignored short writes, so a write cut off (disk full, file size limit) renamed a
     /// truncated entry over the good one. A failed write must leave the previous entry as it was.
     func testAShortWriteLeavesThePreviousEntryInPlace() async throws {
-        let journal = RunJournal(stateDirectory: stateDirectory)
+        let journal = RunJournal(stateDirectory: stateDirectory, log: .console)
         try journal.prepare()
         await journal.record(entry("run-s"))
         let before = try XCTUnwrap(FileManager.default.contents(atPath: journal.path("run-s")))

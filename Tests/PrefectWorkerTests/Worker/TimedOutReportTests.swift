@@ -29,7 +29,7 @@ final class TimedOutReportTests: XCTestCase {
     }
 
     private func send(_ run: String, name: String?) async throws -> [JSON] {
-        let outbox = Outbox(stateDirectory: stateDirectory, client: fake.client())
+        let outbox = Outbox(stateDirectory: stateDirectory, client: fake.client(), log: .console)
         try await outbox.prepare()
         let delivered = await outbox.send(run, .finalState(type: "FAILED", message: "Flow run exceeded timeout of 3 second(s)",
                                                            transitionID: "t-\(run)", force: true, name: name))

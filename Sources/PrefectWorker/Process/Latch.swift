@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 
-/// A one-way event: `open()` once, and every `wait()`, before or after, returns.
+/// A one-way event: `open()` once, and every `wait()`, before or after, returns. A job's exit, a stage's stop
+/// and a run's stop request are latches.
 final class Latch: Sendable {
     private struct State {
         var isOpen = false
@@ -25,14 +26,28 @@ final class Latch: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Waits at most `seconds` for the latch to open; true if it did. A real wait in a task nobody cancels.
+    /// Waits at most `seconds` for the latch to open; true if it did. A real wait whether or not the calling
+    /// task is cancelled (like `sleepThroughCancellation`), for a teardown's deadlines.
     func wait(timeout seconds: Double) async -> Bool {
-        if isOpen { return true }
-        guard seconds > 0 else { return false }
-        return await firstOf({ await self.wait(); return self.isOpen }, {
-            try? await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000))
-            return self.isOpen
-        })
+        let id = state.withLock { state in
+            state.nextID += 1
+            return state.nextID
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.isOpen || seconds <= 0 { return true }
+                state.waiters[id] = continuation
+                return false
+            }
+            if now {
+                continuation.resume()
+                return
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+            }
+        }
+        return isOpen
     }
 
     /// Returns once the latch is open, or when the calling task is cancelled.
