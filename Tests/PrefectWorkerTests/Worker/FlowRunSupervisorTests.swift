@@ -489,4 +489,32 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(reports("run-whole"), ["PENDING", "RUNNING", "pid", "COMPLETED"], "the final state was flushed before the exit")
         XCTAssertEqual(server.value.type, "COMPLETED")
     }
+
+    /// Regression: a cancel that arrived while RUNNING was being proposed (the server asking to wait) was not
+    /// looked at again, so the job was started and then killed.
+    func testACancelWhileRUNNINGIsProposedStartsNoJob() async throws {
+        let spawner = FakeSpawner()
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let run = try commandRun("run-cancel-during-running", "true")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        let server = server
+        let waits = FakeAPIBox(0)
+        fake.route("POST", "/api/flow_runs/*/set_state") { _, _, body in
+            let state = (try? JSON.decode(body))?["state"] ?? .null
+            if state["type"]?.stringValue == "RUNNING", waits.update({ count -> Bool in count += 1; return count == 1 }) {
+                Task { await supervisor.requestCancel() }  // CANCELLING is seen while the worker waits
+                return .json(200, #"{"status":"WAIT","details":{"type":"wait_details","delay_seconds":0.3}}"#)
+            }
+            server.update { run in
+                run.type = state["type"]?.stringValue ?? run.type
+                run.transitionID = state["state_details"]?["transition_id"]?.stringValue ?? ""
+            }
+            return .json(201, JSON.object(["status": "ACCEPT", "details": .object(["type": "accept_details"]), "state": state]))
+        }
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 20) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(spawner.spawned.count, 0, "the job must not have started")
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "CANCELLED"])
+    }
 }

@@ -170,6 +170,28 @@ final class OutboxTests: XCTestCase {
         XCTAssertEqual(order.firstIndex(of: "PATCH").map { $0 < order.firstIndex(of: "POST")! }, true, "\(order)")
     }
 
+    /// Regression: a delivery waiting for another delivery of the same run to end ignored cancellation, so
+    /// stopping the outbox's loop (the worker's last stage) waited for a slow server's answer to the other.
+    func testADeliveryWaitingForItsTurnEndsWhenItsTaskIsCancelled() async throws {
+        fake.inject([.delay(3)], method: "PATCH", path: "/api/flow_runs/*")
+        let outbox = try makeOutbox()
+        try await outbox.prepare()
+        let first = Task { await outbox.send("run-y", .infrastructurePID(pid: 12)) }
+        let deadline = Date().addingTimeInterval(5)
+        while fake.requests("PATCH", "/api/flow_runs/run-y").isEmpty && Date() < deadline {
+            try await Task.sleep(nanoseconds: 5_000_000)
+        }
+        let waiting = Task { await outbox.deliver("run-y") }
+        try await Task.sleep(nanoseconds: 50_000_000)
+        let cancelledAt = Date()
+        waiting.cancel()
+        let delivered = await waiting.value
+        XCTAssertFalse(delivered, "a cancelled wait delivers nothing")
+        XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 1, "the wait ended with its task, not with the other delivery")
+        let firstDelivered = await first.value
+        XCTAssertTrue(firstDelivered)
+    }
+
     /// Bug probe: when the outbox file cannot be written (disk full, directory gone), `store` logs that "the
     /// report is kept in memory only", but nothing keeps it: `deliver` reads the items back from the file, finds
     /// none, and reports success, so the final state never reaches the server.
