@@ -91,6 +91,9 @@ final class FakeSpawner: ProcessSpawner, Sendable {
     /// The requests of every job started, in order.
     var spawned: [SpawnRequest] { state.withLock { $0.jobs.sorted { $0.key < $1.key }.map(\.value.request) } }
 
+    /// The pids of every job started, in order.
+    var pids: [pid_t] { state.withLock { $0.jobs.keys.sorted() } }
+
     /// The signals the job's group got, in order.
     func signals(_ pid: pid_t) -> [Int32] { state.withLock { $0.jobs[pid]?.signals ?? [] } }
 }

@@ -152,7 +152,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     /// for a job that ends at once. (It was handed to the outbox from an unstructured Task, which could run
     /// after the final state had been queued.)
     func testAFastJobsPidReachesTheServerBeforeItsFinalState() async throws {
-        let context = try await makeLaunchingContext()
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())  // each job exits as it starts
         // Before the fix about one run in fifteen came out in the wrong order here; twenty make a failure likely.
         for i in 0..<20 {
             let id = "run-fast-\(i)"
@@ -193,10 +193,12 @@ final class FlowRunSupervisorTests: XCTestCase {
         return context
     }
 
-    private func commandRun(_ id: String, _ command: String, startingAt start: Date? = nil) throws -> FlowRun {
+    private func commandRun(_ id: String, _ command: String, startingAt start: Date? = nil, timeout: Double? = nil) throws -> FlowRun {
+        var variables: [String: JSON] = ["command": .string(command), "stream_output": .bool(false)]
+        if let timeout { variables["timeout_seconds"] = .double(timeout) }
         var fields: [String: JSON] = [
             "id": .string(id), "state_id": "s-1", "run_count": .int(0),
-            "job_variables": .object(["command": .string(command), "stream_output": .bool(false)]),
+            "job_variables": .object(variables),
             "state": .object(["id": "s-1", "type": "SCHEDULED", "name": "Scheduled"]),
         ]
         if let start { fields["next_scheduled_start_time"] = .string(Timestamp.format(start)) }
@@ -285,7 +287,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     }
 
     func testWaitBeforeRunningIsWaitedOutThenTheJobRuns() async throws {
-        let context = try await makeLaunchingContext()
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
         let supervisor = FlowRunSupervisor(context: context, runID: "run-wait-running")
         let server = server
         let waits = FakeAPIBox(0)
@@ -516,5 +518,70 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(finished)
         XCTAssertEqual(spawner.spawned.count, 0, "the job must not have started")
         XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "CANCELLED"])
+    }
+
+    func testACancelDuringTheWaitForAScheduledStartEndsItCancelledAtOnce() async throws {
+        let spawner = FakeSpawner()
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let run = try commandRun("run-cancel-scheduled", "true", startingAt: Date().addingTimeInterval(60))
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(10)
+        while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        await supervisor.requestCancel()
+        let finished = await finishes(within: 5) { await supervision.value }
+        XCTAssertTrue(finished, "a cancel does not wait for a start a minute away")
+        XCTAssertEqual(spawner.spawned.count, 0)
+        XCTAssertEqual(reports(run.id), ["PENDING", "CANCELLED"])
+    }
+
+    func testAStopDuringTheWaitForAScheduledStartHandsTheRunBack() async throws {
+        let spawner = FakeSpawner()
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let run = try commandRun("run-stop-scheduled", "true", startingAt: Date().addingTimeInterval(60))
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let supervision = Task { await supervisor.run(run) }
+        let deadline = Date().addingTimeInterval(10)
+        while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        await supervisor.requestStop(reason: "Worker 'worker' shut down")
+        let finished = await finishes(within: 5) { await supervision.value }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(spawner.spawned.count, 0)
+        XCTAssertEqual(reports(run.id), ["PENDING", "SCHEDULED"], "not started: back to the pool for another worker")
+    }
+
+    func testAJobPastItsTimeoutIsStoppedAndReportedFailedTimedOut() async throws {
+        let spawner = FakeSpawner { _ in .runsUntilSignalled }
+        let context = try await makeLaunchingContext(spawner: spawner)
+        let run = try commandRun("run-timeout", "sleep 30", timeout: 0.3)
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let start = Date()
+        let finished = await finishes(within: 10) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.3)
+        let pid = try XCTUnwrap(spawner.pids.first)
+        XCTAssertEqual(spawner.signals(pid), [SIGTERM])
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "FAILED"])
+        let state = lastProposal(run.id)?["state"]
+        XCTAssertEqual(state?["name"]?.stringValue, "TimedOut")
+        let timedOut = await supervisor.timedOut
+        XCTAssertTrue(timedOut)
+    }
+
+    func testACancelAfterTheRunEndedChangesNothing() async throws {
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
+        let run = try commandRun("run-cancel-late", "true")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 10) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        await supervisor.requestCancel()
+        try await Task.sleep(nanoseconds: 100_000_000)
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"], "no report after the final one")
     }
 }
