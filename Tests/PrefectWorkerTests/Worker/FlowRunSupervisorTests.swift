@@ -520,16 +520,23 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "CANCELLED"])
     }
 
-    func testACancelDuringTheWaitForAScheduledStartEndsItCancelledAtOnce() async throws {
+    /// A run claimed (PENDING) whose supervisor waits for its scheduled start, a minute away.
+    private func claimedForAStartAMinuteAway(_ id: String) async throws
+        -> (FakeSpawner, FlowRun, FlowRunSupervisor, Task<Void, Never>) {
         let spawner = FakeSpawner()
         let context = try await makeLaunchingContext(spawner: spawner)
-        let run = try commandRun("run-cancel-scheduled", "true", startingAt: Date().addingTimeInterval(60))
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        let run = try commandRun(id, "true", startingAt: Date().addingTimeInterval(60))
+        let supervisor = FlowRunSupervisor(context: context, runID: id)
         _ = await context.registry.reserve(run, for: supervisor)
         let supervision = Task { await supervisor.run(run) }
         let deadline = Date().addingTimeInterval(10)
         while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
         try await Task.sleep(nanoseconds: 100_000_000)
+        return (spawner, run, supervisor, supervision)
+    }
+
+    func testACancelDuringTheWaitForAScheduledStartEndsItCancelledAtOnce() async throws {
+        let (spawner, run, supervisor, supervision) = try await claimedForAStartAMinuteAway("run-cancel-scheduled")
         await supervisor.requestCancel()
         let finished = await finishes(within: 5) { await supervision.value }
         XCTAssertTrue(finished, "a cancel does not wait for a start a minute away")
@@ -538,15 +545,7 @@ final class FlowRunSupervisorTests: XCTestCase {
     }
 
     func testAStopDuringTheWaitForAScheduledStartHandsTheRunBack() async throws {
-        let spawner = FakeSpawner()
-        let context = try await makeLaunchingContext(spawner: spawner)
-        let run = try commandRun("run-stop-scheduled", "true", startingAt: Date().addingTimeInterval(60))
-        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-        _ = await context.registry.reserve(run, for: supervisor)
-        let supervision = Task { await supervisor.run(run) }
-        let deadline = Date().addingTimeInterval(10)
-        while server.value.type != "PENDING", Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
-        try await Task.sleep(nanoseconds: 100_000_000)
+        let (spawner, run, supervisor, supervision) = try await claimedForAStartAMinuteAway("run-stop-scheduled")
         await supervisor.requestStop(reason: "Worker 'worker' shut down")
         let finished = await finishes(within: 5) { await supervision.value }
         XCTAssertTrue(finished)
