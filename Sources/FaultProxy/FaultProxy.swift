@@ -19,13 +19,21 @@ import Glibc
 public final class FaultProxy: @unchecked Sendable {
     /// What the proxy did so far.
     public struct Counters: Sendable, CustomStringConvertible {
+        /// Connections accepted.
         public var connections = 0
+        /// Requests read.
         public var requests = 0
+        /// Requests sent on to the server.
         public var forwarded = 0
+        /// Requests answered 503 without reaching the server.
         public var injected503 = 0
+        /// Connections reset before the request reached the server.
         public var resetsBeforeForward = 0
+        /// Connections reset after the server answered (the answer is lost).
         public var resetsAfterForward = 0
+        /// Connections reset while `down`.
         public var refusedWhileDown = 0
+        /// Requests the server did not answer.
         public var upstreamErrors = 0
         /// "METHOD /path" of each request whose answer was lost after it took effect.
         public var lostAnswers: [String] = []
@@ -33,6 +41,7 @@ public final class FaultProxy: @unchecked Sendable {
         /// Resets before and after forwarding.
         public var resets: Int { resetsBeforeForward + resetsAfterForward }
 
+        /// The counters on one line.
         public var description: String {
             "requests=\(requests) forwarded=\(forwarded) injected503=\(injected503) resetsBeforeForward=\(resetsBeforeForward) "
                 + "resetsAfterForward=\(resetsAfterForward) refusedWhileDown=\(refusedWhileDown) upstreamErrors=\(upstreamErrors)"
@@ -41,6 +50,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// The real server's host and port.
     public let upstreamHost: String
+    /// The real server's port.
     public let upstreamPort: UInt16
     /// The port the proxy listens on (set by `start`).
     public private(set) var port: UInt16 = 0
@@ -116,6 +126,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// The proxy could not listen.
     public struct ProxyError: Error, CustomStringConvertible {
+        /// What failed, with errno's text.
         public var description: String
     }
 
