@@ -116,6 +116,34 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         return worker
     }
 
+    /// A deployment whose job ignores SIGTERM and leaves a descendant that also ignores it, in a new session with
+    /// an empty environment (so the /proc scan by run id cannot see it); the descendant writes its pid to
+    /// `dir/escaped`.
+    private func escapingJobDeployment(pool: String, dir: String) async throws -> String {
+        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
+        return try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string(command),
+        ]))
+    }
+
+    /// The escaped descendant of `escapingJobDeployment`'s job, once it has written its pid and become `sleep`.
+    private func escapedDescendant(in dir: String) async throws -> pid_t {
+        try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
+            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+                  ProcScan.stat(pid)?.state != nil, E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
+            return pid
+        }
+    }
+
+    /// Whether `pid` is gone (or a zombie) within `seconds`.
+    private func isGone(_ pid: pid_t, within seconds: Double, _ what: String) async -> Bool {
+        let gone = try? await E2E.eventually(timeout: seconds, what) { () -> Bool? in
+            let state = ProcScan.stat(pid)?.state
+            return state == nil || state == "Z" ? true : nil
+        }
+        return gone != nil
+    }
+
     private func cgroupOf(_ pid: pid_t) -> String? {
         E2E.readText("/proc/\(pid)/cgroup")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
     }
@@ -165,19 +193,12 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         let dir = try temporaryDirectory("escape")
         let pool = try await makeProcessPool()
         // A descendant in a new session with an empty environment, ignoring SIGTERM: invisible to the /proc scan.
-        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
-        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": .string(command),
-        ]))
+        let deployment = try await escapingJobDeployment(pool: pool, dir: dir)
         let worker = try await startWorker(pool: pool, in: subtree)
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
         let jobPID = try await waitForJobPID(id, timeout: 30)
-        let escaped = try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
-            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-                  ProcScan.stat(pid)?.state != nil, E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
-            return pid
-        }
+        let escaped = try await escapedDescendant(in: dir)
         let stat = try XCTUnwrap(ProcScan.stat(escaped))
         XCTAssertNotEqual(stat.session, ProcScan.stat(jobPID)?.session, "the descendant left the job's session")
         XCTAssertFalse(ProcScan.environment(of: escaped, contains: "PREFECT__FLOW_RUN_ID=\(id)"), "its environment is clear")
@@ -190,11 +211,8 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
         XCTAssertTrue(run.stateMessage.contains("SIGKILL"), "the tree ignored SIGTERM, so it was killed: \(run.stateMessage)")
 
-        let gone = try? await E2E.eventually(timeout: 5, "the escaped descendant \(escaped) to be gone") { () -> Bool? in
-            let state = ProcScan.stat(escaped)?.state
-            return state == nil || state == "Z" ? true : nil
-        }
-        XCTAssertNotNil(gone, "the descendant outlived the cancellation: \(ProcScan.describe([ProcScan.stat(escaped)].compactMap { $0 }))")
+        let gone = await isGone(escaped, within: 5, "the escaped descendant \(escaped) to be gone")
+        XCTAssertTrue(gone, "the descendant outlived the cancellation: \(ProcScan.describe([ProcScan.stat(escaped)].compactMap { $0 }))")
         XCTAssertEqual(ProcScan.processes(ofRun: id).map(\.pid), [], "processes of the run left")
         XCTAssertFalse(FileManager.default.fileExists(atPath: subtree.top + "/run-" + id), "the run's cgroup was removed")
         let cgroups = try FileManager.default.contentsOfDirectory(atPath: subtree.top).filter { $0.hasPrefix("run-") }
@@ -207,19 +225,12 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         let dir = try temporaryDirectory("adopted")
         let stateDir = try stateDirectory()
         let pool = try await makeProcessPool()
-        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
-        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": .string(command),
-        ]))
+        let deployment = try await escapingJobDeployment(pool: pool, dir: dir)
         let first = try await startWorker(pool: pool, in: subtree, stateDir: stateDir)
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
         let jobPID = try await waitForJobPID(id, timeout: 30)
-        let escaped = try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
-            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-                  E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
-            return pid
-        }
+        let escaped = try await escapedDescendant(in: dir)
         await killWorker(first)
         XCTAssertTrue(subtree.populated(subtree.top + "/run-" + id), "the job outlives the worker in its cgroup")
 
@@ -230,11 +241,8 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertEqual(result["status"]?.asString, "ACCEPT", "set CANCELLING: \(result)")
         let run = try await waitForFinalState(id, timeout: 40)
         XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
-        let gone = try? await E2E.eventually(timeout: 5, "the escaped descendant \(escaped) to be gone") { () -> Bool? in
-            let state = ProcScan.stat(escaped)?.state
-            return state == nil || state == "Z" ? true : nil
-        }
-        XCTAssertNotNil(gone, "the env-cleared descendant of the adopted job outlived the cancellation")
+        let gone = await isGone(escaped, within: 5, "the escaped descendant \(escaped) to be gone")
+        XCTAssertTrue(gone, "the env-cleared descendant of the adopted job outlived the cancellation")
         let removed = try? await E2E.eventually(timeout: 5, "the run's cgroup to be removed") { () -> Bool? in
             FileManager.default.fileExists(atPath: subtree.top + "/run-" + id) ? nil : true
         }
@@ -246,19 +254,12 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         let subtree = try subtree()
         let dir = try temporaryDirectory("shutdown")
         let pool = try await makeProcessPool()
-        let command = #"sh -c 'setsid env -i /bin/sh -c "trap \"\" TERM; echo \$\$ > \#(dir)/escaped; exec sleep 300" & trap "" TERM; sleep 300'"#
-        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": .string(command),
-        ]))
+        let deployment = try await escapingJobDeployment(pool: pool, dir: dir)
         let worker = try await startWorker(pool: pool, in: subtree)
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
         _ = try await waitForJobPID(id, timeout: 30)
-        let escaped = try await E2E.eventually(timeout: 15, "the escaping descendant to write its pid") { () -> pid_t? in
-            guard let text = E2E.readText("\(dir)/escaped"), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-                  E2E.readText("/proc/\(pid)/cmdline")?.hasPrefix("sleep") == true else { return nil }
-            return pid
-        }
+        let escaped = try await escapedDescendant(in: dir)
         // SIGTERM drains; the second stops the jobs.
         kill(worker.pid, SIGTERM)
         _ = await worker.waitForLog(containing: "no longer claiming runs", timeout: 5)
@@ -338,11 +339,8 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         let pid = try XCTUnwrap(E2E.readText(dir + "/left").flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
         let said = await waitForLogLine(worker, run: id, containing: "leaving 1 process(es) in its cgroup", timeout: 5)
         XCTAssertTrue(said?.contains("pid \(pid)") == true, "log: \(Self.lines(of: worker.log, mentioning: id))")
-        let gone = try? await E2E.eventually(timeout: 5, "the left-behind sleep \(pid) to be gone") { () -> Bool? in
-            let state = ProcScan.stat(pid)?.state
-            return state == nil || state == "Z" ? true : nil
-        }
-        XCTAssertNotNil(gone)
+        let gone = await isGone(pid, within: 5, "the left-behind sleep \(pid) to be gone")
+        XCTAssertTrue(gone)
         XCTAssertFalse(FileManager.default.fileExists(atPath: subtree.top + "/run-" + id))
     }
 

@@ -355,7 +355,6 @@ actor FlowRunSupervisor {
             await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
-        pid = process.pid
         await context.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
             workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))

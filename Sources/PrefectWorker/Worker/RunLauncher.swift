@@ -9,16 +9,16 @@ final class RunLauncher: Sendable {
     private let work: AsyncStream<Work>
     private let continuation: AsyncStream<Work>.Continuation
     private let done = Latch()
-    let context: WorkerContext
+    private let registry: RunRegistry
 
     init(context: WorkerContext) {
-        self.context = context
+        registry = context.registry
         (work, continuation) = AsyncStream.makeStream(of: Work.self)
     }
 
     /// Runs `supervisor` for `run`, which the registry has reserved for it, and releases the slot afterwards.
     func submit(_ run: FlowRun, to supervisor: FlowRunSupervisor) {
-        let registry = context.registry
+        let registry = self.registry
         submit {
             await supervisor.run(run)
             await registry.release(run.id)
