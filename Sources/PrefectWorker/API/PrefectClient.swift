@@ -116,7 +116,7 @@ public final class PrefectClient: Sendable {
                 let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
                 let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
                 if failingSeconds > Self.quietFailureSeconds { log.warning(line) } else { log.debug(line) }
-                try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
+                try await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
             }
         }
     }

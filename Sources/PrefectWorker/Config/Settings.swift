@@ -20,7 +20,7 @@ public struct Settings: Sendable, Equatable {
     var drainTimeout: Double?
     var createPoolIfNotFound = true
     /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
-    var cancellationPollSeconds: Double = 1
+    var cancellationPollSeconds: Double = 0.5
     /// Where the journal of launched runs lives (see `StateDirectory`).
     var stateDirectory: String = "/tmp/prefect-worker"
     /// The lowest level written to the worker's log.

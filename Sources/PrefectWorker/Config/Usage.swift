@@ -21,7 +21,7 @@ extension CommandLineParser {
           --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
           --cancellation-poll-seconds S
                                how often to check in-flight runs for CANCELLING
-                               [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=1]
+                               [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=0.5]
       --run-once               claim what is due now, run it to the end, exit
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]

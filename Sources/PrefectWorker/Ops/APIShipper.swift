@@ -83,7 +83,7 @@ final class APIShipper: Service {
         var failures = 0
         while !Task.isCancelled {
             let delay = failures == 0 ? interval : min(30, interval * pow(2, Double(min(failures, 5))))
-            try? await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000))
+            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
             failures = await deliverAll() ? 0 : failures + 1
         }
     }
@@ -136,6 +136,6 @@ final class APIShipper: Service {
 
     /// Delivers what is buffered, for at most `timeout` seconds (at shutdown).
     func flush(timeout: Double) async {
-        _ = await firstOf({ await self.deliverAll(); return () }, { try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000)) })
+        _ = await firstOf({ await self.deliverAll(); return () }, { try? await Task.sleep(nanoseconds: Seconds.nanoseconds(timeout)) })
     }
 }

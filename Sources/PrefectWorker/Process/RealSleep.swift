@@ -8,3 +8,13 @@ func sleepThroughCancellation(_ seconds: Double) async {
         DispatchQueue.global().asyncAfter(deadline: .now() + max(0, seconds)) { continuation.resume() }
     }
 }
+
+enum Seconds {
+    /// `seconds` as nanoseconds for `Task.sleep`, never trapping: negative and NaN become 0, and anything from
+    /// about 292 years up becomes that (a job variable, a setting or a server's `Retry-After` can be huge).
+    static func nanoseconds(_ seconds: Double) -> UInt64 {
+        guard seconds > 0 else { return 0 }
+        guard seconds < 9.2e9 else { return 9_200_000_000_000_000_000 }
+        return UInt64(seconds * 1_000_000_000)
+    }
+}

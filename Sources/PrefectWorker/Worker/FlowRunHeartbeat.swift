@@ -10,7 +10,7 @@ struct FlowRunHeartbeat: Sendable {
         events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
         task = Task {
             while true {
-                do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
                 events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
             }
         }

@@ -461,7 +461,7 @@ actor FlowRunSupervisor {
         let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
         let timer = timeout.map { seconds in
             Task {
-                do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
                 self.requestTimeout(reason: limit!)
             }
         }

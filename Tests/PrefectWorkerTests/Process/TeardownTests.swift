@@ -150,6 +150,15 @@ final class TeardownTests: XCTestCase {
         _ = await task2.value
     }
 
+    func testSecondsBecomeNanosecondsWithoutTrapping() {
+        XCTAssertEqual(Seconds.nanoseconds(1.5), 1_500_000_000)
+        XCTAssertEqual(Seconds.nanoseconds(0), 0)
+        XCTAssertEqual(Seconds.nanoseconds(-3), 0, "a negative delay (a server's odd answer) is no delay")
+        XCTAssertEqual(Seconds.nanoseconds(.nan), 0)
+        XCTAssertEqual(Seconds.nanoseconds(1e11), 9_200_000_000_000_000_000, "a huge value is capped, not a trap")
+        XCTAssertEqual(Seconds.nanoseconds(.infinity), 9_200_000_000_000_000_000)
+    }
+
     func testSleepThroughCancellationWaitsInACancelledTask() async {
         let elapsed = await Task { () -> Double in
             withUnsafeCurrentTask { $0?.cancel() }

@@ -572,6 +572,17 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(timedOut)
     }
 
+    func testAHugeTimeoutIsNoLimitInPracticeAndDoesNotTrap() async throws {
+        // 1e11 s overflowed the nanoseconds of the timer's sleep, which trapped and took the worker down.
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
+        let run = try commandRun("run-huge-timeout", "true", timeout: 1e11)
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 10) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
+    }
+
     func testACancelAfterTheRunEndedChangesNothing() async throws {
         let context = try await makeLaunchingContext(spawner: FakeSpawner())
         let run = try commandRun("run-cancel-late", "true")
