@@ -51,6 +51,8 @@ enum SettingKeys {
         "PREFECT_LOGGING_TO_API_ENABLED": .boolean,
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": .number,
         "PREFECT_LOGGING_TO_API_BATCH_SIZE": .integer,
+        "PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": .integer,
+        "PREFECT_SILENCE_API_URL_MISCONFIGURATION": .boolean,
         "PREFECT_LOGGING_TO_API_MAX_LOG_SIZE": .integer,
     ]
 

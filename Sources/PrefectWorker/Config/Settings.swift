@@ -48,6 +48,25 @@ public struct Settings: Sendable, Equatable {
     var cloudAPIURL = "https://api.prefect.cloud/api"
     /// `PREFECT_LOGGING_TO_API_*`: shipping job output and the worker's lines about runs to the run's logs.
     var logsToAPI = LogsToAPI()
+    /// `PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE`: events kept for delivery at most. Prefect's 0 means unbounded;
+    /// ours keeps memory bounded, so 0 (or unset) means 2,000.
+    var eventsMaxQueueSize = 0
+    var eventsQueueCapacity: Int { eventsMaxQueueSize > 0 ? eventsMaxQueueSize : 2_000 }
+    /// `PREFECT_SILENCE_API_URL_MISCONFIGURATION`: no warning about an API URL that looks mistyped.
+    var silenceAPIURLMisconfiguration = false
+
+    /// What looks mistyped in the API URL, as Prefect warns of it (`_warn_on_misconfigured_api_url` in
+    /// prefect/settings/models/root.py); empty when nothing does.
+    static func apiURLMisconfigurations(_ url: String) -> [String] {
+        var found: [String] = []
+        if url.contains("app.prefect.cloud") { found.append("PREFECT_API_URL points to app.prefect.cloud; did you mean api.prefect.cloud?") }
+        if url.contains("account/") { found.append("PREFECT_API_URL uses /account/ but should use /accounts/") }
+        if url.contains("workspace/") { found.append("PREFECT_API_URL uses /workspace/ but should use /workspaces/") }
+        if url.contains("api.prefect.cloud"), let path = URL(string: url)?.path, !path.isEmpty, !path.hasPrefix("/api") {
+            found.append("PREFECT_API_URL should have /api after the base URL")
+        }
+        return found
+    }
 
     /// Prefect's `PREFECT_LOGGING_TO_API_*` settings, with its defaults.
     struct LogsToAPI: Sendable, Equatable {

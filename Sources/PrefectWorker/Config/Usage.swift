@@ -59,6 +59,10 @@ extension CommandLineParser {
       PREFECT_LOGGING_TO_API_ENABLED (true), PREFECT_LOGGING_TO_API_BATCH_INTERVAL (2 s),
       PREFECT_LOGGING_TO_API_BATCH_SIZE (4000000 bytes), PREFECT_LOGGING_TO_API_MAX_LOG_SIZE (1000000 bytes)
                                    shipping job output and the worker's lines about runs to the run's logs
+      PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE
+                                   events kept for delivery at most (0: 2000)
+      PREFECT_SILENCE_API_URL_MISCONFIGURATION
+                                   no warning about an API URL that looks mistyped (false)
       PREFECT_WORKER_DEBUG_MODE    debug logging for the worker (false)
       PREFECT_WORKER_ENABLE_CANCELLATION
                                    accepted; runs in flight are always cancellable

@@ -67,6 +67,10 @@ public final class Worker: Sendable {
             log.info("PREFECT_WORKER_ENABLE_CANCELLATION is false, but prefect-worker always cancels its runs in flight when they are CANCELLING")
         }
         if settings.debugMode { log.debug("PREFECT_WORKER_DEBUG_MODE: debug logging for the worker") }
+        let mistyped = Settings.apiURLMisconfigurations(settings.apiURL.absoluteString)
+        if !mistyped.isEmpty, !settings.silenceAPIURLMisconfiguration {
+            log.warning("\(mistyped.joined(separator: "; ")) (e.g. PREFECT_API_URL=https://api.prefect.cloud/api/accounts/[ACCOUNT-ID]/workspaces/[WORKSPACE-ID]); starting anyway. PREFECT_SILENCE_API_URL_MISCONFIGURATION=true silences this")
+        }
         ProcFS.becomeSubreaper()
         context.cgroups = CgroupHost.setUp()  // issue 13: per-job cgroups when the worker's cgroup is delegated
         let context = self.context

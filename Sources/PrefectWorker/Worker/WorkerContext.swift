@@ -63,7 +63,8 @@ final class WorkerContext: Sendable {
         self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
         self.events = WorkerEvents(settings: settings,
-                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events", capacity: 2_000, interval: 1),
+                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events",
+                                                       capacity: settings.eventsQueueCapacity, interval: 1),
                                    secrets: secrets)
         self.notifier = SystemdNotifier(environment: settings.environment)
     }

@@ -128,10 +128,28 @@ final class PrefectCompatibilityTests: XCTestCase {
         XCTAssertEqual(try settings([], env: ["PREFECT_API_URL": "https://api.prefect.cloud/api/x", "PREFECT_CLOUD_MAX_LOG_SIZE": "9000"]).logsToAPI.maxLogSize, 9_000)
     }
 
+    func testEventsQueueSizeAndAPIURLMisconfigurationSettings() throws {
+        XCTAssertEqual(try settings([]).eventsQueueCapacity, 2_000, "Prefect's 0 (unbounded) is our bounded default")
+        XCTAssertEqual(try settings([], env: ["PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": "0"]).eventsQueueCapacity, 2_000)
+        XCTAssertEqual(try settings([], env: ["PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": "50"]).eventsQueueCapacity, 50)
+        XCTAssertTrue(usageError([], env: ["PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": "-1"]).contains("PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE"))
+        XCTAssertFalse(try settings([]).silenceAPIURLMisconfiguration)
+        XCTAssertTrue(try settings([], env: ["PREFECT_SILENCE_API_URL_MISCONFIGURATION": "true"]).silenceAPIURLMisconfiguration)
+
+        XCTAssertEqual(Settings.apiURLMisconfigurations("http://127.0.0.1:4200/api"), [])
+        XCTAssertEqual(Settings.apiURLMisconfigurations("https://api.prefect.cloud/api/accounts/a/workspaces/w"), [])
+        XCTAssertEqual(Settings.apiURLMisconfigurations("https://app.prefect.cloud/api/accounts/a/workspaces/w"),
+                       ["PREFECT_API_URL points to app.prefect.cloud; did you mean api.prefect.cloud?"])
+        XCTAssertEqual(Settings.apiURLMisconfigurations("https://api.prefect.cloud/api/account/a/workspace/w"),
+                       ["PREFECT_API_URL uses /account/ but should use /accounts/", "PREFECT_API_URL uses /workspace/ but should use /workspaces/"])
+        XCTAssertEqual(Settings.apiURLMisconfigurations("https://api.prefect.cloud/accounts/a/workspaces/w"),
+                       ["PREFECT_API_URL should have /api after the base URL"])
+    }
+
     func testTheHelpDocumentsTheNewFlagsAndSettings() {
         for name in ["--base-job-template", "--install-policy", "PREFECT_WORKER_DEBUG_MODE", "PREFECT_LOGGING_TO_API_ENABLED",
                      "PREFECT_WORKER_ENABLE_CANCELLATION", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE", "PREFECT_HOME",
-                     "PREFECT_CLOUD_API_URL"] {
+                     "PREFECT_CLOUD_API_URL", "PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE", "PREFECT_SILENCE_API_URL_MISCONFIGURATION"] {
             XCTAssertTrue(CommandLineParser.usage.contains(name), name)
         }
     }
