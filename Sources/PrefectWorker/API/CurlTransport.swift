@@ -16,7 +16,7 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         /// The proxy to use, or nil for none (curl's own environment lookup is not used: see `ProxySettings`).
         var proxy: String?
         var noProxy: String?
-        /// A body larger than this ends the transfer.
+        /// A body larger than this ends the transfer (unless the request sets its own limit).
         var maxBodyBytes = 32 * 1024 * 1024
     }
 
@@ -25,6 +25,8 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         var url: String
         var headers: [String]
         var body: Data?
+        /// This request's bound on the answer's body, instead of `Options.maxBodyBytes`.
+        var maxBodyBytes: Int?
     }
 
     struct Response: Sendable {
@@ -165,7 +167,7 @@ private final class Transfer: @unchecked Sendable {
 
     init(_ request: CurlTransport.Request, options: CurlTransport.Options) {
         easy = curl_easy_init()
-        limit = options.maxBodyBytes
+        limit = request.maxBodyBytes ?? options.maxBodyBytes
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
         let context = Unmanaged.passUnretained(self).toOpaque()
 

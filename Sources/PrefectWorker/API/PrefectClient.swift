@@ -17,8 +17,17 @@ public final class PrefectClient: Sendable {
     /// connection is driven by a ~1 ms timer.
     private let slots = AsyncSemaphore(8)
     /// Bodies larger than this are refused (the transfer is cut short): a worker has no use for them and must
-    /// not run out of memory.
+    /// not run out of memory. Lists (the poll, filters, a run's states) get the larger bound, as they may hold
+    /// many runs with parameters (Prefect allows 512 KB of them per run); one object (a run, a deployment, a
+    /// pool, a state change) stays far below the smaller one, so a huge answer costs a few MB at most.
     static let maxResponseBytes = 32 * 1024 * 1024
+    static let maxObjectResponseBytes = 4 * 1024 * 1024
+
+    static func responseLimit(method: String, path: String) -> Int {
+        let route = path.split(separator: "?").first.map(String.init) ?? path
+        let isList = route.hasSuffix("/get_scheduled_flow_runs") || route.hasSuffix("/filter") || route.hasPrefix("/flow_run_states")
+        return isList ? maxResponseBytes : maxObjectResponseBytes
+    }
     /// How long the API may fail before a retry is worth a WARNING rather than a DEBUG line.
     static let quietFailureSeconds = 10.0
 
@@ -136,10 +145,11 @@ public final class PrefectClient: Sendable {
         let url = url(for: path)
         let endpoint = "\(method) \(redactedURL(url))"
         let endpointClass = Metrics.endpointClass(method: method, path: path)
+        let limit = Self.responseLimit(method: method, path: path)
         let request = CurlTransport.Request(
             method: method, url: url.absoluteString,
             headers: headers + identityHeaders.withLock { $0.map { "\($0.key): \($0.value)" } },
-            body: body.map { Data($0.encoded().utf8) })
+            body: body.map { Data($0.encoded().utf8) }, maxBodyBytes: limit)
         let response: CurlTransport.Response
         do {
             try await slots.acquire()
@@ -152,7 +162,7 @@ public final class PrefectClient: Sendable {
             noteFailure()
             switch failure {
             case .tooLarge(let bytes):
-                throw APIError.badResponse(endpoint: endpoint, reason: "body too large: \(bytes) bytes or more, over the \(Self.maxResponseBytes)-byte limit")
+                throw APIError.badResponse(endpoint: endpoint, reason: "body too large: \(bytes) bytes or more, over the \(limit)-byte limit")
             case .curl(let code, let message):
                 throw APIError.transport(endpoint: endpoint, reason: describe(code: code, message: message, url: url))
             }

@@ -57,21 +57,45 @@ final class CurlTransportTests: XCTestCase {
         XCTAssertLessThan(fake.hugeBodyBytesSent, 64 << 20, "the transfer was not cut short")
     }
 
-    func testUnannounced256MBBodyIsCutAtTheLimit() async throws {
+    func testUnannounced256MBBodyOfOneObjectIsCutAtAFewMB() async throws {
         let size = 256 << 20
         fake.inject([.hugeChunkedBody(size)], method: "GET", path: "/api/flow_runs/*")
-        let before = try residentBytes()
+        let peak = PeakResidentSampler()
         do {
             _ = try await client().readFlowRun("r-chunked", policy: .once)
             XCTFail("expected the body to be refused")
         } catch let error as APIError {
             XCTAssertTrue(error.description.contains("body too large"), error.description)
+            XCTAssertTrue(error.description.contains("over the \(PrefectClient.maxObjectResponseBytes)-byte limit"), error.description)
         }
-        let grown = try residentBytes() - before
-        // What was kept (up to the 32 MiB limit) is freed; growth is bounded by the limit, not by the body.
-        XCTAssertLessThan(grown, PrefectClient.maxResponseBytes + (8 << 20), "resident memory grew by \(grown >> 20) MiB")
+        let grown = peak.stop()
+        // A run is one object: cut at 4 MiB, so resident memory grows by a few MB at most, even at its peak.
+        XCTAssertLessThan(grown, 8 << 20, "resident memory grew by \(grown >> 20) MiB at its peak")
         try await Task.sleep(nanoseconds: 200_000_000)
-        XCTAssertLessThan(fake.hugeBodyBytesSent, PrefectClient.maxResponseBytes + (32 << 20), "the transfer was not cut short")
+        XCTAssertLessThan(fake.hugeBodyBytesSent, PrefectClient.maxObjectResponseBytes + (32 << 20), "the transfer was not cut short")
+    }
+
+    func testUnannouncedHugeBodyOfAListIsCutAtTheListLimit() async throws {
+        fake.inject([.hugeChunkedBody(256 << 20)], method: "POST", path: "/api/flow_runs/filter")
+        let before = try residentBytes()
+        do {
+            _ = try await client().filterFlowRuns(.object([:]), policy: .once)
+            XCTFail("expected the body to be refused")
+        } catch let error as APIError {
+            XCTAssertTrue(error.description.contains("over the \(PrefectClient.maxResponseBytes)-byte limit"), error.description)
+        }
+        // What was kept (up to the 32 MiB limit of lists) is freed; growth is bounded by the limit, not by the body.
+        let grown = try residentBytes() - before
+        XCTAssertLessThan(grown, PrefectClient.maxResponseBytes + (8 << 20), "resident memory grew by \(grown >> 20) MiB")
+    }
+
+    func testTheLimitOfEachRequest() {
+        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/work_pools/p/get_scheduled_flow_runs"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/flow_runs/filter"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/flow_run_states/?flow_run_id=x"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/flow_runs/x"), PrefectClient.maxObjectResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/flow_runs/x/set_state"), PrefectClient.maxObjectResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/deployments/d"), PrefectClient.maxObjectResponseBytes)
     }
 
     func testBodyJustUnderTheLimitIsRead() async throws {
@@ -250,5 +274,41 @@ final class CurlTransportTests: XCTestCase {
             XCTAssertTrue(reason.hasPrefix("connection refused"), reason)
             XCTAssertTrue(error.isRetryable)
         }
+    }
+}
+
+/// Samples this process's resident set every half millisecond on a thread of its own, so a test sees the
+/// peak growth while a transfer runs, not only what is left after it (freed buffers go back to the system).
+private final class PeakResidentSampler: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running = true
+    private var peak = 0
+    private let baseline: Int
+    private let done = DispatchSemaphore(value: 0)
+
+    init() {
+        baseline = Self.resident()
+        Thread.detachNewThread { [self] in
+            while lock.withLock({ running }) {
+                let now = Self.resident()
+                lock.withLock { peak = max(peak, now) }
+                usleep(500)
+            }
+            done.signal()
+        }
+    }
+
+    /// Stops sampling; the peak growth over the resident set at the start, in bytes.
+    func stop() -> Int {
+        lock.withLock { running = false }
+        done.wait()
+        return lock.withLock { max(0, peak - baseline) }
+    }
+
+    private static func resident() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+        return kb * 1024
     }
 }
