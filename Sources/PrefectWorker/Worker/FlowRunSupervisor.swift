@@ -61,19 +61,24 @@ actor FlowRunSupervisor {
         context.metrics.runClaimed()
         log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it")
 
-        // Labels are informative: setting them (with a few quick retries) must not hold up the run.
+        // Labels are informative: they must not hold up the run. One attempt now, before the run's next state
+        // write (as Prefect's worker does): sent beside the RUNNING write, a SQLite server answered it 503
+        // ("database is locked") nearly every time, which cost a retry per run. If it fails, it is retried in
+        // the background with the ordinary retries while the run goes on.
         let client = self.client
         let labels = [
             "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
             "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
         ]
-        // In the background with the ordinary retries: in a burst, a SQLite server answers the labels write
-        // 503 ("database is locked") again and again while the run's own state writes go through.
-        Task {
-            do {
-                try await client.addLabels(id, labels, policy: .standard)
-            } catch {
-                log.warning("could not label the run: \(error); it runs unlabelled")
+        do {
+            try await client.addLabels(id, labels, policy: .once)
+        } catch {
+            Task {
+                do {
+                    try await client.addLabels(id, labels, policy: .standard)
+                } catch {
+                    log.warning("could not label the run: \(error); it runs unlabelled")
+                }
             }
         }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import PrefectWorker
 
@@ -252,6 +253,27 @@ final class FlowRunSupervisorTests: XCTestCase {
         }
         XCTAssertTrue(labelled, "labels were given up after \(fake.requests("PATCH", "/api/flow_runs/run-labels/labels").count) attempts")
         XCTAssertEqual(fake.requests("PATCH", "/api/flow_runs/run-labels/labels").last?.json?["prefect.worker.name"], "worker")
+    }
+
+    func testLabelsAreAnsweredBeforeRUNNINGIsProposed() async throws {
+        // Sent beside the RUNNING write, the labels write met a locked SQLite (503) nearly every time.
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
+        let fake = self.fake!
+        let runningBeforeLabelsAnswered = Mutex<Bool?>(nil)
+        fake.inject([.delay(0.4)], method: "PATCH", path: "/api/flow_runs/*/labels")
+        fake.route("PATCH", "/api/flow_runs/*/labels") { _, _, _ in
+            let running = fake.requests("POST", "/api/flow_runs/*/set_state").contains { $0.json?["state"]?["type"] == "RUNNING" }
+            runningBeforeLabelsAnswered.withLock { $0 = running }
+            return .noContent
+        }
+        let run = try commandRun("run-labels-first", "true")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 10) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(runningBeforeLabelsAnswered.withLock { $0 }, false, "RUNNING was proposed while the labels write was in flight")
+        XCTAssertEqual(fake.requests("PATCH", "/api/flow_runs/run-labels-first/labels").count, 1)
+        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
     }
 
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
