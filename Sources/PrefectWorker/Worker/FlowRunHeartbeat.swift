@@ -18,9 +18,13 @@ struct FlowRunHeartbeat: Sendable {
 
     func stop() { task.cancel() }
 
+    /// The longest interval taken from the setting (a year): a larger one would overflow the nanoseconds
+    /// the sleep takes, and means "practically never" anyway.
+    static let maximumSeconds = 86_400 * 365
+
     /// Seconds between heartbeats, from the job's `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` (or its legacy name
     /// `PREFECT_RUNNER_HEARTBEAT_FREQUENCY`) as the engine reads it: Prefect's default 180 when unset, at
-    /// least 30 (Prefect's minimum).
+    /// least 30 (Prefect's minimum), at most `maximumSeconds`.
     static func seconds(_ env: [String: String], log: Logger) -> Double {
         let name = env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] != nil ? "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" : "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"
         guard let raw = env[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return 180 }
@@ -31,6 +35,10 @@ struct FlowRunHeartbeat: Sendable {
         if seconds < 30 {
             log.warning("\(name)=\(seconds) is below Prefect's minimum of 30; sending heartbeats every 30 s")
             return 30
+        }
+        if seconds > maximumSeconds {
+            log.warning("\(name)=\(seconds) is more than a year; sending heartbeats every \(maximumSeconds) s")
+            return Double(maximumSeconds)
         }
         return Double(seconds)
     }
