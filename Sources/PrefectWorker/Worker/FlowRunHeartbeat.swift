@@ -8,11 +8,36 @@ struct FlowRunHeartbeat: Sendable {
 
     init(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) {
         events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+        task = Task { await Self.beat(run: run, flowName: flowName, pool: pool, events: events, every: seconds) }
+    }
+
+    /// For a job adopted after a worker restart: the run (and its flow's name) is read from the server first,
+    /// in the heartbeat's own task, so a slow or absent server holds up neither the watch nor `stop`. Until
+    /// the run can be read it is read again every interval; then it beats as a launched job's heartbeat does.
+    init(adopting runID: String, context: WorkerContext, log: Logger, every seconds: Double) {
         task = Task {
-            while true {
-                do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
-                events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+            var run: FlowRun?
+            while run == nil {
+                do {
+                    run = try await context.client.readFlowRun(runID)
+                } catch {
+                    log.warning("cannot read the adopted run for its heartbeat: \(error); trying again in \(String(format: "%g", seconds)) s")
+                    do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+                }
             }
+            guard let run else { return }
+            let flowName = await context.flowName(run.flowID), pool = context.pool
+            if Task.isCancelled { return }
+            context.events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
+            await Self.beat(run: run, flowName: flowName, pool: pool, events: context.events, every: seconds)
+        }
+    }
+
+    /// One heartbeat per interval until cancelled.
+    private static func beat(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) async {
+        while true {
+            do { try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000)) } catch { return }
+            events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
         }
     }
 
