@@ -200,18 +200,32 @@ final class RunSafeguardTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertGreaterThan(try XCTUnwrap(user, body), commandUsage.user)
     }
 
-    func testAnAdoptedJobSaysItsUsageIsUnknown() async throws {
+    /// Also: the adopted job of a worker-owned run goes on heartbeating (the new worker sends one as it adopts
+    /// it; the job is over before the first worker's second one, 30 s after its start, was due).
+    func testAnAdoptedJobSaysItsUsageIsUnknownAndHeartbeats() async throws {
         let pool = try await makeProcessPool()
         let stateDir = try stateDirectory()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": "sleep 20",
+            "command": "sleep 20", "env": .object(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"]),
         ]))
         let first = try startRunControlWorker(pool: pool, stateDir: stateDir)
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
         let pid = try await waitForJobPID(id, timeout: 19)
         await killWorker(first)
+        let killed = Date()
         let second = try startRunControlWorker(pool: pool, stateDir: stateDir)
+        var beats: [JSON] = []
+        _ = try? await E2E.eventually(timeout: 15, interval: 0.5, "a heartbeat of the adopted run") { () -> Bool? in
+            beats = try await self.events(ofRun: id, prefix: "prefect.flow-run.heartbeat")
+            return beats.contains { ($0["occurred"]?.asString).flatMap(Timestamp.parse).map { $0 > killed } == true } ? true : nil
+        }
+        let times = beats.compactMap { $0["occurred"]?.asString }.compactMap(Timestamp.parse).sorted()
+        XCTAssertTrue(times.contains { $0 > killed }, "a heartbeat after the first worker was killed at \(killed): \(beats.map { $0.encoded() })")
+        XCTAssertTrue(times.contains { $0 < killed }, "the first worker's, as the job started: \(beats.map { $0.encoded() })")
+        for event in beats {
+            XCTAssertEqual(event["resource"]?["prefect.resource.id"]?.asString, "prefect.flow-run.\(id)")
+        }
         let line = await waitForLogLine(second, run: id, containing: "job (pid \(pid))", timeout: 40)
         XCTAssertEqual(line.map { $0.contains("exit status and resource usage are unknown") }, true,
                        "closing line of the adopted job: \(line ?? Self.lines(of: second.log, mentioning: id))")
