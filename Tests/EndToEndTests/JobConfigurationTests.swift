@@ -10,8 +10,9 @@ final class JobConfigurationTests: E2ETestCase, @unchecked Sendable {
         // A pool whose `env` variable has no type: the server then stores numbers and booleans as given.
         let pool = try await makeProcessPool(template: TestAPI.permissiveEnvTemplate)
         let workdir = try temporaryDirectory("env")
-        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: try E2E.json("""
-            {"command": "sh -c 'printf %s \\"$E2E_A|$E2E_B|$E2E_C|$E2E_NUM|$E2E_BOOL|$E2E_FLOAT\\" > env.txt'",
+        let deploymentName = uniqueName()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: deploymentName, jobVariables: try E2E.json("""
+            {"command": "sh -c 'printf %s \\"$E2E_A|$E2E_B|$E2E_C|$E2E_NUM|$E2E_BOOL|$E2E_FLOAT\\" > env.txt; printf %s \\"$PREFECT__FLOW_ID|$PREFECT__FLOW_NAME|$PREFECT__DEPLOYMENT_ID|$PREFECT__DEPLOYMENT_NAME\\" > ids.txt'",
              "working_dir": \(JSON.string(workdir).encoded()),
              "env": {"E2E_A": "dep", "E2E_B": "dep", "E2E_NUM": 1, "E2E_BOOL": true}}
             """))
@@ -23,6 +24,10 @@ final class JobConfigurationTests: E2ETestCase, @unchecked Sendable {
         XCTAssertEqual(run.stateType, "COMPLETED", "final state: \(run.stateSummary)")
         XCTAssertEqual(E2E.readText(workdir + "/env.txt"), "dep|run|run|1|True|2.5",
                        "E2E_A|B|C|NUM|BOOL|FLOAT as the job saw them")
+        // What identifies the run's flow and deployment, ids and names, as Prefect's worker sets them.
+        let flowID = try XCTUnwrap(run["flow_id"]?.asString)
+        XCTAssertEqual(E2E.readText(workdir + "/ids.txt"), "\(flowID)|e2e-command-flow|\(deployment)|\(deploymentName)",
+                       "PREFECT__FLOW_ID|FLOW_NAME|DEPLOYMENT_ID|DEPLOYMENT_NAME as the job saw them")
         XCTAssertTrue(worker.isRunning)
     }
 

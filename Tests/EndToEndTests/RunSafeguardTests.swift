@@ -200,18 +200,34 @@ final class RunSafeguardTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertGreaterThan(try XCTUnwrap(user, body), commandUsage.user)
     }
 
-    func testAnAdoptedJobSaysItsUsageIsUnknown() async throws {
+    /// Also: the adopted job of a worker-owned run goes on heartbeating (the new worker sends one as it adopts it).
+    func testAnAdoptedJobSaysItsUsageIsUnknownAndHeartbeats() async throws {
         let pool = try await makeProcessPool()
         let stateDir = try stateDirectory()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
-            "command": "sleep 20",
+            "command": "sleep 20", "env": .object(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"]),
         ]))
         let first = try startRunControlWorker(pool: pool, stateDir: stateDir)
         let id = try await api.createFlowRun(deployment: deployment)
         track(id)
         let pid = try await waitForJobPID(id, timeout: 19)
         await killWorker(first)
+        let killed = Date()
         let second = try startRunControlWorker(pool: pool, stateDir: stateDir)
+        var beats: [JSON] = []
+        _ = try? await E2E.eventually(timeout: 15, interval: 0.5, "a heartbeat of the adopted run") { () -> Bool? in
+            beats = try await self.events(ofRun: id, prefix: "prefect.flow-run.heartbeat")
+            return beats.contains { ($0["occurred"]?.asString).flatMap(Timestamp.parse).map { $0 > killed } == true } ? true : nil
+        }
+        // The first worker was dead before `killed`: a later heartbeat is the new worker's. (The first worker's
+        // own, as the job started, is usually lost: it is killed before its events go out.)
+        let adopted = try XCTUnwrap(beats.first { ($0["occurred"]?.asString).flatMap(Timestamp.parse).map { $0 > killed } == true },
+                                    "a heartbeat after the first worker was killed at \(killed): \(beats.map { $0.encoded() })")
+        let flow = (adopted["related"]?.asArray ?? []).first { $0["prefect.resource.role"]?.asString == "flow" }
+        XCTAssertEqual(flow?["prefect.resource.name"]?.asString, "e2e-command-flow", "related: \(adopted["related"]?.encoded() ?? "")")
+        for event in beats {
+            XCTAssertEqual(event["resource"]?["prefect.resource.id"]?.asString, "prefect.flow-run.\(id)")
+        }
         let line = await waitForLogLine(second, run: id, containing: "job (pid \(pid))", timeout: 40)
         XCTAssertEqual(line.map { $0.contains("exit status and resource usage are unknown") }, true,
                        "closing line of the adopted job: \(line ?? Self.lines(of: second.log, mentioning: id))")

@@ -37,6 +37,18 @@ public enum ProcFS {
         return data.split(separator: 0, omittingEmptySubsequences: true).contains { $0.elementsEqual(needle) }
     }
 
+    /// The process's environment as it was started (readable for our own user's processes); nil if unreadable.
+    static func environment(of pid: pid_t) -> [String: String]? {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }
+        var env: [String: String] = [:]
+        for entry in data.split(separator: 0, omittingEmptySubsequences: true) {
+            let text = String(decoding: entry, as: UTF8.self)
+            guard let equals = text.firstIndex(of: "=") else { continue }
+            env[String(text[..<equals])] = String(text[text.index(after: equals)...])
+        }
+        return env
+    }
+
     /// Every live process (but us) whose environment carries `PREFECT__FLOW_RUN_ID=runID`: a job and all its
     /// descendants, including those that left its process group (setsid, double fork).
     static func processes(ofRun runID: String) -> [pid_t] {

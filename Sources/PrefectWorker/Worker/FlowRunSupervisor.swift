@@ -265,8 +265,10 @@ actor FlowRunSupervisor {
         return try JobConfiguration(rendered)
     }
 
-    /// The job's environment: the worker's, then the job's `env`, then what identifies the run.
-    nonisolated func environment(for run: FlowRun, job: JobConfiguration, parameters: String, parametersFile: String) -> [String: String] {
+    /// The job's environment: the worker's, then the job's `env`, then what identifies the run (with the flow's
+    /// and the deployment's names when they have one, as Prefect's `_base_attribution_environment` sets them).
+    nonisolated func environment(for run: FlowRun, job: JobConfiguration, flowName: String?, deployment: Deployment?,
+                                 parameters: String, parametersFile: String) -> [String: String] {
         var env = settings.environment.filter { !Self.serviceVariables.contains($0.key) }
         env.merge(job.environment) { $1 }
         env["PREFECT__FLOW_RUN_ID"] = run.id
@@ -276,7 +278,9 @@ actor FlowRunSupervisor {
         env["PREFECT__WORKER_NAME"] = settings.workerName
         if let workerID = context.workerID { env["PREFECT__WORKER_ID"] = workerID }
         if let flowID = run.flowID { env["PREFECT__FLOW_ID"] = flowID }
+        if let flowName, !flowName.isEmpty { env["PREFECT__FLOW_NAME"] = flowName }
         if let deploymentID = run.deploymentID { env["PREFECT__DEPLOYMENT_ID"] = deploymentID }
+        if let name = deployment?.name, !name.isEmpty { env["PREFECT__DEPLOYMENT_NAME"] = name }
         env["PREFECT_FLOW_RUN_PARAMETERS_FILE"] = parametersFile
         // Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN); the file always has them.
         let entryBytes = "PREFECT_FLOW_RUN_PARAMETERS=".utf8.count + parameters.utf8.count + 1
@@ -305,7 +309,10 @@ actor FlowRunSupervisor {
         }
         defer { workspace.remove() }
 
-        let env = environment(for: run, job: job, parameters: parameters, parametersFile: workspace.parametersFile)
+        // Read once per flow (and cached): the job's environment and the run's events name the flow.
+        let flowName = await context.flowName(run.flowID)
+        let env = environment(for: run, job: job, flowName: flowName, deployment: deployment,
+                              parameters: parameters, parametersFile: workspace.parametersFile)
         // The job's own secrets (its `env`) are kept out of everything the worker writes while it runs.
         let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns)
         context.secrets.add(runSecrets)
@@ -343,7 +350,6 @@ actor FlowRunSupervisor {
             }
         }
 
-        let flowName = await context.flowName(run.flowID)
         let submitted = context.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
             run: run, deployment: deployment, flowName: flowName, pool: pool))
         // Output is captured when it is streamed, or when the worker ships it to the run's logs.

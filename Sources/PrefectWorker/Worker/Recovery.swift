@@ -40,8 +40,15 @@ struct Recovery: Sendable {
         launcher.submit {
             // Issue 13: the run's cgroup, if the previous worker made one, still holds the whole tree.
             let cgroup = RunCgroup.existing(host: supervisor.context.cgroups.host, runID: runID)
+            // A worker-owned run still needs its heartbeats (the engine sends an engine run's own), at the
+            // interval the job was started with: its environment is still there to read.
+            let heartbeat = owner == .worker
+                ? FlowRunHeartbeat(adopting: runID, context: supervisor.context, log: supervisor.log,
+                                   every: FlowRunHeartbeat.seconds(ProcFS.environment(of: pid) ?? [:], log: supervisor.log))
+                : nil
             await supervisor.watch(runID, pid: pid, owner: owner, cgroup: cgroup) {
                 await ProcFS.waitForExit(of: pid, startTime: processStart)
+                heartbeat?.stop()
                 return nil
             }
             await registry.release(runID)

@@ -22,6 +22,7 @@ final class ProcFSTests: XCTestCase {
     func testMissingProcesses() {
         XCTAssertNil(ProcFS.startTime(of: 0x3fff_fff0))
         XCTAssertNil(ProcFS.state(of: 0x3fff_fff0))
+        XCTAssertNil(ProcFS.environment(of: 0x3fff_fff0))
         XCTAssertFalse(ProcFS.isAlive(0x3fff_fff0, startTime: nil))
         XCTAssertFalse(ProcFS.isAlive(0, startTime: nil))
         XCTAssertFalse(ProcFS.isAlive(-1, startTime: nil))
@@ -38,6 +39,7 @@ final class ProcFSTests: XCTestCase {
         XCTAssertTrue(ProcFS.isAlive(process.pid, startTime: start))
         XCTAssertTrue(ProcFS.environment(of: process.pid, contains: "X=1"))
         XCTAssertFalse(ProcFS.environment(of: process.pid, contains: "X=12"), "whole entries only")
+        XCTAssertEqual(ProcFS.environment(of: process.pid), ["PREFECT__FLOW_RUN_ID": runID, "X": "1"])
         XCTAssertFalse(ProcFS.environment(of: process.pid, contains: "X="))
         XCTAssertEqual(ProcFS.processes(ofRun: runID), [process.pid])
         XCTAssertEqual(ProcFS.processes(ofRun: String(runID.dropLast())), [], "the run id must match exactly")

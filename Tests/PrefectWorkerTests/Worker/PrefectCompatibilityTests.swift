@@ -231,13 +231,38 @@ final class WorkerIdentityTests: XCTestCase {
         let supervisor = FlowRunSupervisor(context: context, runID: "r1")
         let run = try JSONTreeDecoder.decode(FlowRun.self, from: Data(fakeFlowRunJSON(id: "r1", stateType: "PENDING").utf8))
         let job = try JobConfiguration(RenderedJob(configuration: ["command": .string("true")], variables: [:]))
-        var env = supervisor.environment(for: run, job: job, parameters: "{}", parametersFile: "/tmp/x")
+        var env = supervisor.environment(for: run, job: job, flowName: nil, deployment: nil, parameters: "{}", parametersFile: "/tmp/x")
         XCTAssertEqual(env["PREFECT__WORKER_NAME"], "w1")
         XCTAssertNil(env["PREFECT__WORKER_ID"], "unknown until Cloud says")
         XCTAssertEqual(env["PREFECT_FROM_PROFILE"], "profile-value", "jobs inherit the merged settings")
         context.workerID = "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"
-        env = supervisor.environment(for: run, job: job, parameters: "{}", parametersFile: "/tmp/x")
+        env = supervisor.environment(for: run, job: job, flowName: nil, deployment: nil, parameters: "{}", parametersFile: "/tmp/x")
         XCTAssertEqual(env["PREFECT__WORKER_ID"], "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed")
+    }
+
+    /// Prefect's worker (`_base_attribution_environment`) gives a job the flow's and the deployment's names
+    /// beside their ids, each only when it has one.
+    func testJobsGetTheFlowAndDeploymentNamesBesideTheirIds() throws {
+        var settings = Settings(apiURL: fake.apiURL, pool: "p", workerName: "w1")
+        settings.stateDirectory = stateDirectory
+        let context = WorkerContext(settings: settings, client: fake.client())
+        let supervisor = FlowRunSupervisor(context: context, runID: "r1")
+        let run = try JSONTreeDecoder.decode(FlowRun.self, from: Data(fakeFlowRunJSON(id: "r1", stateType: "PENDING").utf8))
+        let job = try JobConfiguration(RenderedJob(configuration: ["command": .string("true")], variables: [:]))
+        let deployment = try JSONTreeDecoder.decode(Deployment.self, from: Data(#"{"id": "d-1", "name": "nightly"}"#.utf8))
+        let env = supervisor.environment(for: run, job: job, flowName: "etl", deployment: deployment, parameters: "{}", parametersFile: "/tmp/x")
+        XCTAssertEqual(env["PREFECT__FLOW_ID"], "f-1")
+        XCTAssertEqual(env["PREFECT__FLOW_NAME"], "etl")
+        XCTAssertEqual(env["PREFECT__DEPLOYMENT_ID"], "d-1")
+        XCTAssertEqual(env["PREFECT__DEPLOYMENT_NAME"], "nightly")
+
+        // No name known (or an empty one): the variable is not set, as Prefect leaves it out.
+        let unnamed = try JSONTreeDecoder.decode(Deployment.self, from: Data(#"{"id": "d-1", "name": ""}"#.utf8))
+        let bare = supervisor.environment(for: run, job: job, flowName: nil, deployment: unnamed, parameters: "{}", parametersFile: "/tmp/x")
+        XCTAssertEqual(bare["PREFECT__FLOW_ID"], "f-1")
+        XCTAssertNil(bare["PREFECT__FLOW_NAME"])
+        XCTAssertEqual(bare["PREFECT__DEPLOYMENT_ID"], "d-1")
+        XCTAssertNil(bare["PREFECT__DEPLOYMENT_NAME"])
     }
 
     func testLogBatchesAreBoundedInBytes() async throws {
