@@ -50,14 +50,14 @@ struct Compare {
 
             // Start-up: process start → ONLINE in the pool; each sample a fresh process and name. The last one
             // stays up for the rest.
-            for sample in 1...max(1, settings.startupSamples) {
+            for sample in 1...(kind == .swiftStatic ? 1 : max(1, settings.startupSamples)) {
                 if let previous = worker { await launcher.stop(kind, previous.pid) }
                 worker = nil
                 let name = "bench-\(kind.rawValue)-\(sample)-\(UUID().uuidString.prefix(6).lowercased())"
                 let started = Clock.now
                 let pid = try launcher.start(kind, pool: pool, name: name)
                 worker = (pid, started, name)
-                let bound: Double = kind == .swift ? 60 : 120
+                let bound: Double = kind.isOurs ? 60 : 120
                 guard await api.waitOnline(pool: pool, names: [name], pids: [pid], bound: bound) else {
                     throw BenchError("\(kind.title) '\(name)' was not ONLINE within \(Int(bound)) s (\(Launcher.shared.exitDescription(pid) ?? "still running")); log: \(launcher.logTail(name))")
                 }
@@ -85,7 +85,7 @@ struct Compare {
             guard Launcher.shared.isRunning(pid) else { throw BenchError("\(kind.title) exited during the burst; log: \(launcher.logTail(name))") }
 
             // Burst of engine flows.
-            if settings.engineRuns > 0 {
+            if settings.engineRuns > 0, kind != .swiftStatic {
                 log("\(kind.title): burst of \(settings.engineRuns) engine runs of flows.py:hello")
                 let engineBurst = Burst(api: api, deployment: engineDeployment, runs: settings.engineRuns,
                                         bound: 120 + Double(settings.engineRuns) * 6, settleOnSubmitting: false)
@@ -95,7 +95,7 @@ struct Compare {
             }
 
             // Cancellation latency.
-            if settings.cancelSamples > 0 {
+            if settings.cancelSamples > 0, kind != .swiftStatic {
                 var samples: [CancellationSample] = []
                 for _ in 1...settings.cancelSamples {
                     let sample = await cancellationSample(kind, deployment: sleepDeployment, workerPID: pid)

@@ -13,21 +13,32 @@ struct Report {
 
     var swift: WorkerResult? { results.compare?.workers.first { $0.kind == "swift" } }
     var python: WorkerResult? { results.compare?.workers.first { $0.kind == "python" } }
+    var swiftStatic: WorkerResult? { results.compare?.workers.first { $0.kind == WorkerKind.swiftStatic.rawValue } }
 
     // MARK: - Targets
 
     static func targets(compare: CompareResult?, scale: ScaleResult?) -> [Target] {
         let ours = compare?.workers.first { $0.kind == "swift" }
         let theirs = compare?.workers.first { $0.kind == "python" }
+        let release = compare?.workers.first { $0.kind == WorkerKind.swiftStatic.rawValue }
         var targets: [Target] = []
-        if let idle = ours?.idle {
+        if let idle = release?.idle {
+            // The release binary (`--static-swift-stdlib`): the target is set for it.
+            targets.append(Target(metric: "Idle RSS after \(Int(idle.idleSeconds.rounded())) s, static build (dynamic build: \(ours?.idle.map { mib($0.rssKb) } ?? "n/a"))",
+                                  target: "≤ 30 MB", value: "\(mib(idle.rssKb)) = \(mb(idle.rssKb))", met: idle.rssKb * 1024 <= 30_000_000))
+        } else if let idle = ours?.idle {
             targets.append(Target(metric: "Idle RSS after \(Int(idle.idleSeconds.rounded())) s", target: "≤ 30 MiB",
                                   value: mib(idle.rssKb), met: idle.rssKb <= 30 * 1024))
             let privateKb = max(idle.pssAnonKb, idle.privateDirtyKb)
             targets.append(Target(metric: "Idle private memory (Pss_Anon / Private_Dirty)", target: "≤ 8 MiB",
                                   value: "\(mib(idle.pssAnonKb)) / \(mib(idle.privateDirtyKb))", met: privateKb <= 8 * 1024))
         }
-        if let burst = ours?.commandBurst {
+        if let burst = release?.commandBurst {
+            let peak = max(burst.peakRssKb, burst.vmHwmKb)
+            let dynamic = ours?.commandBurst.map { mib(max($0.peakRssKb, $0.vmHwmKb)) } ?? "n/a"
+            targets.append(Target(metric: "Peak RSS in a \(burst.runs)-run burst, static build (max of sampled VmRSS and VmHWM; dynamic build: \(dynamic))",
+                                  target: "≤ 40 MB", value: "\(mib(peak)) = \(mb(peak))", met: peak * 1024 <= 40_000_000))
+        } else if let burst = ours?.commandBurst {
             let peak = max(burst.peakRssKb, burst.vmHwmKb)
             targets.append(Target(metric: "Peak RSS in a \(burst.runs)-run burst (max of sampled VmRSS and VmHWM)",
                                   target: "≤ 40 MB", value: mib(peak), met: peak * 1024 <= 40_000_000))
@@ -105,12 +116,14 @@ struct Report {
         if let compare = results.compare {
             let s = compare.settings
             out.append("## Side by side (Prefect server on \(compare.database))\n")
-            out.append("| Metric | \(WorkerKind.swift.title) | \(WorkerKind.python.title) |")
-            out.append("|---|---|---|")
+            let release = swiftStatic
+            out.append("| Metric | \(WorkerKind.swift.title) | \(WorkerKind.python.title) |" + (release == nil ? "" : " \(WorkerKind.swiftStatic.title) |"))
+            out.append("|---|---|---|" + (release == nil ? "" : "---|"))
             func row(_ name: String, _ value: (WorkerResult) -> String?) {
                 let a = swift.flatMap(value) ?? "—"
                 let b = python.flatMap(value) ?? (python == nil ? "not measured" : "—")
-                out.append("| \(name) | \(a) | \(b) |")
+                let c = release.map { value($0) ?? "—" }
+                out.append("| \(name) | \(a) | \(b) |" + (c.map { " \($0) |" } ?? ""))
             }
             row("Start-up: process start → ONLINE (median of \(s.startupSamples))") { w in
                 w.startupMedianSeconds.map { String(format: "%.3f s", $0) + " (" + w.startupSeconds.map { String(format: "%.3f", $0) }.joined(separator: ", ") + ")" }
@@ -235,4 +248,5 @@ struct Report {
 }
 
 func mib(_ kb: Int) -> String { String(format: "%.1f MiB", Double(kb) / 1024) }
+func mb(_ kb: Int) -> String { String(format: "%.1f MB", Double(kb) * 1024 / 1_000_000) }
 func fmt(_ x: Double) -> String { x == x.rounded() ? String(Int(x)) : String(x) }

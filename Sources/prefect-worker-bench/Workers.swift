@@ -7,13 +7,26 @@ import Glibc
 /// poll interval and prefetch (as PREFECT_WORKER_QUERY_SECONDS / PREFECT_WORKER_PREFETCH_SECONDS) for both.
 enum WorkerKind: String, Sendable, CaseIterable {
     case swift, python
+    /// Ours again, built with `--static-swift-stdlib` (the release binary): start-up, idle memory and the
+    /// command burst only (its memory is what differs).
+    case swiftStatic = "swift-static"
 
-    var title: String { self == .swift ? "prefect-worker (Swift)" : "prefect worker (Python)" }
+    var title: String {
+        switch self {
+        case .swift: "prefect-worker (Swift)"
+        case .python: "prefect worker (Python)"
+        case .swiftStatic: "prefect-worker (static build)"
+        }
+    }
+
+    var isOurs: Bool { self != .python }
 }
 
 struct WorkerLauncher: Sendable {
     let apiURL: String
     let workerBinary: String
+    /// The static build of ours (`--static-worker`), measured as `.swiftStatic` when given.
+    var staticWorkerBinary: String?
     let venv: String
     let work: String
     let querySeconds: Double
@@ -39,8 +52,8 @@ struct WorkerLauncher: Sendable {
 
     func commandLine(_ kind: WorkerKind, pool: String, name: String) -> (String, [String]) {
         switch kind {
-        case .swift:
-            return (workerBinary, ["start", "--pool", pool, "--name", name, "--state-dir", "\(work)/state/\(name)",
+        case .swift, .swiftStatic:
+            return (kind == .swift ? workerBinary : staticWorkerBinary ?? workerBinary, ["start", "--pool", pool, "--name", name, "--state-dir", "\(work)/state/\(name)",
                                    "--drain-timeout", "10", "--kill-grace-seconds", "2"])
         case .python:
             return ("\(venv)/bin/prefect", ["worker", "start", "--pool", pool, "--type", "process", "--name", name])
@@ -57,7 +70,7 @@ struct WorkerLauncher: Sendable {
     /// Ours exits at once when idle and drains (then stops jobs) otherwise; Prefect's keeps running after the
     /// first SIGTERM and SIGKILLs itself on the second.
     func stop(_ kind: WorkerKind, _ pid: pid_t) async {
-        await Launcher.shared.stop(pid, grace: kind == .swift ? 15 : 3)
+        await Launcher.shared.stop(pid, grace: kind.isOurs ? 15 : 3)
     }
 
     func log(_ name: String) -> String { "\(work)/logs/\(name).log" }

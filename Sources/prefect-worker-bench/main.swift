@@ -11,7 +11,7 @@ Usage:
   prefect-worker-bench compare --api URL --worker BIN --venv DIR --fixtures DIR --work DIR --out FILE
                                [--runs 200] [--engine-runs 50] [--startup-samples 3] [--cancel-samples 5]
                                [--idle-seconds 30] [--query-seconds 1] [--prefetch-seconds 0]
-                               [--no-python | --only swift|python]
+                               [--no-python | --only swift|python] [--static-worker BIN]
                                [--database NAME]
   prefect-worker-bench scale   --api URL --worker BIN --venv DIR --work DIR --out FILE
                                [--runs 1000] [--workers 1,2,4] [--query-seconds 1] [--prefetch-seconds 0]
@@ -72,7 +72,8 @@ SignalListener.blockSignals()
 ProcFS.becomeSubreaper()
 
 func launcher(_ args: Arguments, work: String) -> WorkerLauncher {
-    WorkerLauncher(apiURL: args.required("--api"), workerBinary: args.required("--worker"), venv: args.required("--venv"),
+    WorkerLauncher(apiURL: args.required("--api"), workerBinary: args.required("--worker"),
+                   staticWorkerBinary: args.string("--static-worker"), venv: args.required("--venv"),
                    work: work, querySeconds: args.double("--query-seconds", 1), prefetchSeconds: args.double("--prefetch-seconds", 0))
 }
 
@@ -102,7 +103,8 @@ func kinds(_ args: Arguments) -> [WorkerKind] {
         guard let kind = WorkerKind(rawValue: only) else { fail("--only wants swift or python, not '\(only)'") }
         return [kind]
     }
-    return args.switches.contains("--no-python") ? [.swift] : [.swift, .python]
+    let ours: [WorkerKind] = args.string("--static-worker") == nil ? [.swift] : [.swift, .swiftStatic]
+    return args.switches.contains("--no-python") ? ours : ours + [.python]
 }
 
 /// Runs one command of the bench; returns the exit status.
