@@ -188,6 +188,49 @@ final class CgroupTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertTrue(worker.isRunning)
     }
 
+    /// A worker started from a shell shares its cgroup with that shell (a terminal session, scripts/demo): the
+    /// worker moves into worker/ alone and says, at INFO, that controllers cannot be enabled while the others
+    /// stay; no WARNING, since that is normal there and jobs still run in their own cgroups.
+    func testAWorkerSharingItsCgroupWithItsShellSaysSoAtInfoAndStillRunsJobsInTheirOwnCgroups() async throws {
+        let subtree = try subtree()
+        let out = try temporaryDirectory("shared-cgroup")
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string("sh -c 'cat /proc/self/cgroup > \(out)/$PREFECT__FLOW_RUN_ID'"),
+        ]))
+        // The shell that stays: a `sleep` this test starts and moves into the subtree before the worker joins it.
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        shell.arguments = ["120"]
+        shell.standardInput = FileHandle.nullDevice
+        shell.standardOutput = FileHandle.nullDevice
+        shell.standardError = FileHandle.nullDevice
+        try shell.run()
+        defer {
+            // Ours to stop (tearDown would also empty the subtree with cgroup.kill).
+            if shell.isRunning { kill(shell.processIdentifier, SIGKILL) }
+        }
+        XCTAssertTrue(CgroupFile.write(subtree.workerCgroup + "/cgroup.procs", "\(shell.processIdentifier)"), "cannot move the sleep into the subtree")
+        let worker = try await startWorker(pool: pool, in: subtree)
+        let line = await worker.waitForLog(containing: "cgroups: other processes", timeout: 20)
+        let text = try XCTUnwrap(line, "no line about the shared cgroup in: \(worker.log)")
+        XCTAssertTrue(text.contains(" INFO "), text)
+        XCTAssertTrue(text.contains("(pid \(shell.processIdentifier))"), text)
+        XCTAssertEqual(cgroupOf(worker.pid), subtree.relative(subtree.top) + "/worker")
+        XCTAssertEqual(cgroupOf(shell.processIdentifier), subtree.relative(subtree.top), "the shell stays where it was")
+
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let run = try await waitForFinalState(id, timeout: 30)
+        XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
+        let inside = E2E.readText("\(out)/\(id)")?.split(separator: "\n").first { $0.hasPrefix("0::") }.map(String.init)
+        XCTAssertEqual(inside, "0::" + subtree.relative(subtree.top) + "/run-" + id, "the job runs in its own cgroup")
+        worker.isServing = false
+        _ = worker.stop()
+        let warnings = worker.log.split(separator: "\n").filter { $0.contains(" WARNING ") }
+        XCTAssertEqual(warnings, [], "a shared cgroup is normal for a worker started from a shell")
+    }
+
     func testCancellingAJobWhoseDescendantCalledSetsidAndClearedItsEnvironmentLeavesNothing() async throws {
         let subtree = try subtree()
         let dir = try temporaryDirectory("escape")

@@ -16,10 +16,8 @@ final class TLSTerminator: @unchecked Sendable {
     /// `hosts` are the certificate's subject alternative names (`IP:127.0.0.1`, `DNS:localhost`).
     init(upstream: URL, directory: String, hosts: String = "IP:127.0.0.1,DNS:localhost") throws {
         self.directory = directory
-        certificate = directory + "/cert.pem"
-        let key = directory + "/key.pem"
-        try Self.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
-                                          "-days", "2", "-subj", "/CN=prefect-worker-test", "-addext", "subjectAltName=\(hosts)"])
+        let key: String
+        (certificate, key) = try Self.makeCertificate(directory: directory, hosts: hosts)
         port = E2E.closedLocalPort()
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
@@ -57,6 +55,16 @@ final class TLSTerminator: @unchecked Sendable {
         kill(process.processIdentifier, SIGKILL)
         let deadline = Date().addingTimeInterval(5)
         while process.isRunning, Date() < deadline { usleep(20_000) }
+    }
+
+    /// A self-signed certificate and its key, `cert.pem` and `key.pem` in `directory`, made by openssl for
+    /// `hosts` (subject alternative names, as in `init`).
+    static func makeCertificate(directory: String, hosts: String = "IP:127.0.0.1,DNS:localhost") throws -> (certificate: String, key: String) {
+        let certificate = directory + "/cert.pem"
+        let key = directory + "/key.pem"
+        try run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
+                                     "-days", "2", "-subj", "/CN=prefect-worker-test", "-addext", "subjectAltName=\(hosts)"])
+        return (certificate, key)
     }
 
     private static func run(_ program: String, _ arguments: [String]) throws {
@@ -185,8 +193,41 @@ final class TransportTests: E2ETestCase, @unchecked Sendable {
         XCTAssertEqual(connect.tunnels.count, before, "a host in NO_PROXY went through the proxy")
     }
 
+    /// The ALPN protocol a worker started with `environment` chose on its connections to an `ALPNRecorder`,
+    /// which offers h2 and http/1.1: "h2" when the worker offered h2, "http/1.1" when it offered HTTP/1.1 only.
+    private func protocolChosen(_ environment: [String: String]) async throws -> String {
+        let recorder = try ALPNRecorder(python: env.venv + "/bin/python", directory: try temporaryDirectory("alpn"))
+        defer { recorder.stop() }
+        var environment = environment
+        environment["PREFECT_API_SSL_CERT_FILE"] = recorder.certificate
+        // No pool is needed: the recorder closes every connection after the handshake, the worker retries.
+        let worker = try startWorker(pool: uniqueName("-pool"), environment: environment, apiURL: recorder.apiURL)
+        worker.isServing = false
+        let first = try await E2E.eventually(timeout: 30, "a TLS connection from the worker; its log: \(worker.log)") {
+            recorder.chosen.first
+        }
+        XCTAssertTrue(worker.isRunning, "the worker exited: \(worker.log)")
+        _ = worker.stop()
+        let all = recorder.chosen
+        XCTAssertEqual(Set(all), [first], "connections chose different protocols: \(all)")
+        return first
+    }
+
+    func testHTTP2IsOfferedOverTLSWhenEnabled() async throws {
+        let chosen = try await protocolChosen(["PREFECT_API_ENABLE_HTTP2": "true"])
+        XCTAssertEqual(chosen, "h2", "PREFECT_API_ENABLE_HTTP2=true, but the worker did not offer h2")
+    }
+
+    func testHTTP2IsNotOfferedWhenDisabledOrUnset() async throws {
+        let disabled = try await protocolChosen(["PREFECT_API_ENABLE_HTTP2": "false"])
+        XCTAssertEqual(disabled, "http/1.1", "PREFECT_API_ENABLE_HTTP2=false")
+        let unset = try await protocolChosen([:])
+        XCTAssertEqual(unset, "http/1.1", "PREFECT_API_ENABLE_HTTP2 unset (its default is false)")
+    }
+
     func testHTTP2OverTLSCompletesRuns() async throws {
-        // uvicorn speaks HTTP/1.1 only: with PREFECT_API_ENABLE_HTTP2 curl offers h2 in ALPN and falls back.
+        // uvicorn speaks HTTP/1.1 only: with PREFECT_API_ENABLE_HTTP2 curl offers h2 in ALPN and falls back
+        // (that h2 is offered at all is tested against ALPNRecorder above).
         let tls = try await startTLS()
         let pool = try await makeProcessPool()
         let id = try await commandRun(pool)

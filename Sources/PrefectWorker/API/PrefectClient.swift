@@ -30,6 +30,8 @@ public final class PrefectClient: Sendable {
     }
     /// How long the API may fail before a retry is worth a WARNING rather than a DEBUG line.
     static let quietFailureSeconds = 10.0
+    /// `quietFailureSeconds` for this client (tests make it shorter).
+    let warnAfterFailingSeconds: Double
 
     private struct Health {
         var lastSuccess: Date?
@@ -53,8 +55,10 @@ public final class PrefectClient: Sendable {
     }
     private let logger = Mutex(Logger.console)
 
-    init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings, metrics: Metrics = Metrics()) {
+    init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings, metrics: Metrics = Metrics(),
+         warnAfterFailingSeconds: Double = PrefectClient.quietFailureSeconds) {
         self.baseURL = baseURL
+        self.warnAfterFailingSeconds = warnAfterFailingSeconds
         self.metrics = metrics
         self.settings = settings
         var headers = settings.customHeaders.map { "\($0.key): \($0.value)" }.sorted()
@@ -86,6 +90,9 @@ public final class PrefectClient: Sendable {
     var failingSeconds: Double {
         health.withLock { $0.failingSince.map { Date().timeIntervalSince($0) } ?? 0 }
     }
+
+    /// Whether the API has been failing for longer than `warnAfterFailingSeconds`: a retry is then a WARNING.
+    var hasBeenFailingLong: Bool { failingSeconds > warnAfterFailingSeconds }
 
     /// When a request last got a 2xx answer.
     var lastSuccessfulRequest: Date? { health.withLock { $0.lastSuccess } }
@@ -124,7 +131,7 @@ public final class PrefectClient: Sendable {
                 let delay = policy.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
                 let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
-                if failingSeconds > Self.quietFailureSeconds { log.warning(line) } else { log.debug(line) }
+                if hasBeenFailingLong { log.warning(line) } else { log.debug(line) }
                 try await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
             }
         }

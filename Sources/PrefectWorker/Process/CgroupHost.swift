@@ -155,15 +155,20 @@ struct CgroupHost: Sendable, Equatable {
             _ = rmdir(leaf)
             return .unusable(reason: "cannot move the worker into \(leaf) (\(why))")
         }
-        if let left = CgroupFile.read(directory + "/cgroup.procs"), !words(left).isEmpty {
-            Log.warning("cgroups: other processes (pid \(words(left).sorted().joined(separator: ", "))) are in the worker's cgroup \(cgroup); while they are, no controller can be enabled for jobs (run the worker as the only process of its service or container)")
+        // Normal when the worker is started from a shell (the demo, a terminal session: the shell stays in
+        // the session's cgroup), so INFO: jobs still get their own cgroups, only limits cannot be applied.
+        let shared = CgroupFile.read(directory + "/cgroup.procs").map(words) ?? []
+        if !shared.isEmpty {
+            Log.info("cgroups: other processes (pid \(shared.sorted().joined(separator: ", "))) are in the worker's cgroup \(cgroup); while they are, no controller can be enabled for jobs (run the worker as the only process of its service or container)")
         }
         let available = words(CgroupFile.read(directory + "/cgroup.controllers"))
         var enabled = words(CgroupFile.read(directory + "/cgroup.subtree_control"))
         let missing = wanted.filter { available.contains($0) && !enabled.contains($0) }
         if !missing.isEmpty {
             if !CgroupFile.write(directory + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " ")) {
-                Log.warning("cgroups: cannot enable \(missing.joined(separator: " ")) in \(directory)/cgroup.subtree_control (\(errnoText())); limits that need them will be refused")
+                // The expected outcome while other processes share the cgroup (said above); a surprise otherwise.
+                let line = "cgroups: cannot enable \(missing.joined(separator: " ")) in \(directory)/cgroup.subtree_control (\(errnoText())); limits that need them will be refused"
+                if shared.isEmpty { Log.warning(line) } else { Log.info(line) }
             }
             enabled = words(CgroupFile.read(directory + "/cgroup.subtree_control"))
         }

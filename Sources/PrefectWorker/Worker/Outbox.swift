@@ -173,7 +173,7 @@ actor Outbox: Service {
             } catch let error as APIError where error.isRetryable {
                 // A busy server's 503s are routine: a WARNING only once the API has been failing for a while.
                 let line = "cannot report to the server now (\(error)); kept in the outbox, will retry"
-                if client.failingSeconds > PrefectClient.quietFailureSeconds { log.warning(line, run: runID) } else { log.info(line, run: runID) }
+                if client.hasBeenFailingLong { log.warning(line, run: runID) } else { log.info(line, run: runID) }
                 return false
             } catch {
                 // Not retryable (404: the run was deleted; 4xx: refused): retrying cannot help.

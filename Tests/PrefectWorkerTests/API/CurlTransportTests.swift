@@ -223,22 +223,6 @@ final class CurlTransportTests: XCTestCase {
         XCTAssertEqual(fake.requests.map { $0.header("X-Prefect-Worker-Id") }, ["w-123", nil])
     }
 
-    /// Runs `body` with this process's stderr (where `Log` writes) going to a file; returns what was written.
-    private func capturingStderr(_ body: () async throws -> Void) async rethrows -> String {
-        let path = NSTemporaryDirectory() + "stderr-\(UUID().uuidString)"
-        let file = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        let saved = dup(STDERR_FILENO)
-        dup2(file, STDERR_FILENO)
-        defer {
-            dup2(saved, STDERR_FILENO)
-            close(saved)
-            close(file)
-            unlink(path)
-        }
-        try await body()
-        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-    }
-
     func testA503ThatSucceedsOnRetryIsNotAWarning() async throws {
         Log.configure(level: .info, format: .text)
         fake.inject([.unavailable(retryAfter: "0"), .unavailable(retryAfter: "0")], method: "GET", path: "/api/flow_runs/*")
@@ -250,6 +234,46 @@ final class CurlTransportTests: XCTestCase {
         XCTAssertEqual(fake.requests.count, 3)
         XCTAssertFalse(output.contains("WARNING"), output)
         XCTAssertEqual(client.failingSeconds, 0, "a success ends the failure")
+    }
+
+    func testRetriesBecomeWarningsSayingWhatHappensNextOnceTheAPIHasFailedForAWhile() async throws {
+        Log.configure(level: .debug, format: .text)
+        defer { Log.configure(level: .info, format: .text) }
+        // The server keeps answering 503; the client retries every 0.2 s (Retry-After) for about 1.2 s, and
+        // calls it a WARNING once the API has failed for more than 0.5 s (10 s in the worker).
+        fake.outage = .unavailable(retryAfter: "0.2")
+        var settings = ClientSettings()
+        settings.requestTimeout = 10
+        settings.maxRetries = 6
+        let client = PrefectClient(baseURL: fake.apiURL, apiKey: nil, authString: nil, settings: settings, warnAfterFailingSeconds: 0.5)
+        let output = try await capturingStderr {
+            do {
+                _ = try await client.readFlowRun("r-down")
+                XCTFail("expected the call to fail after its retries")
+            } catch let error as APIError {
+                XCTAssertEqual(error.status, 503, error.description)
+            }
+        }
+        XCTAssertEqual(fake.requests.count, 7)
+        let retries = output.split(separator: "\n").filter { $0.contains("reading flow run r-down failed") }
+        XCTAssertEqual(retries.count, 6, output)
+        let levels = retries.map { $0.contains(" WARNING ") ? "WARNING" : $0.contains(" DEBUG ") ? "DEBUG" : "?" }
+        // DEBUG while the failure is young, then WARNING for every later retry.
+        let firstWarning = try XCTUnwrap(levels.firstIndex(of: "WARNING"), "no WARNING after 1 s of failures: \(output)")
+        XCTAssertGreaterThan(firstWarning, 0, "a WARNING on the first retry: \(output)")
+        XCTAssertEqual(Set(levels[..<firstWarning]), ["DEBUG"], output)
+        XCTAssertEqual(Set(levels[firstWarning...]), ["WARNING"], output)
+        let warning = try XCTUnwrap(retries.first { $0.contains(" WARNING ") })
+        XCTAssertTrue(warning.contains("retrying in 0.2 s"), "a WARNING must say what happens next: \(warning)")
+        XCTAssertTrue(warning.contains("503"), String(warning))
+        XCTAssertGreaterThan(client.failingSeconds, 0.5)
+    }
+
+    func testAPIFailuresAreQuietForTenSecondsByDefault() {
+        XCTAssertEqual(PrefectClient.quietFailureSeconds, 10)
+        XCTAssertEqual(client().warnAfterFailingSeconds, 10)
+        XCTAssertEqual(PrefectClient(baseURL: fake.apiURL, apiKey: nil, authString: nil).warnAfterFailingSeconds, 10)
+        XCTAssertFalse(client().hasBeenFailingLong)
     }
 
     func testRequestTimeoutNamesTheSetting() async throws {

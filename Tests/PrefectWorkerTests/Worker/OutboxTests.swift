@@ -258,4 +258,33 @@ final class OutboxTests: XCTestCase {
         XCTAssertEqual(pending, [])
         XCTAssertFalse(FileManager.default.fileExists(atPath: outboxFile("run-wait")))
     }
+
+    func testAReportKeptInTheOutboxIsAWarningOnlyOnceTheAPIHasFailedForAWhile() async throws {
+        Log.configure(level: .info, format: .text)
+        // 503s with Retry-After 0: each delivery gives up at once. The client calls the failure long after
+        // 0.3 s here (10 s in the worker).
+        fake.outage = .unavailable(retryAfter: "0")
+        let client = PrefectClient(baseURL: fake.apiURL, apiKey: nil, authString: nil, settings: ClientSettings(),
+                                   warnAfterFailingSeconds: 0.3)
+        let outbox = Outbox(stateDirectory: stateDirectory, client: client, log: .console)
+        try await outbox.prepare()
+        let kept = "flow run run-q: cannot report to the server now"
+        let early = await capturingStderr {
+            let delivered = await outbox.send("run-q", .infrastructurePID(pid: 5))
+            XCTAssertFalse(delivered)
+        }
+        let earlyLine = try XCTUnwrap(early.split(separator: "\n").first { $0.contains(kept) }, early)
+        XCTAssertTrue(earlyLine.contains(" INFO "), "a young failure is not a WARNING: \(earlyLine)")
+        XCTAssertFalse(early.contains("WARNING"), early)
+
+        try await Task.sleep(nanoseconds: 400_000_000)
+        let late = await capturingStderr {
+            let delivered = await outbox.deliver("run-q")
+            XCTAssertFalse(delivered)
+        }
+        let lateLine = try XCTUnwrap(late.split(separator: "\n").first { $0.contains(kept) }, late)
+        XCTAssertTrue(lateLine.contains(" WARNING "), "the API has failed for more than 0.3 s: \(lateLine)")
+        XCTAssertTrue(lateLine.contains("kept in the outbox, will retry"), "a WARNING must say what happens next: \(lateLine)")
+        XCTAssertEqual(try storedItems("run-q"), [.infrastructurePID(pid: 5)])
+    }
 }
