@@ -242,7 +242,7 @@ struct Report {
             "- The bench's own calls (creating runs, counting, reading, polling the workers list) use that plain-socket client, not URLSession, so the measuring tool does not spin on CPU beside the measured worker. Created runs carry an idempotency key, so a retried creation never adds a run.",
             "- The worker's API client is libcurl used directly (one multi handle, one thread sleeping in `curl_multi_poll`). The URLSession client it replaced (swift-corelibs-foundation) kept a socket's write-readiness source registered while it waited for the answer, so it spun: about 1.3 s of CPU for a 2 s wait, which made the worker's CPU per run grow with the server's response time.",
             "- Scale: N of our workers on one pool, the server on PostgreSQL 15 (throwaway cluster on a free local port); each job is `sh -c 'echo \"$PREFECT__FLOW_RUN_ID\" >> FILE'`; exactly once = every run's id is in FILE exactly once and nothing else is.",
-            "- Targets: idle RSS ≤ 30 MiB with ≤ 8 MiB private; peak RSS in a 200-run burst ≤ 40 MB; start-up to ONLINE ≥ 10× faster than Python; burst throughput ≥ 0.8× the server's ceiling with 0 lost or wrongly crashed; CANCELLING → CANCELLED ≤ 1.0 s; CPU per run ≤ 1/10 of Python's.",
+            "- Targets: idle RSS ≤ 30 MB (static build) with ≤ 8 MiB private; peak RSS in a 200-run burst ≤ 40 MB (static build); start-up to ONLINE ≥ 10× faster than Python; burst throughput ≥ 0.8× the server's ceiling with 0 lost or wrongly crashed; CANCELLING → CANCELLED ≤ 1.0 s; CPU per run ≤ 1/10 of Python's.",
         ]
         return lines.joined(separator: "\n") + "\n"
     }
