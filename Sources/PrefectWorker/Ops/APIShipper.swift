@@ -41,12 +41,15 @@ final class APIShipper: Service {
     private let maxBatchBytes: Int
     private let interval: Double
     private let droppedRecord: @Sendable (_ key: String, _ count: Int) -> Record?
+    /// Counts records dropped because the buffer was full (log lines or events, in their own metric).
+    private let countDropped: @Sendable (_ metrics: Metrics, _ count: Int) -> Void
     private let state = Mutex(State())
 
     /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
     init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
          maxBatchBytes: Int = .max, interval: Double = 1,
-         droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil }) {
+         droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil },
+         countDropped: @escaping @Sendable (Metrics, Int) -> Void = { $0.logLinesDropped($1) }) {
         self.client = client
         self.path = path
         self.what = what
@@ -55,6 +58,7 @@ final class APIShipper: Service {
         self.maxBatchBytes = maxBatchBytes
         self.interval = interval
         self.droppedRecord = droppedRecord
+        self.countDropped = countDropped
     }
 
     func add(_ record: Record) {
@@ -73,7 +77,7 @@ final class APIShipper: Service {
             state.buffer.removeFirst(extra)
             return extra
         }
-        if overflow > 0 { client.metrics.logLinesDropped(overflow) }
+        if overflow > 0 { countDropped(client.metrics, overflow) }
     }
 
     var pending: Int { state.withLock { $0.buffer.count } }

@@ -14,6 +14,7 @@ final class Metrics: Sendable {
         var requests: [String: Int] = [:]
         var errors: [String: Int] = [:]
         var logLinesDropped = 0
+        var eventsDropped = 0
         var inFlight = 0
         /// Wall time of finished jobs: cumulative counts per `durationBuckets` bound, sum, count.
         var durationCounts = [Int](repeating: 0, count: Metrics.durationBuckets.count)
@@ -52,6 +53,7 @@ final class Metrics: Sendable {
         }
     }
     func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
+    func eventsDropped(_ count: Int) { state.withLock { $0.eventsDropped += count } }
     func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
     var inFlight: Int { state.withLock { $0.inFlight } }
 
@@ -95,6 +97,8 @@ final class Metrics: Sendable {
                [("", String(format: "%.3f", lastPoll?.timeIntervalSince1970 ?? 0))])
         metric("prefect_worker_log_lines_dropped_total", "counter", "Job output lines not shipped to the API because it was away too long.",
                [("", "\(s.logLinesDropped)")])
+        metric("prefect_worker_events_dropped_total", "counter", "Worker events not emitted because the API was away too long (PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE).",
+               [("", "\(s.eventsDropped)")])
         var buckets = Self.durationBuckets.enumerated().map { ("{le=\"\(String(format: "%g", $0.element))\"}", "\(s.durationCounts[$0.offset])") }
         buckets.append(("{le=\"+Inf\"}", "\(s.durationCount)"))
         out += "# HELP prefect_worker_run_duration_seconds Wall time of job processes, from start to exit.\n# TYPE prefect_worker_run_duration_seconds histogram\n"

@@ -20,7 +20,13 @@ struct FlowRunHeartbeat: Sendable {
             while run == nil {
                 do {
                     run = try await context.client.readFlowRun(runID)
+                } catch is CancellationError {
+                    return  // the job ended (or the worker stops) while the run was read
+                } catch let error as APIError where !error.isRetryable {
+                    log.warning("cannot read the adopted run for its heartbeat: \(error); it gets no heartbeats from this worker")
+                    return
                 } catch {
+                    if Task.isCancelled { return }
                     log.warning("cannot read the adopted run for its heartbeat: \(error); trying again in \(String(format: "%g", seconds)) s")
                     do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
                 }

@@ -61,10 +61,11 @@ actor FlowRunSupervisor {
         context.metrics.runClaimed()
         log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it")
 
-        // Labels are informative: they must not hold up the run. One attempt now, before the run's next state
-        // write (as Prefect's worker does): sent beside the RUNNING write, a SQLite server answered it 503
-        // ("database is locked") nearly every time, which cost a retry per run. If it fails, it is retried in
-        // the background with the ordinary retries while the run goes on.
+        // Labels are informative: a failure must not hold up the run. One attempt now (at most the request
+        // timeout, as Prefect's worker waits for it too), before the run's next state write, as Prefect's worker
+        // orders them: sent beside the RUNNING write, a SQLite server answered it 503 ("database is locked")
+        // nearly every time, which cost a retry per run. If it fails, it is retried in the background with the
+        // ordinary retries while the run goes on.
         let client = self.client
         let labels = [
             "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",

@@ -64,7 +64,8 @@ final class WorkerContext: Sendable {
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, path: "/events", what: "emitting worker events",
-                                                       capacity: settings.eventsQueueCapacity, interval: 1),
+                                                       capacity: settings.eventsQueueCapacity, interval: 1,
+                                                       countDropped: { $0.eventsDropped($1) }),
                                    secrets: secrets)
         self.notifier = SystemdNotifier(environment: settings.environment)
     }

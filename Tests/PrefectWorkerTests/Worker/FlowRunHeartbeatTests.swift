@@ -29,4 +29,38 @@ final class FlowRunHeartbeatTests: XCTestCase {
         heartbeat.stop()
         XCTAssertEqual(context.events.shipper.pending, 1, "the first heartbeat, at once")
     }
+
+    /// An adopted job that ends while its run is still being read stops the heartbeat quietly: the read's
+    /// cancellation was logged as "cannot read the adopted run" WARNING.
+    func testStoppingAnAdoptedJobsHeartbeatDuringItsReadLogsNoWarning() async throws {
+        let fake = try FakePrefectAPI()
+        defer { fake.stop() }
+        fake.route("GET", "/api/flow_runs/*") { _, _, _ in .json(200, fakeFlowRunJSON(id: "r1", stateType: "RUNNING")) }
+        fake.inject([.delay(5)], method: "GET", path: "/api/flow_runs/*")
+        let context = WorkerContext(settings: Settings(apiURL: fake.apiURL, pool: "p", workerName: "w"), client: fake.client())
+        let output = await capturingStderr {
+            let heartbeat = FlowRunHeartbeat(adopting: "r1", context: context, log: context.log, every: 30)
+            for _ in 0..<100 where fake.requests("GET", "/api/flow_runs/r1").isEmpty { try? await Task.sleep(nanoseconds: 20_000_000) }
+            heartbeat.stop()
+            try? await Task.sleep(nanoseconds: 300_000_000)
+        }
+        XCTAssertEqual(fake.requests("GET", "/api/flow_runs/r1").count, 1)
+        XCTAssertFalse(output.contains("WARNING"), output)
+        XCTAssertEqual(context.events.shipper.pending, 0, "no heartbeat for a job that ended")
+    }
+
+    /// A run that is gone (404) gets no heartbeats, and is not read again every interval.
+    func testAnAdoptedRunThatIsGoneIsNotReadAgainAndAgain() async throws {
+        let fake = try FakePrefectAPI()
+        defer { fake.stop() }
+        fake.route("GET", "/api/flow_runs/*") { _, _, _ in .json(404, #"{"detail":"Flow run not found"}"#) }
+        let context = WorkerContext(settings: Settings(apiURL: fake.apiURL, pool: "p", workerName: "w"), client: fake.client())
+        let output = await capturingStderr {
+            let heartbeat = FlowRunHeartbeat(adopting: "r1", context: context, log: context.log, every: 0.1)
+            try? await Task.sleep(nanoseconds: 600_000_000)
+            heartbeat.stop()
+        }
+        XCTAssertEqual(fake.requests("GET", "/api/flow_runs/r1").count, 1, output)
+        XCTAssertEqual(output.components(separatedBy: "cannot read the adopted run").count - 1, 1, output)
+    }
 }

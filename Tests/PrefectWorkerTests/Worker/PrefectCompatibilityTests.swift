@@ -146,6 +146,18 @@ final class PrefectCompatibilityTests: XCTestCase {
                        ["PREFECT_API_URL should have /api after the base URL"])
     }
 
+    func testEventsOverTheQueueSizeAreDroppedAndCountedAsEvents() throws {
+        // They were counted as dropped log lines.
+        let settings = try settings([], env: ["PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": "3"])
+        let client = PrefectClient(baseURL: URL(string: "http://127.0.0.1:9/api")!, apiKey: nil, authString: nil, settings: ClientSettings())
+        let context = WorkerContext(settings: settings, client: client)
+        for i in 0..<5 { _ = context.events.emit("prefect.worker.test-\(i)", related: []) }
+        XCTAssertEqual(context.events.shipper.pending, 3)
+        let metrics = context.metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(metrics.contains("prefect_worker_events_dropped_total 2\n"), metrics)
+        XCTAssertTrue(metrics.contains("prefect_worker_log_lines_dropped_total 0\n"), metrics)
+    }
+
     func testTheHelpDocumentsTheNewFlagsAndSettings() {
         for name in ["--base-job-template", "--install-policy", "PREFECT_WORKER_DEBUG_MODE", "PREFECT_LOGGING_TO_API_ENABLED",
                      "PREFECT_WORKER_ENABLE_CANCELLATION", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE", "PREFECT_HOME",
