@@ -132,7 +132,7 @@ public final class PrefectClient: Sendable {
                 let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
                 let line = "\(what) failed: \(error); retrying in \(String(format: "%.1f", delay)) s\(since)"
                 if hasBeenFailingLong { log.warning(line) } else { log.debug(line) }
-                try await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
+                try await Task.sleep(seconds: delay)
             }
         }
     }

@@ -87,7 +87,7 @@ final class APIShipper: Service {
         var failures = 0
         while !Task.isCancelled {
             let delay = failures == 0 ? interval : min(30, interval * pow(2, Double(min(failures, 5))))
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
+            try? await Task.sleep(seconds: delay)
             failures = await deliverAll() ? 0 : failures + 1
         }
     }
@@ -140,6 +140,6 @@ final class APIShipper: Service {
 
     /// Delivers what is buffered, for at most `timeout` seconds (at shutdown).
     func flush(timeout: Double) async {
-        _ = await firstOf({ await self.deliverAll(); return () }, { try? await Task.sleep(nanoseconds: Seconds.nanoseconds(timeout)) })
+        _ = await firstOf({ await self.deliverAll(); return () }, { try? await Task.sleep(seconds: timeout) })
     }
 }

@@ -49,7 +49,7 @@ final class OutputPump: Sendable {
         let watch = self.watch
         let done = self.done
         let timer = Task {
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(timeout))
+            try? await Task.sleep(seconds: timeout)
             if !Task.isCancelled {
                 FDPoller.shared.remove(watch) {
                     close(watch.fd)

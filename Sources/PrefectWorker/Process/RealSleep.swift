@@ -18,3 +18,11 @@ enum Seconds {
         return UInt64(seconds * 1_000_000_000)
     }
 }
+
+extension Task where Success == Never, Failure == Never {
+    /// `Task.sleep` for `seconds`, converted by `Seconds.nanoseconds` (so it never traps); throws
+    /// `CancellationError` when the task is cancelled, as `Task.sleep` does.
+    static func sleep(seconds: Double) async throws {
+        try await sleep(nanoseconds: Seconds.nanoseconds(seconds))
+    }
+}

@@ -10,7 +10,7 @@ struct CancellationWatch: Service {
     /// their supervisors stop them. An idle worker makes no request.
     func run() async {
         while !Task.isCancelled {
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(settings.cancellationPollSeconds))
+            try? await Task.sleep(seconds: settings.cancellationPollSeconds)
             let ids = await context.registry.runIDs
             for start in stride(from: 0, to: ids.count, by: 200) {
                 let chunk = Array(ids[start..<min(start + 200, ids.count)])

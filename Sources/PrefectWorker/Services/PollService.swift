@@ -16,7 +16,7 @@ struct PollService: Service {
             if free == 0 {
                 let registry = context.registry
                 await firstOf({ await registry.waitForRelease() },
-                              { try? await Task.sleep(nanoseconds: Seconds.nanoseconds(self.settings.querySeconds)) })
+                              { try? await Task.sleep(seconds: self.settings.querySeconds) })
                 continue
             }
             let batchLimit = min(free ?? 200, 200)
@@ -45,7 +45,7 @@ struct PollService: Service {
             if settings.runOnce { return }
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(settings.querySeconds))
+            try? await Task.sleep(seconds: settings.querySeconds)
         }
     }
 }

@@ -23,11 +23,11 @@ struct PoolService: Service {
             } catch let error as APIError {
                 let delay = RetryPolicy(maxAttempts: .max, maxDelay: 30).delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 context.log.warning("cannot reach the Prefect API at \(redactedURL(settings.apiURL)): \(error); retrying in \(String(format: "%.1f", delay)) s")
-                try await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
+                try await Task.sleep(seconds: delay)
                 continue
             }
             // Pool missing and not to be created.
-            try await Task.sleep(nanoseconds: Seconds.nanoseconds(settings.querySeconds))
+            try await Task.sleep(seconds: settings.querySeconds)
         }
         try await ensureQueues()
         await sendHeartbeat()
@@ -124,7 +124,7 @@ struct PoolService: Service {
     func run() async {
         while !Task.isCancelled {
             context.status.heartbeatLoopTicked()
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(settings.heartbeatSeconds))
+            try? await Task.sleep(seconds: settings.heartbeatSeconds)
             if Task.isCancelled { return }
             do {
                 try await syncPool()

@@ -20,7 +20,7 @@ struct Watchdog: Service {
             } else {
                 context.log.error("a worker loop has not run for too long (poll \(Int(now.timeIntervalSince(ticks.poll))) s, heartbeat \(Int(now.timeIntervalSince(ticks.heartbeat))) s ago); withholding the systemd watchdog ping")
             }
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(interval))
+            try? await Task.sleep(seconds: interval)
         }
     }
 }

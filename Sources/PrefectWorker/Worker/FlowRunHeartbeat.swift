@@ -28,7 +28,7 @@ struct FlowRunHeartbeat: Sendable {
                 } catch {
                     if Task.isCancelled { return }
                     log.warning("cannot read the adopted run for its heartbeat: \(error); trying again in \(String(format: "%g", seconds)) s")
-                    do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
+                    do { try await Task.sleep(seconds: seconds) } catch { return }
                 }
             }
             guard let run else { return }
@@ -42,7 +42,7 @@ struct FlowRunHeartbeat: Sendable {
     /// One heartbeat per interval until cancelled.
     private static func beat(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) async {
         while true {
-            do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
+            do { try await Task.sleep(seconds: seconds) } catch { return }
             events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
         }
     }

@@ -473,7 +473,7 @@ actor FlowRunSupervisor {
         let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
         let timer = timeout.map { seconds in
             Task {
-                do { try await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)) } catch { return }
+                do { try await Task.sleep(seconds: seconds) } catch { return }
                 self.requestTimeout(reason: limit!)
             }
         }

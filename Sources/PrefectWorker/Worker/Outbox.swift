@@ -250,7 +250,7 @@ actor Outbox: Service {
     /// Waits as the server asked; false if the worker started terminating meanwhile.
     private func pause(_ seconds: Double) async -> Bool {
         if let shutdown { return await shutdown.sleep(seconds, unless: .terminating) }
-        try? await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds))
+        try? await Task.sleep(seconds: seconds)
         return true
     }
 
@@ -261,7 +261,7 @@ actor Outbox: Service {
         let delivered = await firstOf({
             for runID in runs where !(await self.deliver(runID)) { return false }
             return true
-        }, { try? await Task.sleep(nanoseconds: Seconds.nanoseconds(timeout)); return false })
+        }, { try? await Task.sleep(seconds: timeout); return false })
         if !delivered {
             log.warning("\(pendingRuns().count) run(s) have reports the server has not received yet; they stay in \(directory) and are delivered when a worker with this state directory starts again")
         }
@@ -275,7 +275,7 @@ actor Outbox: Service {
             for runID in pendingRuns() where !(await deliver(runID)) { allDelivered = false }
             failures = allDelivered ? 0 : failures + 1
             let delay = failures == 0 ? 5 : min(30, pow(2, Double(min(failures, 5))))
-            try? await Task.sleep(nanoseconds: Seconds.nanoseconds(delay))
+            try? await Task.sleep(seconds: delay)
         }
     }
 }

@@ -60,7 +60,7 @@ final class Shutdown: Sendable {
     func sleep(_ seconds: Double, unless phase: Phase = .draining) async -> Bool {
         if self.phase >= phase { return false }
         return await firstOf(
-            { try? await Task.sleep(nanoseconds: Seconds.nanoseconds(seconds)); return true },
+            { try? await Task.sleep(seconds: seconds); return true },
             { await self.wait(for: phase); return false }
         )
     }
