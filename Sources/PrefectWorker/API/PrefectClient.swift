@@ -23,7 +23,7 @@ public final class PrefectClient: Sendable {
     static let maxResponseBytes = 32 * 1024 * 1024
     static let maxObjectResponseBytes = 4 * 1024 * 1024
 
-    static func responseLimit(method: String, path: String) -> Int {
+    static func responseLimit(path: String) -> Int {
         let route = path.split(separator: "?").first.map(String.init) ?? path
         let isList = route.hasSuffix("/get_scheduled_flow_runs") || route.hasSuffix("/filter") || route.hasPrefix("/flow_run_states")
         return isList ? maxResponseBytes : maxObjectResponseBytes
@@ -152,7 +152,7 @@ public final class PrefectClient: Sendable {
         let url = url(for: path)
         let endpoint = "\(method) \(redactedURL(url))"
         let endpointClass = Metrics.endpointClass(method: method, path: path)
-        let limit = Self.responseLimit(method: method, path: path)
+        let limit = Self.responseLimit(path: path)
         let request = CurlTransport.Request(
             method: method, url: url.absoluteString,
             headers: headers + identityHeaders.withLock { $0.map { "\($0.key): \($0.value)" } },

@@ -29,12 +29,10 @@ final class CurlTransportTests: XCTestCase {
         return PrefectClient(baseURL: fake.apiURL, apiKey: nil, authString: nil, settings: settings)
     }
 
-    /// This process's resident set, in bytes.
+    /// This process's resident set, in bytes (as `/metrics` reads it).
     private func residentBytes() throws -> Int {
-        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
-        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
-        let kb = try XCTUnwrap(Int(line.split(separator: " ").dropFirst().first ?? ""))
-        return kb * 1024
+        let bytes = Metrics.residentBytes()  // 0 when /proc cannot tell
+        return try XCTUnwrap(bytes > 0 ? bytes : nil, "cannot read this process's resident set")
     }
 
     // MARK: - Bounded bodies
@@ -92,12 +90,12 @@ final class CurlTransportTests: XCTestCase {
     }
 
     func testTheLimitOfEachRequest() {
-        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/work_pools/p/get_scheduled_flow_runs"), PrefectClient.maxResponseBytes)
-        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/flow_runs/filter"), PrefectClient.maxResponseBytes)
-        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/flow_run_states/?flow_run_id=x"), PrefectClient.maxResponseBytes)
-        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/flow_runs/x"), PrefectClient.maxObjectResponseBytes)
-        XCTAssertEqual(PrefectClient.responseLimit(method: "POST", path: "/flow_runs/x/set_state"), PrefectClient.maxObjectResponseBytes)
-        XCTAssertEqual(PrefectClient.responseLimit(method: "GET", path: "/deployments/d"), PrefectClient.maxObjectResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/work_pools/p/get_scheduled_flow_runs"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/flow_runs/filter"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/flow_run_states/?flow_run_id=x"), PrefectClient.maxResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/flow_runs/x"), PrefectClient.maxObjectResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/flow_runs/x/set_state"), PrefectClient.maxObjectResponseBytes)
+        XCTAssertEqual(PrefectClient.responseLimit(path: "/deployments/d"), PrefectClient.maxObjectResponseBytes)
     }
 
     func testBodyJustUnderTheLimitIsRead() async throws {
@@ -313,10 +311,10 @@ private final class PeakResidentSampler: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
 
     init() {
-        baseline = Self.resident()
+        baseline = Metrics.residentBytes()
         Thread.detachNewThread { [self] in
             while lock.withLock({ running }) {
-                let now = Self.resident()
+                let now = Metrics.residentBytes()
                 lock.withLock { peak = max(peak, now) }
                 usleep(500)
             }
@@ -329,12 +327,5 @@ private final class PeakResidentSampler: @unchecked Sendable {
         lock.withLock { running = false }
         done.wait()
         return lock.withLock { max(0, peak - baseline) }
-    }
-
-    private static func resident() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
-        return kb * 1024
     }
 }
