@@ -236,12 +236,12 @@ public enum CommandLineParser {
             settings.logsToAPI.batchInterval = seconds
         }
         if let size = try integer("PREFECT_LOGGING_TO_API_BATCH_SIZE", minimum: 1) { settings.logsToAPI.batchSize = size }
-        if let size = try integer("PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE", minimum: 0) { settings.eventsMaxQueueSize = size }
-        if let silence = try boolean("PREFECT_SILENCE_API_URL_MISCONFIGURATION") { settings.silenceAPIURLMisconfiguration = silence }
         if let size = try integer("PREFECT_LOGGING_TO_API_MAX_LOG_SIZE", minimum: 100) { settings.logsToAPI.maxLogSize = size }
         // Prefect caps the size on Cloud (`connected_to_cloud` in settings/models/root.py).
         let cloudMax = try integer("PREFECT_CLOUD_MAX_LOG_SIZE", minimum: 100) ?? 25_000
         if settings.isCloud { settings.logsToAPI.maxLogSize = min(settings.logsToAPI.maxLogSize, cloudMax) }
+        if let size = try integer("PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE", minimum: 0) { settings.eventsMaxQueueSize = size }
+        if let silence = try boolean("PREFECT_SILENCE_API_URL_MISCONFIGURATION") { settings.silenceAPIURLMisconfiguration = silence }
     }
 
     /// `--state-dir`, else `PREFECT_WORKER_STATE_DIR`, else systemd's `$STATE_DIRECTORY` (first entry),

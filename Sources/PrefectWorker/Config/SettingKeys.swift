@@ -51,9 +51,10 @@ enum SettingKeys {
         "PREFECT_LOGGING_TO_API_ENABLED": .boolean,
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": .number,
         "PREFECT_LOGGING_TO_API_BATCH_SIZE": .integer,
+        "PREFECT_LOGGING_TO_API_MAX_LOG_SIZE": .integer,
+        // Events and the API URL check.
         "PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": .integer,
         "PREFECT_SILENCE_API_URL_MISCONFIGURATION": .boolean,
-        "PREFECT_LOGGING_TO_API_MAX_LOG_SIZE": .integer,
     ]
 
     /// What is wrong with `value` for `key`, or nil when it is a value of the key's kind (or the key is not ours).

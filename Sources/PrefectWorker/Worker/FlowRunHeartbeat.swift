@@ -49,8 +49,8 @@ struct FlowRunHeartbeat: Sendable {
 
     func stop() { task.cancel() }
 
-    /// The longest interval taken from the setting (a year): a larger one would overflow the nanoseconds
-    /// the sleep takes, and means "practically never" anyway.
+    /// The longest interval taken from the setting (a year): a larger one means "practically never", and the
+    /// warning says what is used instead. (The sleep itself cannot overflow: `Task.sleep(seconds:)` saturates.)
     static let maximumSeconds = 86_400 * 365
 
     /// Seconds between heartbeats, from the job's `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` (or its legacy name
