@@ -96,6 +96,8 @@ public struct StateProposal: Sendable, Equatable {
     /// Reused when the same proposal is retried, so the server recognises a duplicate.
     var transitionID: String
     var force: Bool
+    /// More `state_details` (a copy of the current state's, a scheduled time); the transition id is always ours.
+    var details: [String: JSON] = [:]
 
     /// A proposal of `type`, with a fresh transition id.
     public init(_ type: StateType, name: String? = nil, message: String? = nil, force: Bool = false) {
@@ -112,7 +114,7 @@ public struct StateProposal: Sendable, Equatable {
                 "type": .string(type.rawValue),
                 "name": .string(name),
                 "message": message.map(JSON.string) ?? .null,
-                "state_details": .object(["transition_id": .string(transitionID)]),
+                "state_details": .object(details.merging(["transition_id": .string(transitionID)]) { $1 }),
             ]),
             "force": .bool(force),
         ])

@@ -21,10 +21,13 @@ actor FlowRunSupervisor {
     private(set) var stopReason: String?
     /// The job ran past its `timeout_seconds`: it is stopped and reported FAILED (TimedOut).
     private(set) var timedOut = false
+    /// The engine took our shutdown intent (`PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR`): the run was handed
+    /// back to its pool (reschedule) or left to the infrastructure (relinquish), and is not reported CRASHED.
+    private(set) var handedOver: AttemptControl.Intent?
     /// Opened by the first cancel, stop or timeout request.
     private let stopRequested = Latch()
     /// Opened once the job has exited and been reaped (and its output read).
-    private let exited = Latch()
+    let exited = Latch()
     nonisolated var client: PrefectClient { context.client }
     nonisolated var settings: Settings { context.settings }
 
@@ -312,8 +315,20 @@ actor FlowRunSupervisor {
 
         // Read once per flow (and cached): the job's environment and the run's events name the flow.
         let flowName = await context.flowName(run.flowID)
-        let env = environment(for: run, job: job, flowName: flowName, deployment: deployment,
+        var env = environment(for: run, job: job, flowName: flowName, deployment: deployment,
                               parameters: parameters, parametersFile: workspace.parametersFile)
+        // An engine gets its attempt control session, so a cancellation or a hand-back reaches it before our
+        // SIGTERM (Run/AttemptControlSession.swift).
+        var control: AttemptControlSession?
+        if job.stateOwner == .engine {
+            do {
+                control = try AttemptControlSession(log: log)
+            } catch {
+                log.warning("\(error); the job runs without it: a cancellation then stops it as a crash")
+            }
+        }
+        defer { control?.close() }
+        env.merge(control?.environment ?? [:]) { $1 }
         // The job's own secrets (its `env`) are kept out of everything the worker writes while it runs.
         let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns)
         context.secrets.add(runSecrets)
@@ -396,7 +411,7 @@ actor FlowRunSupervisor {
         // The engine heartbeats for its own runs; for a plain command the worker does.
         let heartbeat = job.stateOwner == .worker
             ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup, exitStatus: {
+        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup, control: control, exitStatus: {
             let end = await spawner.waitForEnd(process.pid)
             heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
@@ -466,7 +481,7 @@ actor FlowRunSupervisor {
     /// `executed` gets the job's exit status and its usage (rusage, with the cgroup's figures where it had one)
     /// once the job and everything it left behind are gone.
     func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
-               exitStatus: @escaping @Sendable () async -> JobEnd?,
+               control: AttemptControlSession? = nil, exitStatus: @escaping @Sendable () async -> JobEnd?,
                executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
         self.pid = pid
         let grace = settings.killGraceSeconds
@@ -481,6 +496,7 @@ actor FlowRunSupervisor {
         let stopper = Task { () -> Teardown.Outcome? in
             await stopRequested.wait()
             if Task.isCancelled { return nil }
+            if let control { self.handedOver = await self.tellEngine(control, grace: grace) }
             log.info("\(self.stopCause(timeout: timeout)): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s")
             let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup, leaderExit: exited) {
                 spawner.signalGroup($0, $1)
@@ -510,7 +526,11 @@ actor FlowRunSupervisor {
             if timedOut, !cancelRequested {
                 await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
             } else if cancelRequested {
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."))
+                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."), force: true)
+            } else if let handedOver {
+                log.info(handedOver == .reschedule
+                    ? "\(how.prefix(1).uppercased() + how.dropFirst()); the run went back to its pool (AwaitingRetry) for another worker"
+                    : "\(how.prefix(1).uppercased() + how.dropFirst()); the run's state is left to the infrastructure (PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=relinquish)")
             } else {
                 await report(id, FinalState(type: .crashed, message: "\(stopReason ?? "Worker shut down"): \(how)."))
             }
@@ -521,7 +541,7 @@ actor FlowRunSupervisor {
             if let exit {
                 if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
                     await report(id, oom)
-                } else if let final = FinalState.decide(owner: owner, exit: exit) {
+                } else if let final = FinalState.decide(owner: owner, exit: exit, evidence: Self.evidence(control)) {
                     await report(id, final)
                 } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
                     // The engine reported; count and log what it reported.

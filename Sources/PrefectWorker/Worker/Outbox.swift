@@ -198,21 +198,23 @@ actor Outbox: Service {
             var type = StateType(rawValue: rawType)
             var message = message
             var force = force
-            // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED.
-            let current = try await client.readFlowRun(runID, policy: policy).currentStateType
-            // A timed-out engine may report CRASHED on the SIGTERM the worker sent it: the timeout is why.
-            let timeoutOverCrash = name == "TimedOut" && current == .crashed
-            if let current, current.isTerminal, !timeoutOverCrash {
-                log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
-                client.metrics.runFinished(current)
+            // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED,
+            // and a cancelled run ends CANCELLED (FinalState.delivery decides).
+            let run = try await client.readFlowRun(runID, policy: policy)
+            let current = run.currentStateType
+            var proposal: StateProposal
+            switch FinalState.delivery(proposing: type, name: name, force: force, current: current) {
+            case .skip:
+                log.info("not reporting \(type.rawValue): the run is already \(current?.rawValue ?? "gone")", run: runID)
+                if let current { client.metrics.runFinished(current) }
                 return true
+            case .propose(let proposed, let forced, let copyDetails, let cancelledInstead):
+                if cancelledInstead { message = "Flow run was cancelled. \(message)" }
+                type = proposed
+                force = forced
+                proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
+                if copyDetails, let details = run.state?.stateDetails?.objectValue { proposal.details = details }
             }
-            if current == .cancelling {
-                if type != .cancelled { message = "Flow run was cancelled. \(message)" }
-                type = .cancelled
-                force = true
-            }
-            var proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
             proposal.transitionID = transitionID
             var waits = 0
             while true {

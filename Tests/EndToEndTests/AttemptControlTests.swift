@@ -1,0 +1,107 @@
+import Foundation
+@testable import PrefectWorker
+import XCTest
+
+/// Real engine flows and the attempt control session: a cancelled flow ends CANCELLED with its
+/// `on_cancellation` hooks, a shutdown can hand a run back to its pool, and an engine that promised to
+/// conclude its attempt and did not is CRASHED.
+final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
+    let engineTimeout = 90.0
+
+    /// The names of the hook marker files in `directory`, sorted.
+    func hooksThatRan(_ directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
+    }
+
+    /// Waits until the engine runs the flow's task (RUNNING, plus time to arm its control session).
+    func waitUntilRunningInTask(_ id: String) async throws {
+        _ = try await waitForState(id, ["RUNNING"], timeout: engineTimeout)
+        try await Task.sleep(seconds: 4)
+    }
+
+    func testACancelledEngineFlowEndsCancelledAndRunsItsOnCancellationHook() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
+        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20)
+        let markers = try temporaryDirectory("markers")
+        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
+            "marker_dir": .string(markers), "seconds": .int(60),
+        ]))
+        track(id)
+        try await waitUntilRunningInTask(id)
+        try await setState(id, "CANCELLING")
+
+        let run = try await waitForFinalState(id, timeout: 60)
+        XCTAssertEqual(run.stateType, "CANCELLED", "final state: \(run.stateSummary)\n\(Self.lines(of: worker.log, mentioning: id))")
+        XCTAssertEqual(run["run_count"]?.asInt, 1)
+        let history = try await stateHistory(id)
+        XCTAssertFalse(history.contains("CRASHED"), "state history: \(history)")
+        XCTAssertEqual(history.last, "CANCELLED", "state history: \(history)")
+        _ = try? await E2E.eventually(timeout: 10, "the on_cancellation hook's marker") {
+            self.hooksThatRan(markers).contains("on_cancellation") ? true : nil
+        }
+        XCTAssertEqual(hooksThatRan(markers), ["on_cancellation"], "hooks that ran (on_crashed must not)")
+        XCTAssertTrue(worker.log.contains("acknowledged the 'cancel' intent"), Self.lines(of: worker.log, mentioning: id))
+        XCTAssertTrue(worker.isRunning)
+    }
+
+    func testAnEngineThatExitsWithoutConcludingItsAttemptIsCrashed() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "vanish")
+        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory())
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+
+        let run = try await waitForFinalState(id, timeout: engineTimeout)
+        XCTAssertEqual(run.stateType, "CRASHED", "final state: \(run.stateSummary)\n\(Self.lines(of: worker.log, mentioning: id))")
+        XCTAssertTrue(run.stateMessage.contains("exited with code 0 without reporting"), run.stateMessage)
+    }
+
+    func testWithRescheduleAStoppedEngineRunGoesBackToItsPoolAndAnotherWorkerFinishesIt() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
+        let markers = try temporaryDirectory("markers")
+        let first = try startWorker(pool: pool, arguments: Self.fastArguments + [
+            "--kill-grace-seconds", "20", "--drain-timeout", "1", "--state-dir", try stateDirectory(),
+        ], environment: ["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"])
+        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
+            "marker_dir": .string(markers), "seconds": .int(8),
+        ]))
+        track(id)
+        try await waitUntilRunningInTask(id)
+
+        first.isServing = false
+        kill(first.pid, SIGTERM)
+        let code = await first.waitForExit(timeout: 40)
+        XCTAssertEqual(code, 0, "the first worker drains, hands the run back and exits 0:\n\(Self.lines(of: first.log, mentioning: id))")
+        let handedBack = try await api.readFlowRun(id)
+        XCTAssertEqual(handedBack.stateType, "SCHEDULED", "after the hand-back: \(handedBack.stateSummary)\n\(first.log)")
+        XCTAssertEqual(handedBack["state_name"]?.asString, "AwaitingRetry")
+        XCTAssertEqual(hooksThatRan(markers), [], "no hook runs for a hand-back (it is neither a crash nor a cancellation)")
+
+        let second = try startRunControlWorker(pool: pool, stateDir: try stateDirectory())
+        let run = try await waitForFinalState(id, timeout: engineTimeout)
+        XCTAssertEqual(run.stateType, "COMPLETED", "finished by the second worker: \(run.stateSummary)\n\(Self.lines(of: second.log, mentioning: id))")
+        let history = try await stateHistory(id)
+        XCTAssertFalse(history.contains("CRASHED"), "state history: \(history)")
+    }
+
+    func testByDefaultAnEngineRunStoppedByAShutdownIsCrashed() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
+        let markers = try temporaryDirectory("markers")
+        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20,
+                                               arguments: ["--drain-timeout", "1"])
+        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
+            "marker_dir": .string(markers), "seconds": .int(60),
+        ]))
+        track(id)
+        try await waitUntilRunningInTask(id)
+        worker.isServing = false
+        kill(worker.pid, SIGTERM)
+        let code = await worker.waitForExit(timeout: 40)
+        XCTAssertEqual(code, 0)
+        let run = try await api.readFlowRun(id)
+        XCTAssertEqual(run.stateType, "CRASHED", "\(run.stateSummary)\n\(Self.lines(of: worker.log, mentioning: id))")
+    }
+}
