@@ -45,6 +45,52 @@ final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertTrue(worker.isRunning)
     }
 
+    func testHostileLocalClientsOnTheControlPortGetNothingAndTheCancellationStillWorks() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
+        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20)
+        let markers = try temporaryDirectory("markers")
+        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
+            "marker_dir": .string(markers), "seconds": .int(60),
+        ]))
+        track(id)
+        let pid = try await waitForJobPID(id, timeout: engineTimeout)
+        let environment = try XCTUnwrap(ProcFS.environment(of: pid))
+        let port = try XCTUnwrap(environment["PREFECT__CONTROL_PORT"].flatMap { UInt16($0) }, "the engine's control port")
+        XCTAssertEqual(environment["PREFECT__CONTROL_TOKEN"]?.count, 32)
+        try await waitUntilRunningInTask(id)
+
+        // The engine holds the session: the listener is closed, and anything else that connects gets nothing.
+        for attempt in 0..<20 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = in_addr_t(UInt32(0x7f00_0001).bigEndian)
+            address.sin_port = port.bigEndian
+            var timeout = timeval(tv_sec: 1, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if connected == 0 {
+                let junk = attempt % 2 == 0 ? "\(environment["PREFECT__CONTROL_TOKEN"]!)\n\u{0}PF\u{2}\u{1}" : "GET / HTTP/1.1\r\n\r\n"
+                _ = junk.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                var byte: UInt8 = 0
+                XCTAssertLessThanOrEqual(recv(fd, &byte, 1, 0), 0, "a hostile client got a byte")
+            }
+            close(fd)
+        }
+        XCTAssertTrue(worker.isRunning)
+
+        try await setState(id, "CANCELLING")
+        let run = try await waitForFinalState(id, timeout: 60)
+        XCTAssertEqual(run.stateType, "CANCELLED", "final state: \(run.stateSummary)\n\(Self.lines(of: worker.log, mentioning: id))")
+        _ = try? await E2E.eventually(timeout: 10, "the on_cancellation hook's marker") {
+            self.hooksThatRan(markers).contains("on_cancellation") ? true : nil
+        }
+        XCTAssertEqual(hooksThatRan(markers), ["on_cancellation"])
+    }
+
     func testAnEngineThatExitsWithoutConcludingItsAttemptIsCrashed() async throws {
         let pool = try await makeProcessPool()
         let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "vanish")
