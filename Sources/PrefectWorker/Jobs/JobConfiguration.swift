@@ -27,7 +27,7 @@ struct JobConfiguration: Sendable, Equatable {
     var stateOwner: StateOwner
     /// Stop the job and report the run FAILED (TimedOut) after this many seconds; nil = no limit.
     var timeoutSeconds: Double?
-    /// Issue 13: `memory_max` and `cpu_max`, applied to the job's cgroup.
+    /// Per-job cgroup limits: `memory_max` and `cpu_max`, applied to the job's cgroup.
     var limits: CgroupLimits = .none
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
@@ -107,7 +107,7 @@ struct JobConfiguration: Sendable, Equatable {
         }
         // `timeout_seconds` is ours too, read the same way, so pools with Prefect's own template can use it.
         timeoutSeconds = try Self.timeout(config["timeout_seconds"] ?? rendered.variables["timeout_seconds"] ?? .null)
-        // Issue 13: like `state_owner`, read even when the pool's template does not map them.
+        // Cgroup limits: like `state_owner`, read even when the pool's template does not map them.
         limits = try CgroupLimits(memoryMax: config["memory_max"] ?? rendered.variables["memory_max"] ?? .null,
                                   cpuMax: config["cpu_max"] ?? rendered.variables["cpu_max"] ?? .null)
     }

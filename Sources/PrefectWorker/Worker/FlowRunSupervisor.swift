@@ -343,7 +343,7 @@ actor FlowRunSupervisor {
             return
         }
 
-        // Issue 13: the job's own cgroup, with its limits, before anything starts (Process/RunCgroup.swift).
+        // The job's own cgroup, with its limits, before anything starts (Process/RunCgroup.swift).
         let cgroup: RunCgroup?
         do {
             cgroup = try RunCgroup.prepare(host: context.cgroups.host, whyNoHost: context.cgroups.reason, runID: id, limits: job.limits)
@@ -375,7 +375,7 @@ actor FlowRunSupervisor {
             var request = SpawnRequest(
                 executable: executable, arguments: arguments, environment: env,
                 workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
-            request.cgroupFD = cgroup?.fd  // issue 13
+            request.cgroupFD = cgroup?.fd
             process = try context.spawner.spawn(request)
         } catch {
             log.error("cannot start the job: \(error.message); reporting CRASHED")
@@ -521,7 +521,7 @@ actor FlowRunSupervisor {
 
         if cancelRequested || stopReason != nil {
             let outcome = await stopper.value
-            closing(await finishCgroup(cgroup, id))  // issue 13
+            closing(await finishCgroup(cgroup, id))
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if timedOut, !cancelRequested {
                 await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
@@ -536,7 +536,7 @@ actor FlowRunSupervisor {
             }
         } else {
             stopper.cancel()
-            let usage = await finishCgroup(cgroup, id)  // issue 13
+            let usage = await finishCgroup(cgroup, id)
             closing(usage)
             if let exit {
                 if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
@@ -555,7 +555,7 @@ actor FlowRunSupervisor {
         await context.journal.remove(id)
     }
 
-    /// Issue 13: once the job has exited, empties and removes its cgroup and logs what its whole tree used.
+    /// Once the job has exited, empties and removes its cgroup and logs what its whole tree used.
     func finishCgroup(_ cgroup: RunCgroup?, _ id: String) async -> CgroupUsage? {
         guard let cgroup else { return nil }
         let usage = await cgroup.finish(log: log)
