@@ -213,10 +213,3 @@ struct JobConfigurationError: Error, Equatable, CustomStringConvertible, Sendabl
     init(_ message: String) { self.message = message }
     var description: String { message }
 }
-
-extension JSON: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral {
-    /// A JSON string from a literal.
-    public init(stringLiteral value: String) { self = .string(value) }
-    /// A JSON boolean from a literal.
-    public init(booleanLiteral value: Bool) { self = .bool(value) }
-}

@@ -59,7 +59,7 @@ final class ChildProcesses: Sendable {
     private let spawned = DispatchSemaphore(value: 0)
 
     private init() {
-        SignalListener.startThread(name: "prefect-worker-reaper", stackSize: 64 * 1024) { [self] in reapLoop() }
+        WorkerThread.start(name: "prefect-worker-reaper", stackSize: 64 * 1024) { [self] in reapLoop() }
     }
 
     /// Starts a job in its own process group.
@@ -212,12 +212,3 @@ final class ChildProcesses: Sendable {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
-
-/// A NULL-terminated `char *[]` for exec-family calls.
-struct CStringArray {
-    let pointers: [UnsafeMutablePointer<CChar>?]
-    init(_ strings: [String]) { pointers = strings.map { strdup($0) } + [nil] }
-    func free() { for p in pointers { Glibc.free(p) } }
-}
-
-func errnoText() -> String { String(cString: strerror(errno)) }
