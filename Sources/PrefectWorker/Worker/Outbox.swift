@@ -276,7 +276,7 @@ actor Outbox: Service {
             var allDelivered = true
             for runID in pendingRuns() where !(await deliver(runID)) { allDelivered = false }
             failures = allDelivered ? 0 : failures + 1
-            let delay = failures == 0 ? 5 : min(30, pow(2, Double(min(failures, 5))))
+            let delay = failures == 0 ? 5 : RetryPolicy.backoff(base: 1, failures: failures)
             try? await Task.sleep(seconds: delay)
         }
     }

@@ -173,7 +173,7 @@ public final class Worker: Sendable {
             let timeout = settings.drainTimeout
             let progress = Task {
                 while !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: 15_000_000_000)
+                    try? await Task.sleep(seconds: 15)
                     let ids = await registry.runIDs
                     if Task.isCancelled || ids.isEmpty { return }
                     log.info("still draining: \(ids.count) run(s) in flight: \(ids.joined(separator: ", ")); "
