@@ -17,7 +17,8 @@ enum OutboxItem: Codable, Sendable, Equatable {
 /// once when possible, else by a background loop when the server is back, and after a worker restart.
 /// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
 actor Outbox: Service {
-    let directory: String
+    private let folder: RecordFolder<[OutboxItem]>
+    nonisolated var directory: String { folder.directory }
     private let client: PrefectClient
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
@@ -39,32 +40,24 @@ actor Outbox: Service {
 
     init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil, log: Logger) {
         self.log = log
-        self.directory = stateDirectory + "/outbox"
+        self.folder = RecordFolder(directory: stateDirectory + "/outbox")
         self.client = client
         self.shutdown = shutdown
     }
 
     func prepare() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw WorkerError(message: "cannot create the outbox directory \(directory): \(error.localizedDescription)")
-        }
+        try folder.prepare("the outbox directory")
     }
 
-    func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
+    nonisolated func path(_ runID: String) -> String { folder.path(runID) }
 
     /// Reads what a previous worker left on disk (once). A file that cannot be read is set aside, not lost.
     private func loadFromDisk() {
         guard !loaded else { return }
         loaded = true
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for name in names where name.hasSuffix(".json") {
-            let runID = String(name.dropLast(5))
+        for (runID, file, items) in folder.scan() {
             guard memory[runID] == nil else { continue }
-            let file = directory + "/" + name
-            if let data = FileManager.default.contents(atPath: file), let items = try? JSONDecoder().decode([OutboxItem].self, from: data) {
+            if let items {
                 if !items.isEmpty { memory[runID] = items }
             } else {
                 log.error("outbox entry \(file) is unreadable; moved aside to \(file).corrupt", run: runID)
@@ -86,7 +79,7 @@ actor Outbox: Service {
             await onDisk(runID) { AtomicFile.remove(path) }
             return
         }
-        guard let data = try? JSONEncoder().encode(items) else { return }
+        guard let data = folder.encoded(items) else { return }
         let failure = await onDisk(runID) { () -> AtomicFile.Failure? in
             do throws(AtomicFile.Failure) {
                 try AtomicFile.write(data, to: path)
