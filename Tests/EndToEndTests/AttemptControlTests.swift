@@ -19,15 +19,25 @@ final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
         try await Task.sleep(seconds: 4)
     }
 
-    func testACancelledEngineFlowEndsCancelledAndRunsItsOnCancellationHook() async throws {
+    /// A worker (20 s kill grace, `arguments`) and a run of the `hooked` flow sleeping `seconds` in its task,
+    /// its hooks writing to `markers`.
+    func startHookedRun(seconds: Int, arguments: [String] = [], environment: [String: String] = [:]) async throws -> (worker: WorkerProcess, pool: String, id: String, markers: String) {
         let pool = try await makeProcessPool()
         let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
-        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20)
+        let worker = try startWorker(pool: pool, arguments: Self.fastArguments + [
+            "--kill-grace-seconds", "20", "--state-dir", try stateDirectory(),
+        ] + arguments, environment: environment)
         let markers = try temporaryDirectory("markers")
         let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
-            "marker_dir": .string(markers), "seconds": .int(60),
+            "marker_dir": .string(markers), "seconds": .int(seconds),
         ]))
         track(id)
+        return (worker, pool, id, markers)
+    }
+
+    func testACancelledEngineFlowEndsCancelledAndRunsItsOnCancellationHook() async throws {
+        let (started, _, id, markers) = try await startHookedRun(seconds: 60)
+        let worker = started
         try await waitUntilRunningInTask(id)
         try await setState(id, "CANCELLING")
 
@@ -46,14 +56,8 @@ final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
     }
 
     func testHostileLocalClientsOnTheControlPortGetNothingAndTheCancellationStillWorks() async throws {
-        let pool = try await makeProcessPool()
-        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
-        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20)
-        let markers = try temporaryDirectory("markers")
-        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
-            "marker_dir": .string(markers), "seconds": .int(60),
-        ]))
-        track(id)
+        let (started, _, id, markers) = try await startHookedRun(seconds: 60)
+        let worker = started
         let pid = try await waitForJobPID(id, timeout: engineTimeout)
         let environment = try XCTUnwrap(ProcFS.environment(of: pid))
         let port = try XCTUnwrap(environment["PREFECT__CONTROL_PORT"].flatMap { UInt16($0) }, "the engine's control port")
@@ -104,16 +108,9 @@ final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
     }
 
     func testWithRescheduleAStoppedEngineRunGoesBackToItsPoolAndAnotherWorkerFinishesIt() async throws {
-        let pool = try await makeProcessPool()
-        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
-        let markers = try temporaryDirectory("markers")
-        let first = try startWorker(pool: pool, arguments: Self.fastArguments + [
-            "--kill-grace-seconds", "20", "--drain-timeout", "1", "--state-dir", try stateDirectory(),
-        ], environment: ["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"])
-        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
-            "marker_dir": .string(markers), "seconds": .int(8),
-        ]))
-        track(id)
+        let (started, pool, id, markers) = try await startHookedRun(
+            seconds: 8, arguments: ["--drain-timeout", "1"], environment: ["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"])
+        let first = started
         try await waitUntilRunningInTask(id)
 
         first.isServing = false
@@ -133,15 +130,8 @@ final class AttemptControlTests: RunControlTestCase, @unchecked Sendable {
     }
 
     func testByDefaultAnEngineRunStoppedByAShutdownIsCrashed() async throws {
-        let pool = try await makeProcessPool()
-        let deployment = try await api.createEngineDeployment(pool: pool, name: uniqueName(), flow: "hooked")
-        let markers = try temporaryDirectory("markers")
-        let worker = try startRunControlWorker(pool: pool, stateDir: try stateDirectory(), killGrace: 20,
-                                               arguments: ["--drain-timeout", "1"])
-        let id = try await api.createFlowRun(deployment: deployment, parameters: .object([
-            "marker_dir": .string(markers), "seconds": .int(60),
-        ]))
-        track(id)
+        let (started, _, id, _) = try await startHookedRun(seconds: 60, arguments: ["--drain-timeout", "1"])
+        let worker = started
         try await waitUntilRunningInTask(id)
         worker.isServing = false
         kill(worker.pid, SIGTERM)

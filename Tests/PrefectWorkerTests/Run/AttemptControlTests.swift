@@ -131,6 +131,27 @@ final class AttemptControlSessionTests: XCTestCase {
         try AttemptControlSession(log: .console)
     }
 
+    /// An engine connected to `session`: the token sent, and with `version2` the hello sent and answered.
+    func connectEngine(_ session: AttemptControlSession, version2: Bool = true) async throws -> Peer {
+        let engine = try XCTUnwrap(Peer(port: session.port))
+        engine.send(session.token + "\n")
+        if version2 {
+            engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
+            XCTAssertEqual(engine.read(5), AttemptControl.negotiation(version: 2, capabilities: 1))
+        }
+        try await eventually("authenticated") { session.connected }
+        return engine
+    }
+
+    /// The engine's side of an intent: it reads the intent byte and acknowledges it; the byte read.
+    func acknowledging(_ engine: Peer) -> Task<[UInt8], Never> {
+        Task.detached {
+            let intent = engine.read(1)
+            engine.send([UInt8(ascii: "a")])
+            return intent
+        }
+    }
+
     /// Polls until `condition` holds (the session runs on the poller thread).
     func eventually(_ what: String, _ condition: () -> Bool) async throws {
         for _ in 0..<100 where !condition() { try await Task.sleep(seconds: 0.02) }
@@ -149,18 +170,9 @@ final class AttemptControlSessionTests: XCTestCase {
     func testVersion2EngineNegotiatesReceiptsAndAcknowledgesACancel() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
-        XCTAssertEqual(engine.read(5), AttemptControl.negotiation(version: 2, capabilities: 1))
-        XCTAssertTrue(session.connected)
+        let engine = try await connectEngine(session)
         XCTAssertTrue(session.negotiatedReceipts)
-
-        let engineSide = Task.detached {
-            let intent = engine.read(1)
-            engine.send([UInt8(ascii: "a")])
-            return intent
-        }
+        let engineSide = acknowledging(engine)
         let status = await session.signal(.cancel)
         XCTAssertEqual(status, .acknowledged)
         let intent = await engineSide.value
@@ -174,14 +186,8 @@ final class AttemptControlSessionTests: XCTestCase {
     func testVersion1EngineThatSendsNoHelloStillGetsTheIntent() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        try await eventually("authenticated") { session.connected }
-        let engineSide = Task.detached { () -> [UInt8] in
-            let intent = engine.read(1)
-            engine.send([UInt8(ascii: "a")])
-            return intent
-        }
+        let engine = try await connectEngine(session, version2: false)
+        let engineSide = acknowledging(engine)
         let status = await session.signal(.reschedule)
         XCTAssertEqual(status, .acknowledged)
         let intent = await engineSide.value
@@ -193,10 +199,7 @@ final class AttemptControlSessionTests: XCTestCase {
     func testAReceiptIsAcknowledgedAndMakesLaterIntentsAlreadyConcluded() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
-        _ = engine.read(5)
+        let engine = try await connectEngine(session)
         XCTAssertEqual(FlowRunSupervisor.evidence(session), .silent, "negotiated, not concluded yet")
         let json = Array(#"{"disposition":"STATE_REPORTED","state_id":"0f4c9c51-5a7b-4c49-9b0a-0d0e2c1a8f21","state_type":"COMPLETED","state_name":"Completed"}"#.utf8)
         engine.send([0x01, 0, 0, UInt8(json.count >> 8), UInt8(json.count & 0xff)] + json)
@@ -210,10 +213,7 @@ final class AttemptControlSessionTests: XCTestCase {
     func testAnOversizeReceiptEndsTheSessionWithoutAConclusion() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
-        _ = engine.read(5)
+        let engine = try await connectEngine(session)
         engine.send([0x01, 0, 0x10, 0, 0] + [UInt8](repeating: 0x20, count: 100))
         XCTAssertTrue(engine.closedByPeer)
         XCTAssertNil(session.conclusion)
@@ -234,9 +234,7 @@ final class AttemptControlSessionTests: XCTestCase {
     func testAnEngineThatDoesNotAcknowledgeInTimeLosesItsSession() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        try await eventually("authenticated") { session.connected }
+        let engine = try await connectEngine(session, version2: false)
         let status = await session.signal(.cancel, timeout: 0.2)
         XCTAssertEqual(status, .notAcknowledged)
         XCTAssertEqual(engine.read(1), [UInt8(ascii: "c")])
@@ -260,10 +258,7 @@ final class AttemptControlSessionTests: XCTestCase {
         XCTAssertTrue(http.closedByPeer)
         XCTAssertFalse(session.connected)
 
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
-        XCTAssertEqual(engine.read(5), AttemptControl.negotiation(version: 2, capabilities: 1))
+        _ = try await connectEngine(session)
     }
 
     func testIdleHostileConnectionsCannotKeepTheEngineOut() async throws {
@@ -272,29 +267,19 @@ final class AttemptControlSessionTests: XCTestCase {
         let idle = (0..<(AttemptControlSession.maxUnauthenticated * 3)).compactMap { _ in Peer(port: session.port) }
         XCTAssertEqual(idle.count, AttemptControlSession.maxUnauthenticated * 3)
         try await Task.sleep(seconds: 0.2)
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        engine.send(AttemptControl.negotiation(version: 2, capabilities: 1))
-        XCTAssertEqual(engine.read(5), AttemptControl.negotiation(version: 2, capabilities: 1))
-        XCTAssertTrue(session.connected)
+        _ = try await connectEngine(session)
     }
 
     func testTheTokenIsUsedUpByTheFirstConnection() async throws {
         let session = try makeSession()
         defer { session.close() }
-        let engine = try XCTUnwrap(Peer(port: session.port))
-        engine.send(session.token + "\n")
-        try await eventually("authenticated") { session.connected }
+        let engine = try await connectEngine(session, version2: false)
         // The listener is closed: a second connection (even with the token) is refused or closed at once.
         if let replay = Peer(port: session.port) {
             replay.send(session.token + "\n")
             XCTAssertTrue(replay.closedByPeer)
         }
-        let engineSide = Task.detached { () -> [UInt8] in
-            let intent = engine.read(1)
-            engine.send([UInt8(ascii: "a")])
-            return intent
-        }
+        let engineSide = acknowledging(engine)
         let status = await session.signal(.cancel)
         XCTAssertEqual(status, .acknowledged, "the first connection keeps the session")
         _ = await engineSide.value
