@@ -257,13 +257,15 @@ actor FlowRunSupervisor {
         let template = try JobTemplate(pool.hasEmptyTemplate ? JobTemplate.defaultProcessTemplate : pool.baseJobTemplate!)
         let values = JobTemplate.mergeJobVariables(deployment: deployment?.jobVariables, flowRun: run.jobVariables)
         var rendered = try template.render(values: values, environment: settings.environment)
+        let blocks = try await BlockReferences.resolve(.object(rendered.configuration), from: client)
+        rendered.configuration = blocks.configuration.objectValue ?? [:]
         let names = Templating.variableNames(in: .object(rendered.configuration))
         if !names.isEmpty {
             var variables: [String: JSON?] = [:]
             for name in names { variables[name] = try await client.readVariable(name)?.value }
             rendered.configuration = Templating.resolveVariables(.object(rendered.configuration), variables).objectValue ?? [:]
         }
-        return try JobConfiguration(rendered)
+        return try JobConfiguration(rendered, secrets: blocks.secrets)
     }
 
     /// The job's environment: the worker's, then the job's `env`, then what identifies the run (with the flow's
@@ -314,8 +316,8 @@ actor FlowRunSupervisor {
         let flowName = await context.flowName(run.flowID)
         let env = environment(for: run, job: job, flowName: flowName, deployment: deployment,
                               parameters: parameters, parametersFile: workspace.parametersFile)
-        // The job's own secrets (its `env`) are kept out of everything the worker writes while it runs.
-        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns)
+        // The job's own secrets (its `env`, the blocks it uses) are kept out of everything the worker writes while it runs.
+        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns) + job.secrets
         context.secrets.add(runSecrets)
         defer { context.secrets.remove(runSecrets) }
         var arguments = job.arguments
