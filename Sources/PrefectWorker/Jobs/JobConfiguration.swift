@@ -29,6 +29,9 @@ struct JobConfiguration: Sendable, Equatable {
     var timeoutSeconds: Double?
     /// Per-job cgroup limits: `memory_max` and `cpu_max`, applied to the job's cgroup.
     var limits: CgroupLimits = .none
+    /// Values kept out of every log line while the run lives: the secrets of the blocks its configuration
+    /// refers to (`BlockReferences`).
+    var secrets: [String] = []
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).

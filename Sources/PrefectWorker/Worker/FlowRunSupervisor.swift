@@ -260,13 +260,15 @@ actor FlowRunSupervisor {
         let template = try JobTemplate(pool.hasEmptyTemplate ? JobTemplate.defaultProcessTemplate : pool.baseJobTemplate!)
         let values = JobTemplate.mergeJobVariables(deployment: deployment?.jobVariables, flowRun: run.jobVariables)
         var rendered = try template.render(values: values, environment: settings.environment)
+        let blocks = try await BlockReferences.resolve(.object(rendered.configuration), from: client)
+        rendered.configuration = blocks.configuration.objectValue ?? [:]
         let names = Templating.variableNames(in: .object(rendered.configuration))
         if !names.isEmpty {
             var variables: [String: JSON?] = [:]
             for name in names { variables[name] = try await client.readVariable(name)?.value }
             rendered.configuration = Templating.resolveVariables(.object(rendered.configuration), variables).objectValue ?? [:]
         }
-        return try JobConfiguration(rendered)
+        return try JobConfiguration(rendered, secrets: blocks.secrets)
     }
 
     /// The job's environment: the worker's, then the job's `env`, then what identifies the run (with the flow's
@@ -301,6 +303,11 @@ actor FlowRunSupervisor {
 
     func launch(_ run: FlowRun, job: JobConfiguration, deployment: Deployment?, pool: WorkPool) async {
         let id = run.id
+        // The job's own secrets (its `env`, the blocks it uses) are kept out of everything the worker writes
+        // while it runs, from its first line on (a working directory named after a secret included).
+        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns) + job.secrets
+        context.secrets.add(runSecrets)
+        defer { context.secrets.remove(runSecrets) }
         let parameters = (run.parameters ?? .object([:])).encoded()
         let workspace: JobWorkspace
         do {
@@ -329,10 +336,6 @@ actor FlowRunSupervisor {
         }
         defer { control?.close() }
         env.merge(control?.environment ?? [:]) { $1 }
-        // The job's own secrets (its `env`) are kept out of everything the worker writes while it runs.
-        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns)
-        context.secrets.add(runSecrets)
-        defer { context.secrets.remove(runSecrets) }
         var arguments = job.arguments
         let executable: String
         do {
