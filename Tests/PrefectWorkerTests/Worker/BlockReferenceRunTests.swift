@@ -132,6 +132,20 @@ final class BlockReferenceRunTests: XCTestCase {
         XCTAssertTrue(reads.allSatisfy { $0.query == "include_secrets=true" }, "\(reads.map(\.query))")
     }
 
+    func testASecretInAWorkingDirectoryThatCannotBeMadeIsRedactedFromTheCrashReport() async throws {
+        let spawner = FakeSpawner { _ in .exitsAtOnce }
+        let context = try await makeContext(spawner: spawner)
+        let run = try run("run-bad-dir", jobVariables: .object([
+            "command": "true", "working_dir": "/proc/no-such-{{ prefect.blocks.secret.db-password }}/dir",
+        ]))
+        await supervise(run, context)
+        XCTAssertEqual(server.value, "CRASHED")
+        XCTAssertTrue(spawner.spawned.isEmpty)
+        let message = try XCTUnwrap(lastProposal(run.id)?["message"]?.stringValue)
+        XCTAssertFalse(message.contains(secret), message)
+        XCTAssertTrue(message.contains("[REDACTED]"), message)
+    }
+
     func testARefInTheJobVariablesIsReplacedByTheBlockDocumentsData() async throws {
         let spawner = FakeSpawner()
         let context = try await makeContext(spawner: spawner)
