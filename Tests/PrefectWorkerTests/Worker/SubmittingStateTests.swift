@@ -14,6 +14,8 @@ final class SubmittingStateTests: XCTestCase {
     private let spawner = FakeSpawner()
     /// Whether a job had been started when each PENDING/Submitting proposal arrived.
     private let spawnedAtSubmitting = FakeAPIBox<[Bool]>([])
+    /// The supervisor of the run `supervise` runs, for answers that act on it.
+    private let supervisor = FakeAPIBox<FlowRunSupervisor?>(nil)
 
     override func setUpWithError() throws {
         fake = try FakePrefectAPI()
@@ -65,6 +67,7 @@ final class SubmittingStateTests: XCTestCase {
         ]
         let run = try JSONDecoder().decode(FlowRun.self, from: Data(JSON.object(fields).encoded().utf8))
         let supervisor = FlowRunSupervisor(context: context, runID: id)
+        self.supervisor.value = supervisor
         _ = await context.registry.reserve(run, for: supervisor)
         let finished = await finishes(within: 30) { await supervisor.run(run) }
         XCTAssertTrue(finished, "the run should be supervised to its end")
@@ -78,6 +81,14 @@ final class SubmittingStateTests: XCTestCase {
                 let state = request.json?["state"]
                 return state?["name"]?.stringValue == "Submitting" ? "Submitting" : (state?["type"]?.stringValue ?? "?")
             }
+    }
+
+    /// `reports(id)` once the pid has arrived: an engine run has no final report of the worker's behind which
+    /// the pid is delivered, so it may arrive just after the supervision ends.
+    private func reportsWithPID(_ id: String) async throws -> [String] {
+        let deadline = Date().addingTimeInterval(5)
+        while !reports(id).contains("pid"), Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        return reports(id)
     }
 
     /// A pool storage configuration whose execution step runs `module` (as `prefect work-pool storage
@@ -129,6 +140,35 @@ final class SubmittingStateTests: XCTestCase {
         XCTAssertEqual(serverState.value, "SCHEDULED")
     }
 
+    /// An accepted Submitting is followed by a last look: a cancel that came during its round trip wins.
+    func testACancelDuringTheSubmittingRoundTripStartsNoJob() async throws {
+        let context = try await makeContext()
+        let serverState = serverState, supervisor = supervisor
+        submittingAnswer.value = {
+            let cancelled = DispatchSemaphore(value: 0)
+            Task { await supervisor.value?.requestCancel(); cancelled.signal() }
+            cancelled.wait()
+            serverState.value = "PENDING"
+            return .json(201, #"{"status":"ACCEPT","details":{"type":"accept_details"},"state":{"type":"PENDING","name":"Submitting"}}"#)
+        }
+        try await supervise("run-cancel-submitting", "sh -c true", in: context)
+        XCTAssertEqual(spawner.spawned.count, 0, "the job must not start")
+        XCTAssertEqual(reports("run-cancel-submitting"), ["PENDING", "Submitting", "CANCELLED"])
+    }
+
+    func testADrainDuringTheSubmittingRoundTripHandsTheRunBack() async throws {
+        let context = try await makeContext()
+        let shutdown = context.shutdown, serverState = serverState
+        submittingAnswer.value = {
+            _ = shutdown.advance()  // draining
+            serverState.value = "PENDING"
+            return .json(201, #"{"status":"ACCEPT","details":{"type":"accept_details"},"state":{"type":"PENDING","name":"Submitting"}}"#)
+        }
+        try await supervise("run-drain-submitting", "sh -c true", in: context)
+        XCTAssertEqual(spawner.spawned.count, 0, "the job must not start")
+        XCTAssertEqual(reports("run-drain-submitting"), ["PENDING", "Submitting", "SCHEDULED"], "handed back to the pool")
+    }
+
     func testAWaitForSubmittingThatADrainInterruptsHandsTheRunBack() async throws {
         let context = try await makeContext()
         let shutdown = context.shutdown
@@ -158,7 +198,8 @@ final class SubmittingStateTests: XCTestCase {
         let context = try await makeContext(storage: Self.storage(executing: "bundles.execute"))
         try await supervise("run-bundle", "env python -m bundles.execute --dir /srv/bundles --key 3f2a", in: context)
         XCTAssertEqual(spawner.spawned.count, 1)
-        XCTAssertEqual(reports("run-bundle"), ["PENDING", "Submitting", "pid"], "neither RUNNING nor COMPLETED: the bundle's engine reports them")
+        let reported = try await reportsWithPID("run-bundle")
+        XCTAssertEqual(reported, ["PENDING", "Submitting", "pid"], "neither RUNNING nor COMPLETED: the bundle's engine reports them")
     }
 
     func testTheSameCommandOnAPoolWithoutThatStepIsAPlainCommand() async throws {
@@ -171,6 +212,7 @@ final class SubmittingStateTests: XCTestCase {
     func testPrefectsOwnBundleExecutorIsLeftToTheEngineWithoutAConfiguredStep() async throws {
         let context = try await makeContext()
         try await supervise("run-fallback", "env uv run --python 3.11 -m prefect.bundles.execute --key /srv/bundles/3f2a", in: context)
-        XCTAssertEqual(reports("run-fallback"), ["PENDING", "Submitting", "pid"])
+        let reported = try await reportsWithPID("run-fallback")
+        XCTAssertEqual(reported, ["PENDING", "Submitting", "pid"])
     }
 }
