@@ -212,11 +212,21 @@ struct WorkPool: Sendable, Decodable {
     var baseJobTemplate: JSON?
     var isPaused: Bool?
     var status: String?
+    /// Where runs submitted with `flow.submit_to_work_pool()` keep their bundles: `bundle_upload_step`,
+    /// `bundle_execution_step`, `default_result_storage_block_id`.
+    var storageConfiguration: JSON?
 
     enum CodingKeys: String, CodingKey {
         case id, name, type, status
         case baseJobTemplate = "base_job_template"
         case isPaused = "is_paused"
+        case storageConfiguration = "storage_configuration"
+    }
+
+    /// The pool's configured `bundle_execution_step` (`{"module": {arguments}}`), if it has one.
+    var bundleExecutionStep: JSON? {
+        guard let step = storageConfiguration?["bundle_execution_step"], !step.isNull else { return nil }
+        return step
     }
 
     /// True when the template is missing or `{}`: Prefect then installs the worker's default template.

@@ -160,9 +160,9 @@ private struct Resolver<Source: BlockDocumentSource> {
 extension JobConfiguration {
     /// The job, carrying the secrets of the blocks its configuration refers to. An error that quotes the
     /// configuration (a command that does not parse) has them redacted: it is logged and sent to the server.
-    init(_ rendered: RenderedJob, secrets: [String]) throws(JobConfigurationError) {
+    init(_ rendered: RenderedJob, secrets: [String], bundleExecutionStep: JSON? = nil) throws(JobConfigurationError) {
         do {
-            try self.init(rendered)
+            try self.init(rendered, bundleExecutionStep: bundleExecutionStep)
         } catch {
             throw JobConfigurationError(Redactor(secrets: secrets).redact(error.message))
         }

@@ -268,7 +268,7 @@ actor FlowRunSupervisor {
             for name in names { variables[name] = try await client.readVariable(name)?.value }
             rendered.configuration = Templating.resolveVariables(.object(rendered.configuration), variables).objectValue ?? [:]
         }
-        return try JobConfiguration(rendered, secrets: blocks.secrets)
+        return try JobConfiguration(rendered, secrets: blocks.secrets, bundleExecutionStep: pool.bundleExecutionStep)
     }
 
     /// The job's environment: the worker's, then the job's `env`, then what identifies the run (with the flow's
@@ -358,7 +358,8 @@ actor FlowRunSupervisor {
         defer { cgroup?.remove() }
 
         // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
-        guard await startAllowed(id) else { return }
+        // Then PENDING/Submitting, as Prefect's worker proposes it before the job (and before our RUNNING).
+        guard await startAllowed(id), await proposeSubmitting(id) else { return }
         if job.stateOwner == .worker {
             guard await proposeRunning(id) else { return }
             // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
