@@ -49,18 +49,18 @@ extension FlowRunSupervisor {
                                      message: "Worker '\(settings.workerName)' shut down; the flow run goes back to its work pool for another worker.")
         proposal.details = ["scheduled_time": .string(Timestamp.format(Date()))]
         do {
-            let result = try await client.setState(runID, proposal, policy: .quick)
-            switch Orchestration.decide(proposed: .scheduled, result) {
+            switch try await reporter.propose(proposal, .init(policy: .quick, maxWaits: 0)) {
             case .accepted:
                 return true
-            case .refused, .proposeCancelled, .wait:
-                log.warning("the server did not take the run back (\(result.details?.reason ?? result.status.rawValue)); it is reported CRASHED")
-                return false
+            case .refused(_, let reason, _):
+                log.warning("the server did not take the run back (\(reason)); it is reported CRASHED")
+            case .waitedTooLong, .stopped:
+                log.warning("the server asked to wait before taking the run back; it is reported CRASHED")
             }
         } catch {
             log.warning("could not hand the run back to its pool: \(error); it is reported CRASHED")
-            return false
         }
+        return false
     }
 
     /// What the job's control session says about how its attempt ended.

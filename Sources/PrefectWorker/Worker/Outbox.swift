@@ -209,44 +209,28 @@ actor Outbox: Service {
                 if copyDetails, let details = run.state?.stateDetails?.objectValue { proposal.details = details }
             }
             proposal.transitionID = transitionID
-            var waits = 0
-            while true {
-                let result = try await client.setState(runID, proposal, policy: policy)
-                switch Orchestration.decide(proposed: type, result) {
-                case .accepted:
-                    log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
-                    client.metrics.runFinished(type)
-                    return true
-                case .wait(let seconds):
-                    waits += 1
-                    if waits > Self.waitsPerAttempt {
-                        log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
-                        return false
-                    }
-                    guard await pause(seconds), !Task.isCancelled else {
-                        log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
-                        return false
-                    }
-                case .proposeCancelled:
-                    // The run went CANCELLING between our read and the proposal: only CANCELLED is accepted now.
-                    message = "Flow run was cancelled. \(message)"
-                    type = .cancelled
-                    proposal = StateProposal(.cancelled, message: message, force: true)
-                case .refused(let state, let reason):
-                    // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
-                    let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
-                    log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
-                    return true
-                }
+            let reporter = StateReporter(runID: runID, client: client, shutdown: shutdown, log: log)
+            switch try await reporter.propose(proposal, .init(policy: policy, maxWaits: Self.waitsPerAttempt,
+                                                              waitUnless: .terminating, freshAfterWait: false, logWaits: false,
+                                                              cancelledWhenCancelling: true)) {
+            case .accepted(let landed, let result):
+                let type = landed.type, message = landed.message ?? ""
+                log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
+                client.metrics.runFinished(type)
+                return true
+            case .waitedTooLong:
+                log.warning("the server asked \(Self.waitsPerAttempt + 1) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
+                return false
+            case .stopped:
+                log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
+                return false
+            case .refused(let state, let reason, let result):
+                // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
+                let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
+                log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
+                return true
             }
         }
-    }
-
-    /// Waits as the server asked; false if the worker started terminating meanwhile.
-    private func pause(_ seconds: Double) async -> Bool {
-        if let shutdown { return await shutdown.sleep(seconds, unless: .terminating) }
-        try? await Task.sleep(seconds: seconds)
-        return true
     }
 
     /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).
