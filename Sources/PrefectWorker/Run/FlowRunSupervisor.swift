@@ -63,25 +63,39 @@ actor FlowRunSupervisor {
         // Labels are informative: a failure must not hold up the run. One attempt now (at most the request
         // timeout, as Prefect's worker waits for it too), before the run's next state write, as Prefect's worker
         // orders them: sent beside the RUNNING write, a SQLite server answered it 503 ("database is locked")
-        // nearly every time, which cost a retry per run. If it fails, it is retried in the background with the
-        // ordinary retries while the run goes on.
+        // nearly every time, which cost a retry per run. If it fails, it is retried with the ordinary retries
+        // beside the run, as a child task of the run's, which ends with it.
         let client = self.client
         let labels = [
             "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
             "prefect.work-pool.name": pool.name, "prefect.work-pool.id": pool.id,
         ]
+        var labelled = true
         do {
             try await client.addLabels(id, labels, policy: .once)
         } catch {
-            Task {
-                do {
-                    try await client.addLabels(id, labels, policy: .standard)
-                } catch {
-                    log.warning("could not label the run: \(error); it runs unlabelled")
+            labelled = false
+        }
+        await withDiscardingTaskGroup { group in
+            if !labelled {
+                let log = self.log
+                group.addTask {
+                    do {
+                        try await client.addLabels(id, labels, policy: .standard)
+                    } catch is CancellationError {
+                    } catch {
+                        log.warning("could not label the run: \(error); it runs unlabelled")
+                    }
                 }
             }
+            await prepareAndLaunch(run, deployment: deployment, pool: pool)
+            group.cancelAll()
         }
+    }
 
+    /// Builds the job configuration, waits for the run's scheduled time, then launches the job.
+    private func prepareAndLaunch(_ run: FlowRun, deployment: Deployment?, pool: WorkPool) async {
+        let id = run.id
         let job: JobConfiguration
         do {
             job = try await configuration(for: run, deployment: deployment, pool: pool)
@@ -164,100 +178,6 @@ actor FlowRunSupervisor {
                             deployment: deployment, parameters: parameters, parametersFile: parametersFile, log: log)
     }
 
-    // MARK: - Running
-
-    func launch(_ run: FlowRun, job: JobConfiguration, deployment: Deployment?, pool: WorkPool) async {
-        let id = run.id
-        // The job's own secrets (its `env`, the blocks it uses) are kept out of everything the worker writes
-        // while it runs, from its first line on (a working directory named after a secret included).
-        let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns) + job.secrets
-        context.secrets.add(runSecrets)
-        defer { context.secrets.remove(runSecrets) }
-        // Read once per flow (and cached): the job's environment and the run's events name the flow.
-        let flowName = await context.flowName(run.flowID)
-        let prepared: PreparedJob
-        do {
-            prepared = try PreparedJob.prepare(run: run, job: job, deployment: deployment, flowName: flowName, settings: settings,
-                                               workerID: context.workerID, cgroups: context.cgroups, log: log)
-        } catch {
-            log.error("cannot \(error.stage) the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
-            return
-        }
-        defer { prepared.remove() }
-        let (env, workspace, cgroup, control) = (prepared.environment, prepared.workspace, prepared.cgroup, prepared.control)
-        let (executable, arguments) = (prepared.executable, prepared.arguments)
-
-        // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
-        // Then PENDING/Submitting, as Prefect's worker proposes it before the job (and before our RUNNING).
-        guard await startAllowed(id), await proposeSubmitting(id) else { return }
-        if job.stateOwner == .worker {
-            guard await proposeRunning(id) else { return }
-            // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
-            if cancelRequested {
-                log.info("cancelled while RUNNING was being proposed; not starting it")
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
-                return
-            }
-        }
-
-        let submitted = context.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
-            run: run, deployment: deployment, flowName: flowName, pool: pool))
-        // Output is captured when it is streamed, or when the worker ships it to the run's logs.
-        let shipOutput = job.stateOwner == .worker && settings.logsToAPI.enabled
-        let process: SpawnedProcess
-        do {
-            var request = SpawnRequest(
-                executable: executable, arguments: arguments, environment: env,
-                workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
-            request.cgroupFD = cgroup?.fd
-            process = try context.spawner.spawn(request)
-        } catch {
-            log.error("cannot start the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
-            return
-        }
-        await context.journal.record(JournalEntry(
-            runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
-            workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
-        context.metrics.runStarted()
-        let logs = context.logs
-        let maxLogSize = settings.logsToAPI.maxLogSize
-        func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {
-            guard shipOutput else { return nil }
-            return { line in
-                logs.add(FlowRunLog.shippable(runID: id, level: level, message: line, name: "prefect.flow_runs.job", maxSize: maxLogSize))
-            }
-        }
-        let redactor = context.secrets.redactor
-        let pumps = [
-            process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, redactor: redactor, onLine: shipper(.info)) },
-            process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, redactor: redactor, onLine: shipper(.warning)) },
-        ].compactMap { $0 }
-        log.info("started \(job.stateOwner == .engine ? "engine" : "command") \(JSON.array(arguments.map(JSON.string)).encoded()) as pid \(process.pid) in \(workspace.workingDirectory)\(cgroup.map { " (cgroup \($0.path))" } ?? "")")
-
-        // Queued here, before the job can end, so it reaches the server before the final state (per-run
-        // order); delivered in the background, so a slow server does not hold up the watch.
-        let outbox = context.outbox
-        await outbox.enqueue(id, .infrastructurePID(pid: process.pid))
-        Task { await outbox.deliver(id, policy: .quick) }
-
-        let events = context.events, spawner = context.spawner
-        // The engine heartbeats for its own runs; for a plain command the worker does.
-        let heartbeat = job.stateOwner == .worker
-            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: cgroup, control: control, exitStatus: {
-            let end = await spawner.waitForEnd(process.pid)
-            heartbeat?.stop()
-            for pump in pumps { await pump.finish(timeout: 2) }
-            return end
-        }, executed: { status, usage in
-            events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
-                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: status?.code),
-                payload: usage.payload, follows: submitted)
-        })
-    }
-
     /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
     func startAllowed(_ id: String) async -> Bool {
         if cancelRequested {
@@ -319,31 +239,50 @@ actor FlowRunSupervisor {
                control: AttemptControlSession? = nil, exitStatus: @escaping @Sendable () async -> JobEnd?,
                executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
         self.pid = pid
-        let grace = settings.killGraceSeconds
         let limit = timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
-        let timer = timeout.map { seconds in
-            Task {
-                do { try await Task.sleep(seconds: seconds) } catch { return }
-                self.requestTimeout(reason: limit!)
+        // The job's side tasks are children of one group: its exit, its timer, the wait for a stop request
+        // and, once one comes, the teardown. It ends when the job has exited (and, after a stop request, the
+        // teardown has finished); what is left (the timer, the wait) is cancelled then.
+        enum Event: Sendable { case exited(JobEnd?), timedOut, stopRequested, tornDown(Teardown.Outcome), ended }
+        let stopRequested = self.stopRequested
+        var end: JobEnd?
+        var outcome: Teardown.Outcome?
+        await withTaskGroup(of: Event.self) { group in
+            group.addTask { .exited(await exitStatus()) }
+            if let timeout {
+                group.addTask {
+                    do { try await Task.sleep(seconds: timeout) } catch { return .ended }
+                    return .timedOut
+                }
+            }
+            group.addTask {
+                await stopRequested.wait()
+                return Task.isCancelled ? .ended : .stopRequested
+            }
+            var tearingDown = false, hasExited = false
+            while let event = await group.next() {
+                switch event {
+                case .exited(let ended):
+                    end = ended
+                    hasExited = true
+                    self.pid = nil
+                    exited.open()
+                case .timedOut:
+                    requestTimeout(reason: limit!)
+                case .stopRequested:
+                    tearingDown = true
+                    group.addTask { .tornDown(await self.tearDown(pid: pid, runID: id, cgroup: cgroup, control: control, timeout: timeout)) }
+                case .tornDown(let result):
+                    outcome = result
+                    tearingDown = false
+                case .ended:
+                    break
+                }
+                // Done once the job has exited and no teardown is under way: the timer and the wait end here.
+                if hasExited, !tearingDown { group.cancelAll() }
             }
         }
-        let stopRequested = self.stopRequested, exited = self.exited, spawner = context.spawner
-        let stopper = Task { () -> Teardown.Outcome? in
-            await stopRequested.wait()
-            if Task.isCancelled { return nil }
-            if let control { self.handedOver = await self.tellEngine(control, grace: grace) }
-            log.info("\(self.stopCause(timeout: timeout)): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s")
-            let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup, leaderExit: exited) {
-                spawner.signalGroup($0, $1)
-            }
-            log.info("job (pid \(pid)) \(outcome)")
-            return outcome
-        }
-        let end = await exitStatus()
-        timer?.cancel()
         let exit = end?.status
-        self.pid = nil
-        exited.open()
         /// The closing line, the metrics and `executed`, with the whole tree's figures from its cgroup (more
         /// exact than rusage for trees that fork) once the cgroup is empty.
         func closing(_ cgroupUsage: CgroupUsage?) {
@@ -355,7 +294,6 @@ actor FlowRunSupervisor {
         }
 
         if cancelRequested || stopReason != nil {
-            let outcome = await stopper.value
             closing(await finishCgroup(cgroup, id))
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if timedOut, !cancelRequested {
@@ -370,7 +308,6 @@ actor FlowRunSupervisor {
                 await report(id, FinalState(type: .crashed, message: "\(stopReason ?? "Worker shut down"): \(how)."))
             }
         } else {
-            stopper.cancel()
             let usage = await finishCgroup(cgroup, id)
             closing(usage)
             if let exit {
@@ -388,6 +325,19 @@ actor FlowRunSupervisor {
             }
         }
         await context.journal.remove(id)
+    }
+
+    /// Stops the job with the declared teardown (SIGTERM to its process group, the grace, SIGKILL), after
+    /// telling an engine why over its control session.
+    private func tearDown(pid: pid_t, runID id: String, cgroup: RunCgroup?, control: AttemptControlSession?, timeout: Double?) async -> Teardown.Outcome {
+        let grace = settings.killGraceSeconds, spawner = context.spawner
+        if let control { handedOver = await tellEngine(control, grace: grace) }
+        log.info("\(stopCause(timeout: timeout)): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s")
+        let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup, leaderExit: exited) {
+            spawner.signalGroup($0, $1)
+        }
+        log.info("job (pid \(pid)) \(outcome)")
+        return outcome
     }
 
     /// Once the job has exited, empties and removes its cgroup and logs what its whole tree used.
