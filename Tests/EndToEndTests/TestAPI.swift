@@ -27,8 +27,12 @@ struct TestAPI: Sendable {
         return .object(template)
     }
 
+    /// The tests' own requests ride out a busy server for longer than a worker's ordinary call would (about
+    /// five minutes of 503s): on a loaded machine the SQLite server refuses writes in bursts.
+    static let patience = RetryPolicy(maxAttempts: 24, baseDelay: 1, maxDelay: 15)
+
     func send(_ method: String, _ path: String, _ body: JSON? = nil) async throws -> JSON {
-        let data = try await client.send(method, path, body: body, what: "test: \(method) \(path)")
+        let data = try await client.send(method, path, body: body, what: "test: \(method) \(path)", policy: Self.patience)
         if data.isEmpty { return .null }
         return try JSON.decode(data)
     }
