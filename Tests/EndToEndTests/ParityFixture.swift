@@ -127,7 +127,13 @@ final class ParityFixture: @unchecked Sendable {
         if let reference = fixture.workers[.reference] { stopReference(reference, grace: 10) }
         for (side, worker) in fixture.workers {
             if printLogs {
-                print("----- \(side.rawValue) log (pid \(worker.pid)) -----\n\(worker.log.suffix(12_000))\n----- end -----")
+                // Kept whole for the post-mortem, beside the base class's saved worker logs.
+                let keep = (NSTemporaryDirectory() as NSString).appendingPathComponent("e2e-failed-worker-logs")
+                let saved = keep + "/parity-\(side.slug)-\(worker.pid).log"
+                try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+                try? FileManager.default.removeItem(atPath: saved)
+                try? FileManager.default.copyItem(atPath: worker.logPath, toPath: saved)
+                print("----- \(side.rawValue) log (pid \(worker.pid)), saved as \(saved) -----\n\(worker.log.suffix(6_000))\n----- end -----")
             }
             worker.cleanUp()
         }

@@ -8,14 +8,18 @@ import XCTest
 /// Hand-back at shutdown, finished by a second worker. It needs workers of its own (the shared ones must keep
 /// serving), so it uses two fresh pools.
 ///
-/// What each side is, and why they are comparable: Prefect's process worker hands a run back only when the job's
-/// command is `prefect flow-run execute` (its per-run supervisor reads PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR
-/// and, on SIGTERM, tells the engine `reschedule` over the control session and proposes AwaitingRetry). So the
-/// reference deployment sets that command and that variable in the job's env, and the worker is stopped as Ctrl-C
-/// or systemd's control-group stop would: SIGTERM to its process group, which holds that supervisor. prefect-worker
-/// supervises its jobs itself: the default engine command, the variable in the worker's own environment,
-/// SIGTERM to the worker alone (its units use KillMode=mixed) with a 2 s drain timeout. Both: a second worker on
-/// the pool then gets the run. Compared: final state, run_count, state names, the flow's and hooks' markers.
+/// What each side is, and what is comparable. Prefect's process worker hands a run back only through
+/// `prefect flow-run execute` as the job's command: that per-run supervisor reads
+/// PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR and, on SIGTERM, tells the engine `reschedule` over the control
+/// session and proposes AwaitingRetry. Its worker has no hand-back of its own: stopped with SIGTERM to its process
+/// group (Ctrl-C), the supervisor dies with it (its output pipe is gone) and the engine, in its own session,
+/// runs on orphaned and completes the run (observed by hand against 3.8.8). So the reference side is what the
+/// setting is for, an eviction: SIGTERM to the job (the run's infrastructure_pid, the supervisor), then the first
+/// worker is stopped and a second one started. Its first worker polls every 30 s and starts after the run
+/// exists, so it claims the run once and cannot take it back before it is stopped.
+/// prefect-worker supervises its jobs itself: the default engine command, the variable in the worker's own
+/// environment, SIGTERM to the worker alone (its units use KillMode=mixed), drain timeout 2 s; then a second
+/// worker. Compared on both: final state, run_count, state names, the flow's and hooks' markers.
 extension ParityTests {
     func testHandBackAtShutdownFinishedByASecondWorker() async throws {
         let reschedule = ["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"]
@@ -29,49 +33,48 @@ extension ParityTests {
         deployments[.ours] = try await deploy("long_first_attempt", pool: pools[.ours]!).id
         let state = try stateDirectory()
 
-        let startFirst: @Sendable (ParitySide) throws -> WorkerProcess = { side in
-            side == .reference
-                ? try self.startReferenceWorker(pool: pools[side]!, name: self.uniqueName("-ref-first"))
+        let seen = try await runBoth("hand-back", deployments: deployments, timeout: 150) { side, run in
+            let first = side == .reference
+                ? try self.startReferenceWorker(pool: pools[side]!, name: self.uniqueName("-ref-first"),
+                                                environment: ["PREFECT_WORKER_QUERY_SECONDS": "30"])
                 : try self.startWorker(pool: pools[side]!, name: self.uniqueName("-ours-first"),
                                        arguments: Self.fastArguments + ["--state-dir", state, "--drain-timeout", "2"],
                                        environment: reschedule)
-        }
-        let startSecond: @Sendable (ParitySide) throws -> WorkerProcess = { side in
-            side == .reference
-                ? try self.startReferenceWorker(pool: pools[side]!, name: self.uniqueName("-ref-second"))
-                : try self.startWorker(pool: pools[side]!, name: self.uniqueName("-ours-second"),
-                                       arguments: Self.fastArguments + ["--state-dir", state], environment: reschedule)
-        }
-        var firsts: [ParitySide: WorkerProcess] = [:]
-        for side in ParitySide.allCases { firsts[side] = try startFirst(side) }
-        let first = firsts
-
-        let seen = try await runBoth("hand-back", deployments: deployments, timeout: 150) { side, run in
-            // The first attempt is in its 60 s sleep: stop the worker.
+            // The first attempt is in its 60 s sleep: stop it.
             _ = try await E2E.eventually(timeout: 120, interval: 0.2, "the first attempt of \(run.id) (\(side.rawValue)) to start its body") { () -> Bool? in
                 FileManager.default.fileExists(atPath: run.markers + "/body") ? true : nil
             }
             try await Task.sleep(nanoseconds: 1_000_000_000)
-            let worker = first[side]!
-            let code = side == .reference
-                ? await Self.stopReferenceWorker(worker, grace: 45)
-                : await Self.stopWorker(worker, grace: 45)
-            print("hand-back: \(side.rawValue) first worker stopped (\(code.map { "exit \($0)" } ?? "killed after 45 s")); run \(run.id): \(try await self.api.readFlowRun(run.id).stateSummary)")
+            if side == .reference {
+                let job = try await self.waitForJobPID(run.id, timeout: 10)
+                kill(job, SIGTERM)
+                _ = try? await E2E.eventually(timeout: 30, "run \(run.id) to leave RUNNING") { () -> Bool? in
+                    let type = try await self.api.readFlowRun(run.id).stateType ?? ""
+                    return type == "RUNNING" ? nil : true
+                }
+                await Self.stopReferenceWorker(first, grace: 20)
+            } else {
+                await Self.stopWorker(first, grace: 45)
+            }
+            print("hand-back: \(side.rawValue): first worker stopped; run \(run.id): \(try await self.api.readFlowRun(run.id).stateSummary)")
             // Whatever the first worker left (AwaitingRetry, CRASHED, or a run stuck RUNNING) is what a second
-            // worker finds; a final or scheduled run is settled at once, a stuck one gets 20 s.
+            // worker finds; a stuck run gets 20 s.
             _ = try? await E2E.eventually(timeout: 20, "run \(run.id) to leave RUNNING") { () -> Bool? in
                 let type = try await self.api.readFlowRun(run.id).stateType ?? ""
                 return type == "RUNNING" || type == "CANCELLING" ? nil : true
             }
-            _ = try startSecond(side)
+            _ = side == .reference
+                ? try self.startReferenceWorker(pool: pools[side]!, name: self.uniqueName("-ref-second"))
+                : try self.startWorker(pool: pools[side]!, name: self.uniqueName("-ours-second"),
+                                       arguments: Self.fastArguments + ["--state-dir", state], environment: reschedule)
         }
         record("hand-back at shutdown, finished by a second worker", seen,
-               note: "Prefect's: command `prefect flow-run execute`, the variable in the job env, SIGTERM to the worker's process group; ours: engine command, the variable in the worker env, SIGTERM to the worker, drain 2 s")
+               note: "Prefect's: job command `prefect flow-run execute` with the variable in the job env, SIGTERM to that job (an eviction; Prefect's worker has no hand-back of its own); ours: engine command, the variable in the worker env, SIGTERM to the worker, drain 2 s")
     }
 
     /// A Prefect worker stopped by tearDown (by its process group) if the test has not stopped it.
-    func startReferenceWorker(pool: String, name: String) throws -> WorkerProcess {
-        let worker = try ParityFixture.startReference(env: env, pool: pool, name: name)
+    func startReferenceWorker(pool: String, name: String, environment: [String: String] = [:]) throws -> WorkerProcess {
+        let worker = try ParityFixture.startReference(env: env, pool: pool, name: name, environment: environment)
         addTeardownBlock {
             ParityFixture.stopReference(worker, grace: 10)
             if (self.testRun?.totalFailureCount ?? 0) > 0 {
@@ -84,6 +87,7 @@ extension ParityTests {
 
     /// SIGTERM to a Prefect worker's process group, then waits (without blocking a thread) up to `grace` s;
     /// SIGKILL to the group after that. The exit code, or nil when it had to be killed.
+    @discardableResult
     static func stopReferenceWorker(_ worker: WorkerProcess, grace: Double) async -> Int32? {
         worker.isServing = false
         kill(-worker.pid, SIGTERM)
@@ -94,6 +98,7 @@ extension ParityTests {
     }
 
     /// SIGTERM to prefect-worker's pid only (systemd's KillMode=mixed); SIGKILL after `grace` s.
+    @discardableResult
     static func stopWorker(_ worker: WorkerProcess, grace: Double) async -> Int32? {
         worker.isServing = false
         kill(worker.pid, SIGTERM)

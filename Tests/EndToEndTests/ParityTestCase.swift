@@ -85,9 +85,12 @@ class ParityTestCase: RunControlTestCase, @unchecked Sendable {
                 track(id)
                 let run = SideRun(id: id, markers: markers)
                 group.addTask {
+                    let started = Date()
                     try await drive(side, run)
                     _ = try await self.waitForFinalOrGiveUp(run.id, timeout: timeout)
-                    return (side, try await ParityObservation.collect(api: self.api, run: run.id, markers: run.markers))
+                    let observation = try await ParityObservation.collect(api: self.api, run: run.id, markers: run.markers)
+                    print("parity \(label), \(side.rawValue): run \(run.id) \(observation.finalState) after \(Int(Date().timeIntervalSince(started))) s")
+                    return (side, observation)
                 }
             }
             var observations: [ParitySide: ParityObservation] = [:]
