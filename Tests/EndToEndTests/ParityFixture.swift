@@ -79,9 +79,12 @@ final class ParityFixture: @unchecked Sendable {
     /// Foundation starts it as the leader of its own process group, which `stopReference` signals.
     static func startReference(env: E2EEnvironment, pool: String, name: String,
                                environment: [String: String] = [:]) throws -> WorkerProcess {
+        // Through exec_unblocked.py: children of the test process inherit its blocked signal mask.
         try WorkerProcess.start(env: env, arguments: ["worker", "start", "--pool", pool, "--type", "process", "--name", name],
                                 label: "Prefect's worker \(name)", apiURL: env.apiURL.absoluteString,
-                                extraEnvironment: environment, executable: env.venv + "/bin/prefect")
+                                extraEnvironment: environment,
+                                launcher: [env.venv + "/bin/python", env.fixtures + "/parity/exec_unblocked.py"],
+                                executable: env.venv + "/bin/prefect")
     }
 
     /// Stops a Prefect worker as Ctrl-C or systemd's control-group stop would: SIGTERM to its process group
