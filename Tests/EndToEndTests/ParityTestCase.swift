@@ -86,9 +86,13 @@ class ParityTestCase: RunControlTestCase, @unchecked Sendable {
                 let run = SideRun(id: id, markers: markers)
                 group.addTask {
                     let started = Date()
+                    let sampler = Task { await Self.jobEnvironment(ofRun: run.id) }
+                    defer { sampler.cancel() }
                     try await drive(side, run)
                     _ = try await self.waitForFinalOrGiveUp(run.id, timeout: timeout)
-                    let observation = try await ParityObservation.collect(api: self.api, run: run.id, markers: run.markers)
+                    sampler.cancel()
+                    var observation = try await ParityObservation.collect(api: self.api, run: run.id, markers: run.markers)
+                    observation.environment = await sampler.value
                     print("parity \(label), \(side.rawValue): run \(run.id) \(observation.finalState) after \(Int(Date().timeIntervalSince(started))) s")
                     return (side, observation)
                 }
@@ -97,6 +101,26 @@ class ParityTestCase: RunControlTestCase, @unchecked Sendable {
             for try await (side, observation) in group { observations[side] = observation }
             return observations
         }
+    }
+
+    /// The PREFECT* variable names of the run's first job process (the one whose parent is not of the run), read
+    /// from /proc while it runs: the environment the worker gave it, before the engine pops anything (it removes
+    /// PREFECT__CONTROL_PORT and _TOKEN from its own os.environ). Nil if no process was seen before cancellation.
+    static func jobEnvironment(ofRun id: String) async -> Set<String>? {
+        while !Task.isCancelled {
+            let stats = ProcScan.processes(ofRun: id)
+            let pids = Set(stats.map(\.pid))
+            if let top = stats.first(where: { !pids.contains($0.ppid) }),
+               let data = FileManager.default.contents(atPath: "/proc/\(top.pid)/environ") {
+                let names = data.split(separator: 0).compactMap { entry -> String? in
+                    let name = String(decoding: entry.prefix { $0 != UInt8(ascii: "=") }, as: UTF8.self)
+                    return name.hasPrefix("PREFECT") ? name : nil
+                }
+                if !names.isEmpty { return Set(names) }
+            }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+        }
+        return nil
     }
 
     /// Polls (every 0.1 s) until the run's state type is in `types`; throws after `timeout` s.
