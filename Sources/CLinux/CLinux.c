@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -116,4 +117,8 @@ int cl_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char 
     }
     *pid = (pid_t)child;
     return 0;
+}
+
+int cl_accept_cloexec_nonblocking(int listener) {
+    return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }

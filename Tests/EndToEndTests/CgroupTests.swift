@@ -87,7 +87,7 @@ final class TestCgroupSubtree: @unchecked Sendable {
     }
 }
 
-/// Per-job cgroup v2 (issue 13), against the real server, with the worker started in a fresh subtree.
+/// Per-job cgroup v2, against the real server, with the worker started in a fresh subtree.
 final class CgroupTests: RunControlTestCase, @unchecked Sendable {
     private var subtrees: [TestCgroupSubtree] = []
 

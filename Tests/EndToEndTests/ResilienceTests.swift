@@ -146,7 +146,7 @@ final class ResilienceTests: RunControlTestCase, @unchecked Sendable {
         let notCompleted = ids.filter { runs[$0]?.stateType != "COMPLETED" }
         let lost = ids.filter { executions[$0] == nil }
         let duplicated = ids.filter { (executions[$0] ?? 0) > 1 }
-        let badHistory = ids.filter { histories[$0] != ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"] }
+        let badHistory = ids.filter { histories[$0] != ["SCHEDULED", "PENDING", "PENDING", "RUNNING", "COMPLETED"] }
         print("FAULT-FIGURES: lost-set_state-answers runs=\(count) lostAnswerRate=0.5 on set_state | \(faults) | "
               + "lost set_state answers=\(faults.lostAnswers.filter { $0.contains("set_state") }.count) | completed=\(count - notCompleted.count) "
               + "lost=\(lost.count) duplicated=\(duplicated.count) unexpected-history=\(badHistory.count)")
@@ -196,7 +196,7 @@ final class ResilienceTests: RunControlTestCase, @unchecked Sendable {
         print("FAULT-FIGURES: stranded-claim taken again \(String(format: "%.1f", seconds)) s after the failed claim; states \(names)")
         XCTAssertEqual(run.stateType, "COMPLETED", "\(run.stateSummary); log: \(Self.lines(of: worker.log, mentioning: id))")
         XCTAssertFalse(names.contains("Late"), "the run was taken only after the server marked it Late: \(names)")
-        XCTAssertEqual(names, ["Scheduled", "Pending", "Running", "Completed"])
+        XCTAssertEqual(names, ["Scheduled", "Pending", "Submitting", "Running", "Completed"])
         XCTAssertLessThan(seconds, 10, "the next poll (every 0.5 s) should have taken the run")
         XCTAssertEqual(run["run_count"]?.asInt, 1)
     }

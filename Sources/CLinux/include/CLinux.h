@@ -29,4 +29,7 @@ int cl_pidfd_open(pid_t pid);
 int cl_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], const char *cwd,
                          int stdout_fd, int stderr_fd, int cgroup_fd, int allow_clone3, int *used_clone3);
 
+/// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK: a connection no job inherits and no read blocks on.
+int cl_accept_cloexec_nonblocking(int listener);
+
 #endif

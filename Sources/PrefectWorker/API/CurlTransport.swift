@@ -71,7 +71,7 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         }
         // Keep enough idle connections for the requests the client lets run at once (8), for reuse.
         _ = pw_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 16)
-        SignalListener.startThread(name: "prefect-http", stackSize: 512 * 1024) { [self] in loop() }
+        WorkerThread.start(name: "prefect-http", stackSize: 512 * 1024) { [self] in loop() }
     }
 
     /// Ends the loop thread: transfers in flight fail with `CancellationError`, the multi handle is freed.

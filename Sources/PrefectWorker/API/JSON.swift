@@ -195,3 +195,10 @@ extension JSON {
         return out
     }
 }
+
+extension JSON: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral {
+    /// A JSON string from a literal.
+    public init(stringLiteral value: String) { self = .string(value) }
+    /// A JSON boolean from a literal.
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+}

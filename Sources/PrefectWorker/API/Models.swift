@@ -96,6 +96,8 @@ public struct StateProposal: Sendable, Equatable {
     /// Reused when the same proposal is retried, so the server recognises a duplicate.
     var transitionID: String
     var force: Bool
+    /// More `state_details` (a copy of the current state's, a scheduled time); the transition id is always ours.
+    var details: [String: JSON] = [:]
 
     /// A proposal of `type`, with a fresh transition id.
     public init(_ type: StateType, name: String? = nil, message: String? = nil, force: Bool = false) {
@@ -112,7 +114,7 @@ public struct StateProposal: Sendable, Equatable {
                 "type": .string(type.rawValue),
                 "name": .string(name),
                 "message": message.map(JSON.string) ?? .null,
-                "state_details": .object(["transition_id": .string(transitionID)]),
+                "state_details": .object(details.merging(["transition_id": .string(transitionID)]) { $1 }),
             ]),
             "force": .bool(force),
         ])
@@ -210,11 +212,21 @@ struct WorkPool: Sendable, Decodable {
     var baseJobTemplate: JSON?
     var isPaused: Bool?
     var status: String?
+    /// Where runs submitted with `flow.submit_to_work_pool()` keep their bundles: `bundle_upload_step`,
+    /// `bundle_execution_step`, `default_result_storage_block_id`.
+    var storageConfiguration: JSON?
 
     enum CodingKeys: String, CodingKey {
         case id, name, type, status
         case baseJobTemplate = "base_job_template"
         case isPaused = "is_paused"
+        case storageConfiguration = "storage_configuration"
+    }
+
+    /// The pool's configured `bundle_execution_step` (`{"module": {arguments}}`), if it has one.
+    var bundleExecutionStep: JSON? {
+        guard let step = storageConfiguration?["bundle_execution_step"], !step.isNull else { return nil }
+        return step
     }
 
     /// True when the template is missing or `{}`: Prefect then installs the worker's default template.

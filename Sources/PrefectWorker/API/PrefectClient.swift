@@ -378,6 +378,35 @@ extension PrefectClient {
         }
     }
 
+    /// `GET /block_types/slug/{slug}/block_documents/name/{name}?include_secrets=true`; nil when there is no
+    /// such block. Never cached: a block may change between two runs.
+    func readBlockDocument(slug: String, name: String) async throws -> BlockDocument? {
+        try await readBlockDocument("/block_types/slug/\(Self.pathComponent(slug))/block_documents/name/\(Self.pathComponent(name))",
+                                    what: "block '\(slug)/\(name)'")
+    }
+
+    /// `GET /block_documents/{id}?include_secrets=true`; nil when there is no such block document.
+    func readBlockDocument(id: String) async throws -> BlockDocument? {
+        try await readBlockDocument("/block_documents/\(Self.pathComponent(id))", what: "block document '\(id)'")
+    }
+
+    private func readBlockDocument(_ path: String, what: String) async throws -> BlockDocument? {
+        let data: Data
+        do {
+            data = try await send("GET", path + "?include_secrets=true", what: "reading \(what)")
+        } catch let error as APIError where error.status == 404 {
+            return nil
+        }
+        // Not `decode`: its error quotes the body, and this body holds secrets.
+        guard let json = try? JSON.decode(data) else {
+            throw APIError.badResponse(endpoint: "GET \(path)", reason: "\(what): the body is not JSON")
+        }
+        guard let document = BlockDocument(response: json) else {
+            throw BlockDocument.Unusable(what: what)
+        }
+        return document
+    }
+
     /// `POST /flow_runs/{id}/set_state`. Retries reuse the proposal's transition id, so a retry after a lost
     /// response is recognised by the server (REJECT with the state we proposed) rather than applied twice.
     public func setState(_ id: String, _ proposal: StateProposal, policy: RetryPolicy = .standard) async throws -> OrchestrationResult {

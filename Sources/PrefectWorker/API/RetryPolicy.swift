@@ -37,6 +37,12 @@ public struct RetryPolicy: Sendable, Equatable {
         return min(raw * factor, maxDelay)
     }
 
+    /// The pause of a background loop (the outbox, the shippers) after `failures` failed rounds in a row:
+    /// `base` doubled per failure (at most five doublings), capped at `cap` seconds.
+    static func backoff(base: Double, failures: Int, cap: Double = 30) -> Double {
+        min(cap, base * pow(2, Double(min(max(failures, 0), 5))))
+    }
+
     /// Whether an HTTP status is worth retrying: request timeout, too many requests, server errors.
     public static func isRetryable(status: Int) -> Bool {
         status == 408 || status == 429 || (500...599).contains(status)

@@ -139,6 +139,14 @@ public enum CommandLineParser {
         if let v = try seconds("prefetch-seconds", "PREFECT_WORKER_PREFETCH_SECONDS", minimum: 0) { settings.prefetchSeconds = v }
         if let v = try seconds("kill-grace-seconds", "PREFECT_WORKER_KILL_GRACE_SECONDS", minimum: 0) { settings.killGraceSeconds = v }
         settings.drainTimeout = try seconds("drain-timeout", "PREFECT_WORKER_DRAIN_TIMEOUT", minimum: 0)
+        if let raw = environment["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] {
+            switch raw.trimmingCharacters(in: .whitespaces).lowercased() {
+            case "", "crash": settings.sigtermBehavior = nil
+            case "reschedule": settings.sigtermBehavior = .reschedule
+            case "relinquish": settings.sigtermBehavior = .relinquish
+            default: throw UsageError("PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR: '\(raw)' is not one of crash, reschedule, relinquish")
+            }
+        }
         if let v = try seconds("cancellation-poll-seconds", "PREFECT_WORKER_CANCELLATION_POLL_SECONDS", minimum: 0.1) {
             settings.cancellationPollSeconds = v
         }

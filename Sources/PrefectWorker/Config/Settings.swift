@@ -18,6 +18,10 @@ public struct Settings: Sendable, Equatable {
     var killGraceSeconds: Double = 30
     /// On shutdown, how long to wait for in-flight runs before terminating them; nil = wait for them.
     var drainTimeout: Double?
+    /// What an engine run stopped by a shutdown (drain timeout or second signal) is asked to let the worker do:
+    /// nil leaves it CRASHED, `reschedule` hands it back to its pool, `relinquish` leaves its state alone.
+    /// `PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR`, as `prefect flow-run execute` reads it.
+    var sigtermBehavior: AttemptControl.Intent?
     var createPoolIfNotFound = true
     /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
     var cancellationPollSeconds: Double = 0.5

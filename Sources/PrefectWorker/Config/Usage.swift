@@ -63,6 +63,9 @@ extension CommandLineParser {
                                    events kept for delivery at most (0: 2000)
       PREFECT_SILENCE_API_URL_MISCONFIGURATION
                                    no warning about an API URL that looks mistyped (false)
+      PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR
+                                   crash|reschedule|relinquish: what an engine run stopped by a shutdown
+                                   becomes (crash: CRASHED; reschedule: back to its pool, AwaitingRetry)
       PREFECT_WORKER_DEBUG_MODE    debug logging for the worker (false)
       PREFECT_WORKER_ENABLE_CANCELLATION
                                    accepted; runs in flight are always cancellable

@@ -2,7 +2,8 @@ import Foundation
 
 /// Who reports a run's RUNNING and final states.
 enum StateOwner: String, Sendable, Equatable {
-    /// The job is a Prefect engine (`python -m prefect.engine`), which reports its own states.
+    /// The job is a Prefect engine (`python -m prefect.engine`, a submitted flow's bundle execution step),
+    /// which reports its own states.
     case engine
     /// The job is a plain program; the worker reports RUNNING, then COMPLETED/FAILED/CRASHED from its exit.
     case worker
@@ -27,12 +28,17 @@ struct JobConfiguration: Sendable, Equatable {
     var stateOwner: StateOwner
     /// Stop the job and report the run FAILED (TimedOut) after this many seconds; nil = no limit.
     var timeoutSeconds: Double?
-    /// Issue 13: `memory_max` and `cpu_max`, applied to the job's cgroup.
+    /// Per-job cgroup limits: `memory_max` and `cpu_max`, applied to the job's cgroup.
     var limits: CgroupLimits = .none
+    /// Values kept out of every log line while the run lives: the secrets of the blocks its configuration
+    /// refers to (`BlockReferences`).
+    var secrets: [String] = []
 
     /// Types and checks the rendered configuration. Values are coerced the way Prefect's pydantic models do
     /// (env numbers and booleans become strings with Python's spelling; "true"/"false" become booleans).
-    init(_ rendered: RenderedJob) throws(JobConfigurationError) {
+    /// `bundleExecutionStep` is the pool's (`WorkPool.bundleExecutionStep`): a command that runs it is
+    /// engine-owned unless `state_owner` says otherwise.
+    init(_ rendered: RenderedJob, bundleExecutionStep: JSON? = nil) throws(JobConfigurationError) {
         let config = rendered.configuration
 
         switch config["command"] ?? .null {
@@ -97,7 +103,7 @@ struct JobConfiguration: Sendable, Equatable {
 
         // `state_owner` is ours: read it from the configuration if the pool's template maps it, else from the variables.
         switch config["state_owner"] ?? rendered.variables["state_owner"] ?? .null {
-        case .null: stateOwner = Self.defaultOwner(command: command)
+        case .null: stateOwner = Self.defaultOwner(command: command, bundleExecutionStep: bundleExecutionStep)
         case .string(let s):
             guard let owner = StateOwner(rawValue: s.lowercased()) else {
                 throw JobConfigurationError("job variable 'state_owner' must be 'engine' or 'worker', got \(Self.quoted(s))")
@@ -107,7 +113,7 @@ struct JobConfiguration: Sendable, Equatable {
         }
         // `timeout_seconds` is ours too, read the same way, so pools with Prefect's own template can use it.
         timeoutSeconds = try Self.timeout(config["timeout_seconds"] ?? rendered.variables["timeout_seconds"] ?? .null)
-        // Issue 13: like `state_owner`, read even when the pool's template does not map them.
+        // Cgroup limits: like `state_owner`, read even when the pool's template does not map them.
         limits = try CgroupLimits(memoryMax: config["memory_max"] ?? rendered.variables["memory_max"] ?? .null,
                                   cpuMax: config["cpu_max"] ?? rendered.variables["cpu_max"] ?? .null)
     }
@@ -134,12 +140,14 @@ struct JobConfiguration: Sendable, Equatable {
 
     /// The engine owns states when the command is the default or runs `prefect.engine` /
     /// `prefect flow-run execute` anywhere in it, also behind a shell wrapper (`sh -c 'cd /app && python -m
-    /// prefect.engine'`); any other program is a plain command the worker reports for.
-    static func defaultOwner(command: String?) -> StateOwner {
+    /// prefect.engine'`), or runs a submitted flow's bundle (`BundleExecution`: the pool's execution step, or
+    /// Prefect's own `prefect.bundles.execute`); any other program is a plain command the worker reports for.
+    static func defaultOwner(command: String?, bundleExecutionStep: JSON? = nil) -> StateOwner {
         guard let command else { return .engine }
         // Words as a shell would see them inside wrappers: split on blanks, quotes and operators.
         let words = command.split(whereSeparator: { " \t\n\r'\"();&|`".contains($0) }).map(String.init)
         if words.contains("prefect.engine") { return .engine }
+        if BundleExecution.isExecution(words: words, step: bundleExecutionStep) { return .engine }
         for i in words.indices.dropLast(2) where (words[i] == "prefect" || words[i].hasSuffix("/prefect"))
             && words[i + 1] == "flow-run" && words[i + 2] == "execute" {
             return .engine

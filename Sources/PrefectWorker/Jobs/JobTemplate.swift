@@ -47,13 +47,13 @@ public struct JobTemplate: Sendable {
     /// Job variables of this worker that Prefect's process worker does not have. A pool's template may lack
     /// them; `JobConfiguration` then reads them from the job variables directly.
     static let ownVariables: [String: JSON] = [
-        // Issue 12: the run's time limit.
+        // The run's time limit (timeout_seconds).
         "timeout_seconds": .object([
             "anyOf": .array([.object(["type": "number"]), .object(["type": "null"])]), "default": .null,
             "title": "Timeout Seconds",
             "description": "If the flow run's process runs longer than this many seconds, the worker stops its process tree (SIGTERM, then SIGKILL after the kill grace period) and reports the run FAILED (TimedOut). Empty means no limit.",
         ]),
-        // Issue 13: per-job cgroup limits.
+        // Per-job cgroup limits.
         "memory_max": .object([
             "anyOf": .array([.object(["type": "string"]), .object(["type": "integer"]), .object(["type": "null"])]), "default": .null,
             "title": "Memory Limit",
@@ -212,11 +212,4 @@ struct JobConfigurationError: Error, Equatable, CustomStringConvertible, Sendabl
     var message: String
     init(_ message: String) { self.message = message }
     var description: String { message }
-}
-
-extension JSON: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral {
-    /// A JSON string from a literal.
-    public init(stringLiteral value: String) { self = .string(value) }
-    /// A JSON boolean from a literal.
-    public init(booleanLiteral value: Bool) { self = .bool(value) }
 }

@@ -1,7 +1,8 @@
 /// Prefect's `{{ placeholder }}` semantics (`prefect/utilities/templating`), reimplemented:
 /// a string that is exactly one placeholder takes the value with its JSON type; placeholders inside longer
 /// strings are interpolated with Python's `str()`; a whole-string placeholder with no value removes its key
-/// (or list item); `{{ $NAME }}` reads the environment; `{{ prefect.variables.NAME }}` is resolved later.
+/// (or list item); `{{ $NAME }}` reads the environment; `{{ prefect.blocks.… }}` (`BlockReferences`) and then
+/// `{{ prefect.variables.NAME }}` are resolved later.
 enum Templating {
     enum Kind: Sendable, Equatable {
         case standard, environment, variable, block
@@ -61,9 +62,14 @@ enum Templating {
     /// whole number is an index (negative counts from the end, strings index their characters) and never
     /// matches an object key.
     static func lookup(_ path: String, in values: [String: JSON]) -> JSON? {
+        lookup(path, in: .object(values))
+    }
+
+    /// `lookup` from any value (a block's data may be a string or a list).
+    static func lookup(_ path: String, in root: JSON) -> JSON? {
         let keys = path.replacingOccurrences(of: "[", with: ".").replacingOccurrences(of: "]", with: "")
             .split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        var current: JSON = .object(values)
+        var current = root
         for key in keys {
             if let index = Int(key) {
                 switch current {

@@ -86,7 +86,7 @@ final class APIShipper: Service {
     func run() async {
         var failures = 0
         while !Task.isCancelled {
-            let delay = failures == 0 ? interval : min(30, interval * pow(2, Double(min(failures, 5))))
+            let delay = failures == 0 ? interval : RetryPolicy.backoff(base: interval, failures: failures)
             try? await Task.sleep(seconds: delay)
             failures = await deliverAll() ? 0 : failures + 1
         }

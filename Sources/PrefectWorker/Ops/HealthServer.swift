@@ -66,7 +66,7 @@ final class HealthServer: Sendable {
 
     /// Starts accepting on a dedicated thread.
     func start() {
-        SignalListener.startThread(name: "prefect-worker-health", stackSize: 128 * 1024) { [self] in acceptLoop() }
+        WorkerThread.start(name: "prefect-worker-health", stackSize: 128 * 1024) { [self] in acceptLoop() }
     }
 
     private func acceptLoop() {

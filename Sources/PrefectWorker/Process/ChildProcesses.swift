@@ -13,7 +13,7 @@ struct SpawnRequest: Sendable {
     var workingDirectory: String
     /// Pipe stdout and stderr back to the worker; otherwise they go to /dev/null.
     var captureOutput: Bool
-    /// Issue 13: the open directory of the run's cgroup to start the job in (`CgroupSpawn`); nil: posix_spawn as before.
+    /// Per-job cgroups: the open directory of the run's cgroup to start the job in (`CgroupSpawn`); nil: posix_spawn as before.
     var cgroupFD: Int32? = nil
 
     init(executable: String, arguments: [String], environment: [String: String], workingDirectory: String, captureOutput: Bool) {
@@ -59,7 +59,7 @@ final class ChildProcesses: Sendable {
     private let spawned = DispatchSemaphore(value: 0)
 
     private init() {
-        SignalListener.startThread(name: "prefect-worker-reaper", stackSize: 64 * 1024) { [self] in reapLoop() }
+        WorkerThread.start(name: "prefect-worker-reaper", stackSize: 64 * 1024) { [self] in reapLoop() }
     }
 
     /// Starts a job in its own process group.
@@ -114,7 +114,7 @@ final class ChildProcesses: Sendable {
         // spawn (a job may be reaped at once) and again after it (posix_spawn returns once the child exec'd).
         let peakBefore = JobUsage.ownPeakBytes()
         let result: Int32 = table.withLock { table in
-            let rc = if let cgroupFD = request.cgroupFD {  // issue 13: straight into the run's cgroup
+            let rc = if let cgroupFD = request.cgroupFD {  // per-job cgroup: straight into the run's cgroup
                 CgroupSpawn.spawn(&pid, executable: request.executable, arguments: argv.pointers, environment: envp.pointers,
                                   workingDirectory: request.workingDirectory, stdout: outPipe[1], stderr: errPipe[1], cgroupFD: cgroupFD)
             } else {
@@ -212,12 +212,3 @@ final class ChildProcesses: Sendable {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
-
-/// A NULL-terminated `char *[]` for exec-family calls.
-struct CStringArray {
-    let pointers: [UnsafeMutablePointer<CChar>?]
-    init(_ strings: [String]) { pointers = strings.map { strdup($0) } + [nil] }
-    func free() { for p in pointers { Glibc.free(p) } }
-}
-
-func errnoText() -> String { String(cString: strerror(errno)) }

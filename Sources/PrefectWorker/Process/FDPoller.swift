@@ -33,7 +33,7 @@ final class FDPoller: Sendable {
         _ = cl_pipe_cloexec_nonblocking(&fds)
         wakeRead = fds[0]
         wakeWrite = fds[1]
-        SignalListener.startThread(name: "prefect-worker-io", stackSize: 256 * 1024) { [self] in loop() }
+        WorkerThread.start(name: "prefect-worker-io", stackSize: 256 * 1024) { [self] in loop() }
     }
 
     @discardableResult

@@ -188,7 +188,7 @@ final class RunCgroup: Sendable {
 }
 
 extension FinalState {
-    /// Issue 13: a job that did not exit 0 after the OOM killer struck in its cgroup (`memory.events` `oom_kill`)
+    /// Out of memory: a job that did not exit 0 after the OOM killer struck in its cgroup (`memory.events` `oom_kill`)
     /// is CRASHED for running out of memory, whoever owns its states; nil otherwise.
     static func outOfMemory(usage: CgroupUsage?, limits: CgroupLimits, exit: ExitStatus) -> FinalState? {
         guard let kills = usage?.oomKills, kills > 0, exit != .exited(0) else { return nil }

@@ -27,20 +27,6 @@ public enum SignalListener {
             if signo > 0 { handler(signo) }
         }
     }
-
-    /// Starts a long-lived thread of the worker's own (reaper, I/O, health server) with the handled signals
-    /// blocked, so they always reach the main thread's `run`.
-    static func startThread(name: String, stackSize: Int, _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread {
-            var signals = signalSet()
-            pthread_sigmask(SIG_BLOCK, &signals, nil)
-            body()
-        }
-        thread.name = name
-        thread.stackSize = stackSize
-        thread.start()
-    }
-
     static func signalSet() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)

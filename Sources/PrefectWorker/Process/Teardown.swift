@@ -39,7 +39,7 @@ struct Teardown: Sendable, Equatable {
     /// the leader is gone. It runs in a task of its own, which nobody can cancel: a teardown that has started
     /// always completes, with real waits, even when the calling task is cancelled.
     ///
-    /// Issue 13: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
+    /// Per-job cgroups: with the run's `cgroup`, its members are the stragglers instead (nothing escapes it), the final
     /// step is `cgroup.kill`, and the tree is gone when `cgroup.events` says `populated 0` (checked every 50 ms).
     /// `signalGroup` sends a signal to the job's process group (`ProcessSpawner.signalGroup`).
     func run(processGroup pgid: pid_t, runID: String?, cgroup: RunCgroup? = nil, leaderExit: Latch,

@@ -17,7 +17,8 @@ enum OutboxItem: Codable, Sendable, Equatable {
 /// once when possible, else by a background loop when the server is back, and after a worker restart.
 /// An item leaves the outbox only once the server has it, or has said the run is already final or gone.
 actor Outbox: Service {
-    let directory: String
+    private let folder: RecordFolder<[OutboxItem]>
+    nonisolated var directory: String { folder.directory }
     private let client: PrefectClient
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
@@ -39,32 +40,24 @@ actor Outbox: Service {
 
     init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil, log: Logger) {
         self.log = log
-        self.directory = stateDirectory + "/outbox"
+        self.folder = RecordFolder(directory: stateDirectory + "/outbox")
         self.client = client
         self.shutdown = shutdown
     }
 
     func prepare() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw WorkerError(message: "cannot create the outbox directory \(directory): \(error.localizedDescription)")
-        }
+        try folder.prepare("the outbox directory")
     }
 
-    func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
+    nonisolated func path(_ runID: String) -> String { folder.path(runID) }
 
     /// Reads what a previous worker left on disk (once). A file that cannot be read is set aside, not lost.
     private func loadFromDisk() {
         guard !loaded else { return }
         loaded = true
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for name in names where name.hasSuffix(".json") {
-            let runID = String(name.dropLast(5))
+        for (runID, file, items) in folder.scan() {
             guard memory[runID] == nil else { continue }
-            let file = directory + "/" + name
-            if let data = FileManager.default.contents(atPath: file), let items = try? JSONDecoder().decode([OutboxItem].self, from: data) {
+            if let items {
                 if !items.isEmpty { memory[runID] = items }
             } else {
                 log.error("outbox entry \(file) is unreadable; moved aside to \(file).corrupt", run: runID)
@@ -86,7 +79,7 @@ actor Outbox: Service {
             await onDisk(runID) { AtomicFile.remove(path) }
             return
         }
-        guard let data = try? JSONEncoder().encode(items) else { return }
+        guard let data = folder.encoded(items) else { return }
         let failure = await onDisk(runID) { () -> AtomicFile.Failure? in
             do throws(AtomicFile.Failure) {
                 try AtomicFile.write(data, to: path)
@@ -198,60 +191,46 @@ actor Outbox: Service {
             var type = StateType(rawValue: rawType)
             var message = message
             var force = force
-            // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED.
-            let current = try await client.readFlowRun(runID, policy: policy).currentStateType
-            // A timed-out engine may report CRASHED on the SIGTERM the worker sent it: the timeout is why.
-            let timeoutOverCrash = name == "TimedOut" && current == .crashed
-            if let current, current.isTerminal, !timeoutOverCrash {
-                log.info("not reporting \(type.rawValue): the run is already \(current.rawValue)", run: runID)
-                client.metrics.runFinished(current)
+            // Read before finalising: never overwrite a final state; a run being cancelled can only be CANCELLED,
+            // and a cancelled run ends CANCELLED (FinalState.delivery decides).
+            let run = try await client.readFlowRun(runID, policy: policy)
+            let current = run.currentStateType
+            var proposal: StateProposal
+            switch FinalState.delivery(proposing: type, name: name, force: force, current: current) {
+            case .skip:
+                log.info("not reporting \(type.rawValue): the run is already \(current?.rawValue ?? "gone")", run: runID)
+                if let current { client.metrics.runFinished(current) }
+                return true
+            case .propose(let proposed, let forced, let copyDetails, let cancelledInstead):
+                if cancelledInstead { message = "Flow run was cancelled. \(message)" }
+                type = proposed
+                force = forced
+                proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
+                if copyDetails, let details = run.state?.stateDetails?.objectValue { proposal.details = details }
+            }
+            proposal.transitionID = transitionID
+            let reporter = StateReporter(runID: runID, client: client, shutdown: shutdown, log: log)
+            switch try await reporter.propose(proposal, .init(policy: policy, maxWaits: Self.waitsPerAttempt,
+                                                              waitUnless: .terminating, freshAfterWait: false, logWaits: false,
+                                                              cancelledWhenCancelling: true)) {
+            case .accepted(let landed, let result):
+                let type = landed.type, message = landed.message ?? ""
+                log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
+                client.metrics.runFinished(type)
+                return true
+            case .waitedTooLong:
+                log.warning("the server asked \(Self.waitsPerAttempt + 1) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
+                return false
+            case .stopped:
+                log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
+                return false
+            case .refused(let state, let reason, let result):
+                // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
+                let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
+                log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
                 return true
             }
-            if current == .cancelling {
-                if type != .cancelled { message = "Flow run was cancelled. \(message)" }
-                type = .cancelled
-                force = true
-            }
-            var proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
-            proposal.transitionID = transitionID
-            var waits = 0
-            while true {
-                let result = try await client.setState(runID, proposal, policy: policy)
-                switch Orchestration.decide(proposed: type, result) {
-                case .accepted:
-                    log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
-                    client.metrics.runFinished(type)
-                    return true
-                case .wait(let seconds):
-                    waits += 1
-                    if waits > Self.waitsPerAttempt {
-                        log.warning("the server asked \(waits) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)
-                        return false
-                    }
-                    guard await pause(seconds), !Task.isCancelled else {
-                        log.info("the worker is stopping while the server asks to wait before \(type.rawValue); kept in the outbox", run: runID)
-                        return false
-                    }
-                case .proposeCancelled:
-                    // The run went CANCELLING between our read and the proposal: only CANCELLED is accepted now.
-                    message = "Flow run was cancelled. \(message)"
-                    type = .cancelled
-                    proposal = StateProposal(.cancelled, message: message, force: true)
-                case .refused(let state, let reason):
-                    // The server's orchestration decided (the run is final, or rescheduled for a retry, ...).
-                    let now = state.map { "; run is \($0.rawValue)/\(result.state?.name ?? "")" } ?? ""
-                    log.warning("server did not accept \(type.rawValue): \(reason)\(now); not proposing it again", run: runID)
-                    return true
-                }
-            }
         }
-    }
-
-    /// Waits as the server asked; false if the worker started terminating meanwhile.
-    private func pause(_ seconds: Double) async -> Bool {
-        if let shutdown { return await shutdown.sleep(seconds, unless: .terminating) }
-        try? await Task.sleep(seconds: seconds)
-        return true
     }
 
     /// Tries to deliver everything pending, for at most `timeout` seconds (at shutdown).
@@ -274,7 +253,7 @@ actor Outbox: Service {
             var allDelivered = true
             for runID in pendingRuns() where !(await deliver(runID)) { allDelivered = false }
             failures = allDelivered ? 0 : failures + 1
-            let delay = failures == 0 ? 5 : min(30, pow(2, Double(min(failures, 5))))
+            let delay = failures == 0 ? 5 : RetryPolicy.backoff(base: 1, failures: failures)
             try? await Task.sleep(seconds: delay)
         }
     }

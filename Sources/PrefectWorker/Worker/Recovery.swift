@@ -38,7 +38,7 @@ struct Recovery: Sendable {
         let supervisor = self.supervisor(runID)
         await registry.adopt(supervisor)
         launcher.submit {
-            // Issue 13: the run's cgroup, if the previous worker made one, still holds the whole tree.
+            // Per-job cgroups: the run's cgroup, if the previous worker made one, still holds the whole tree.
             let cgroup = RunCgroup.existing(host: supervisor.context.cgroups.host, runID: runID)
             // A worker-owned run still needs its heartbeats (the engine sends an engine run's own), at the
             // interval the job was started with: its environment is still there to read.

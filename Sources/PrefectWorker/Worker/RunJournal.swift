@@ -32,7 +32,8 @@ struct JournalEntry: Codable, Sendable, Equatable {
 /// final report. A worker that starts after a crash finds the entries of workers that are gone and recovers
 /// their runs.
 final class RunJournal: Sendable {
-    let directory: String
+    private let folder: RecordFolder<JournalEntry>
+    var directory: String { folder.directory }
     /// Entry writes and removals, off the threads async code runs on. One run's writes never overlap (its
     /// supervisor awaits each), so runs are written concurrently.
     private let disk = DispatchQueue.global(qos: .utility)
@@ -40,20 +41,15 @@ final class RunJournal: Sendable {
 
     init(stateDirectory: String, log: Logger) {
         self.log = log
-        directory = stateDirectory + "/journal"
+        folder = RecordFolder(directory: stateDirectory + "/journal")
     }
 
     /// Creates the directory (mode 0700). Throws a message naming the path.
     func prepare() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw WorkerError(message: "cannot create the state directory \(directory): \(error.localizedDescription); set --state-dir or PREFECT_WORKER_STATE_DIR to a writable directory")
-        }
+        try folder.prepare("the state directory", advice: "; set --state-dir or PREFECT_WORKER_STATE_DIR to a writable directory")
     }
 
-    func path(_ runID: String) -> String { directory + "/" + runID + ".json" }
+    func path(_ runID: String) -> String { folder.path(runID) }
 
     /// Writes the run's entry (atomically and durably); it is on disk when this returns.
     func record(_ entry: JournalEntry) async {
@@ -75,11 +71,7 @@ final class RunJournal: Sendable {
         }
     }
 
-    private func encoded(_ entry: JournalEntry) -> Data? {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return try? encoder.encode(entry)
-    }
+    private func encoded(_ entry: JournalEntry) -> Data? { folder.encoded(entry) }
 
     private func logFailure(_ runID: String, _ error: AtomicFile.Failure) {
         log.warning("cannot write journal entry \(path(runID)): \(error); a worker started after a crash of this one would not recover the run", run: runID)
@@ -92,13 +84,10 @@ final class RunJournal: Sendable {
     /// Entries written by workers that are no longer alive. Each is taken over atomically (renamed to a name
     /// of ours), so two workers starting at once never recover the same run.
     func takeOverOrphans(me: JournalEntry.Identity, pool: String) -> [JournalEntry] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
         var taken: [JournalEntry] = []
-        for name in names where name.hasSuffix(".json") {
-            let file = directory + "/" + name
-            guard let data = FileManager.default.contents(atPath: file),
-                  let entry = try? JSONDecoder().decode(JournalEntry.self, from: data) else {
-                if !name.contains(".tmp-") { log.warning("ignoring unreadable journal entry \(file)") }
+        for (_, file, entry) in folder.scan() {
+            guard let entry else {
+                log.warning("ignoring unreadable journal entry \(file)")
                 continue
             }
             if entry.workerPID == me.pid && entry.workerStart == me.start { continue }

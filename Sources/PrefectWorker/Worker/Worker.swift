@@ -72,7 +72,7 @@ public final class Worker: Sendable {
             log.warning("\(mistyped.joined(separator: "; ")) (e.g. PREFECT_API_URL=https://api.prefect.cloud/api/accounts/[ACCOUNT-ID]/workspaces/[WORKSPACE-ID]); starting anyway. PREFECT_SILENCE_API_URL_MISCONFIGURATION=true silences this")
         }
         ProcFS.becomeSubreaper()
-        context.cgroups = CgroupHost.setUp()  // issue 13: per-job cgroups when the worker's cgroup is delegated
+        context.cgroups = CgroupHost.setUp()  // per-job cgroups when the worker's cgroup is delegated
         let context = self.context
         if !settings.logsToAPI.enabled {
             log.info("PREFECT_LOGGING_TO_API_ENABLED is false: job output and the worker's lines about runs stay in the worker's log")
@@ -173,7 +173,7 @@ public final class Worker: Sendable {
             let timeout = settings.drainTimeout
             let progress = Task {
                 while !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: 15_000_000_000)
+                    try? await Task.sleep(seconds: 15)
                     let ids = await registry.runIDs
                     if Task.isCancelled || ids.isEmpty { return }
                     log.info("still draining: \(ids.count) run(s) in flight: \(ids.joined(separator: ", ")); "

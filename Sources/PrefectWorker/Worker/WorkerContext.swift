@@ -30,7 +30,7 @@ final class WorkerContext: Sendable {
     let notifier: SystemdNotifier
     /// The secrets to keep out of job output, the worker's log lines and its events.
     let secrets: KnownSecrets
-    /// Issue 13: the worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
+    /// The worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
     private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
     init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown(), spawner: any ProcessSpawner = ChildProcesses.shared) {
@@ -106,7 +106,7 @@ final class WorkerContext: Sendable {
     }
     private let workerIDValue = Mutex<String?>(nil)
 
-    /// Issue 13: set once at start-up by `CgroupHost.setUp`.
+    /// Per-job cgroups: set once at start-up by `CgroupHost.setUp`.
     var cgroups: CgroupHost.Detection {
         get { cgroupDetection.withLock { $0 } }
         set { cgroupDetection.withLock { $0 = newValue } }

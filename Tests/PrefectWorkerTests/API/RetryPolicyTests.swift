@@ -102,4 +102,10 @@ final class RetryPolicyTests: XCTestCase {
         XCTAssertEqual(redactedURL(try XCTUnwrap(URL(string: "http://host/api?token=abc&x=1"))), "http://host/api?token=***&x=***")
         XCTAssertEqual(redactedURL(try XCTUnwrap(URL(string: "http://host:4200/api"))), "http://host:4200/api")
     }
+
+    func testBackgroundLoopBackoffDoublesFiveTimesAndIsCapped() {
+        XCTAssertEqual((0...7).map { RetryPolicy.backoff(base: 1, failures: $0) }, [1, 2, 4, 8, 16, 30, 30, 30])
+        XCTAssertEqual(RetryPolicy.backoff(base: 0.5, failures: 3), 4)
+        XCTAssertEqual(RetryPolicy.backoff(base: 2, failures: 10, cap: 45), 45)
+    }
 }

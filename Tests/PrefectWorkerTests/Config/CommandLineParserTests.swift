@@ -412,4 +412,14 @@ final class CommandLineParserTests: XCTestCase {
             assertUsageError(["start", "-p", "p"], env: env, "PREFECT_WORKER_WEBSERVER_PORT: '\(bad)' is not a port number (0-65535)")
         }
     }
+
+    func testSigtermBehaviourIsReadAsPrefectFlowRunExecuteReadsIt() throws {
+        XCTAssertNil(try settings(["start", "--pool", "p"]).sigtermBehavior, "the default leaves the run CRASHED")
+        for (raw, expected) in [("reschedule", AttemptControl.Intent.reschedule), ("RELINQUISH", .relinquish)] {
+            XCTAssertEqual(try settings(["start", "--pool", "p"], env: baseEnv.merging(["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": raw]) { $1 }).sigtermBehavior, expected)
+        }
+        XCTAssertNil(try settings(["start", "--pool", "p"], env: baseEnv.merging(["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "crash"]) { $1 }).sigtermBehavior)
+        assertUsageError(["start", "--pool", "p"], env: baseEnv.merging(["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "resched"]) { $1 },
+                         "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR: 'resched' is not one of crash, reschedule, relinquish")
+    }
 }

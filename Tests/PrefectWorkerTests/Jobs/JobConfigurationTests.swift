@@ -246,6 +246,61 @@ final class JobConfigurationTests: XCTestCase {
         }
     }
 
+    // MARK: - Submitted flows (bundle execution steps)
+
+    /// A step as `prefect work-pool storage configure` writes it: one module, its arguments.
+    private let step: JSON = .object(["prefect_aws.experimental.bundles.execute": .object(["requires": "prefect-aws", "bucket": "b"])])
+
+    func testTheCommandOfThePoolsBundleExecutionStepIsEngineOwned() {
+        // What `convert_step_to_command` builds from that step: `uv run` (or the launcher), `-m`, arguments, `--key`.
+        let uvRun = "uv run --with prefect-aws --python 3.11 -m prefect_aws.experimental.bundles.execute --bucket b --key 9c1e"
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: uvRun, bundleExecutionStep: step), .engine)
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: uvRun, bundleExecutionStep: nil), .worker, "recognised from the pool's step")
+        let launcher = "/opt/venv/bin/python -m prefect_aws.experimental.bundles.execute --bucket b --key 9c1e"
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: launcher, bundleExecutionStep: step), .engine)
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: "sh -c 'cd /app && \(launcher)'", bundleExecutionStep: step), .engine, "behind a shell wrapper")
+    }
+
+    func testCommandsThatDoNotRunTheStepStayPlainCommands() {
+        for command in [
+            "python -m prefect_aws.experimental.bundles.execute_v2 --key k",  // another module
+            "python -m prefect_aws.experimental.bundles.execute",  // no bundle key
+            "python prefect_aws.experimental.bundles.execute --key k",  // a file, not the module
+            "echo hi",
+        ] {
+            XCTAssertEqual(JobConfiguration.defaultOwner(command: command, bundleExecutionStep: step), .worker, command)
+        }
+        for bad: JSON in [.null, .object([:]), .string("x"), .object(["a": .object([:]), "b": .object([:])])] {
+            XCTAssertEqual(JobConfiguration.defaultOwner(command: "python -m a --key k", bundleExecutionStep: bad), .worker, "step \(bad.encoded())")
+        }
+    }
+
+    func testPrefectsOwnBundleExecutorIsEngineOwnedWithoutAConfiguredStep() {
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: "uv run --python 3.11 -m prefect.bundles.execute --key 9c1e"), .engine)
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: "python -m prefect._experimental.bundles.execute --key 9c1e"), .engine)
+        XCTAssertEqual(JobConfiguration.defaultOwner(command: "python -m prefect.bundles.execute --key k", bundleExecutionStep: step), .engine)
+    }
+
+    func testTheBundleStepReachesTheStateOwnerAndAnExplicitStateOwnerStillWins() throws {
+        let command: JSON = "python -m prefect_aws.experimental.bundles.execute --bucket b --key 9c1e"
+        let rendered = RenderedJob(configuration: ["command": command], variables: [:])
+        XCTAssertEqual(try JobConfiguration(rendered, bundleExecutionStep: step).stateOwner, .engine)
+        XCTAssertEqual(try JobConfiguration(rendered).stateOwner, .worker)
+        let explicit = RenderedJob(configuration: ["command": command], variables: ["state_owner": "worker"])
+        XCTAssertEqual(try JobConfiguration(explicit, bundleExecutionStep: step).stateOwner, .worker)
+    }
+
+    func testAWorkPoolReadsItsBundleExecutionStep() throws {
+        func pool(_ storage: String) throws -> WorkPool {
+            try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p", "name": "p", "type": "process", "storage_configuration": \#(storage)}"#.utf8))
+        }
+        let configured = try pool(#"{"bundle_upload_step": {"u": {}}, "bundle_execution_step": {"m.execute": {"launcher": ["python"]}}, "default_result_storage_block_id": null}"#)
+        XCTAssertEqual(BundleExecution.module(ofStep: configured.bundleExecutionStep), "m.execute")
+        XCTAssertNil(try pool(#"{"bundle_upload_step": null, "bundle_execution_step": null, "default_result_storage_block_id": null}"#).bundleExecutionStep)
+        XCTAssertNil(try pool("null").bundleExecutionStep)
+        XCTAssertNil(try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p", "name": "p", "type": "process"}"#.utf8)).bundleExecutionStep)
+    }
+
     func testDefaultOwnerFunction() {
         XCTAssertEqual(JobConfiguration.defaultOwner(command: nil), .engine)
         XCTAssertEqual(JobConfiguration.defaultOwner(command: "echo"), .worker)

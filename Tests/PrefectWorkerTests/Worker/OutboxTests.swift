@@ -133,6 +133,33 @@ final class OutboxTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: outboxFile("run-c")))
     }
 
+    func testACancelledRunIsForcedToCancelledOverAnEngineCrashWithTheStateDetailsCopied() async throws {
+        fake.route("GET", "/api/flow_runs/*") { _, path, _ in
+            var run = (try! JSON.decode(fakeFlowRunJSON(id: String(path.split(separator: "/").last!), stateType: "CRASHED"))).objectValue!
+            run["state"] = .object(["type": "CRASHED", "name": "Crashed", "message": "Execution was aborted by a termination signal.",
+                                    "state_details": .object(["transition_id": "theirs", "deployment_concurrency_lease_id": "lease-1"])])
+            return .json(200, .object(run))
+        }
+        let outbox = try makeOutbox()
+        try await outbox.prepare()
+        let delivered = await outbox.send("run-x", .finalState(type: "CANCELLED", message: "Flow run was cancelled: the job exited after SIGTERM.", transitionID: "t-x", force: true))
+        XCTAssertTrue(delivered)
+        let body = try XCTUnwrap(fake.requests("POST", "/api/flow_runs/run-x/set_state").first?.json)
+        XCTAssertEqual(body["state"]?["type"], .string("CANCELLED"))
+        XCTAssertEqual(body["force"], .bool(true))
+        XCTAssertEqual(body["state"]?["state_details"]?["deployment_concurrency_lease_id"], .string("lease-1"))
+        XCTAssertEqual(body["state"]?["state_details"]?["transition_id"], .string("t-x"), "the transition id is ours")
+    }
+
+    func testACancelledRunThatCompletedOnItsOwnIsLeftCompleted() async throws {
+        serverState.value = "COMPLETED"
+        let outbox = try makeOutbox()
+        try await outbox.prepare()
+        let delivered = await outbox.send("run-y", .finalState(type: "CANCELLED", message: "cancelled", transitionID: "t-y", force: true))
+        XCTAssertTrue(delivered)
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/run-y/set_state").count, 0)
+    }
+
     func testNotFoundDropsTheItemAndGoesOn() async throws {
         fake.route("GET", "/api/flow_runs/*") { _, _, _ in .json(404, #"{"detail":"Flow run not found"}"#) }
         fake.route("PATCH", "/api/flow_runs/*") { _, _, _ in .json(404, #"{"detail":"Flow run not found"}"#) }

@@ -5,7 +5,7 @@ import Glibc
 
 /// The files a job gets: a private directory (mode 0700) holding the parameters file (mode 0600), and a
 /// temporary working directory when the job configuration names none. Both are removed after the run.
-struct JobWorkspace {
+struct JobWorkspace: Sendable {
     let privateDirectory: String
     let parametersFile: String
     let workingDirectory: String

@@ -168,9 +168,7 @@ final class FlowRunSupervisorTests: XCTestCase {
             let finished = await finishes(within: 30) { await supervisor.run(run) }
             XCTAssertTrue(finished, "the run should be supervised to its end")
             await context.registry.release(id)
-            let reports = fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
-                .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
-            XCTAssertEqual(reports, ["PENDING", "RUNNING", "pid", "COMPLETED"], "run \(i)")
+            XCTAssertEqual(reports(id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"], "run \(i)")
             XCTAssertEqual(server.value.type, "COMPLETED")
         }
     }
@@ -206,10 +204,15 @@ final class FlowRunSupervisorTests: XCTestCase {
         return try JSONDecoder().decode(FlowRun.self, from: Data(JSON.object(fields).encoded().utf8))
     }
 
-    /// What reached the server about the run, in order: proposed state types, and "pid" for the pid.
+    /// What reached the server about the run, in order: proposed state types ("Submitting" for PENDING/Submitting),
+    /// and "pid" for the pid.
     private func reports(_ id: String) -> [String] {
         fake.requests.filter { $0.path == "/api/flow_runs/\(id)" && $0.method == "PATCH" || $0.path == "/api/flow_runs/\(id)/set_state" }
-            .map { $0.method == "PATCH" ? "pid" : ($0.json?["state"]?["type"]?.stringValue ?? "?") }
+            .map { request in
+                guard request.method != "PATCH" else { return "pid" }
+                let state = request.json?["state"]
+                return state?["name"]?.stringValue == "Submitting" ? "Submitting" : (state?["type"]?.stringValue ?? "?")
+            }
     }
 
     private func lastProposal(_ id: String) -> JSON? { fake.requests("POST", "/api/flow_runs/\(id)/set_state").last?.json }
@@ -273,7 +276,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(finished)
         XCTAssertEqual(runningBeforeLabelsAnswered.withLock { $0 }, false, "RUNNING was proposed while the labels write was in flight")
         XCTAssertEqual(fake.requests("PATCH", "/api/flow_runs/run-labels-first/labels").count, 1)
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
     }
 
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
@@ -329,7 +332,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         let start = Date()
         let finished = await finishes(within: 30) { await supervisor.run(run) }
         XCTAssertTrue(finished)
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "RUNNING", "RUNNING", "pid", "COMPLETED"])
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.4, "both WAITs were waited out")
         XCTAssertEqual(server.value.type, "COMPLETED")
     }
@@ -349,7 +352,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         let finished = await finishes(within: 20) { await supervision.value }
         XCTAssertTrue(finished)
         XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 10, "SIGTERM ends sleep at once; no need for the grace period")
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "CANCELLED"])
         XCTAssertEqual(server.value.type, "CANCELLED")
         XCTAssertTrue(lastProposal(run.id)?["state"]?["message"]?.stringValue?.contains("SIGTERM") == true, "\(String(describing: lastProposal(run.id)))")
         if let pid { XCTAssertNotEqual(kill(pid, 0), 0, "the job is gone") }
@@ -409,7 +412,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         let finished = await finishes(within: 10) { await supervision.value }
         XCTAssertTrue(finished)
         XCTAssertEqual(spawner.signals(pid), [SIGTERM, SIGKILL], "the teardown ran to its end: SIGKILL after the grace")
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"], "cancelled, not crashed by the shutdown")
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "CANCELLED"], "cancelled, not crashed by the shutdown")
         let message = lastProposal(run.id)?["state"]?["message"]?.stringValue ?? ""
         XCTAssertTrue(message.contains("SIGKILL"), message)
     }
@@ -422,7 +425,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         let finished = await finishes(within: 10) { await supervision.value }
         XCTAssertTrue(finished)
         XCTAssertEqual(spawner.signals(pid), [SIGTERM])
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CANCELLED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "CANCELLED"])
         let pidAfter = await supervisor.pid
         XCTAssertNil(pidAfter, "the supervisor knows its job is gone")
     }
@@ -439,7 +442,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.5, "the run had its drain timeout to finish")
         XCTAssertEqual(spawner.signals(pid), [SIGTERM])
         _ = await supervision.value
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "CRASHED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "CRASHED"])
         let message = lastProposal(run.id)?["state"]?["message"]?.stringValue ?? ""
         XCTAssertTrue(message.contains("drain timeout passed"), message)
         let left = await registry.count
@@ -459,7 +462,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(drained, "the drain ends when the last run does")
         _ = await supervision.value
         XCTAssertEqual(spawner.signals(pid), [], "never signalled")
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
     }
 
     // MARK: - The whole worker: its stop order
@@ -510,7 +513,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(stopped, "the worker exits once its last run is reported")
         let code = await running.value
         XCTAssertEqual(code, 0)
-        XCTAssertEqual(reports("run-whole"), ["PENDING", "RUNNING", "pid", "COMPLETED"], "the final state was flushed before the exit")
+        XCTAssertEqual(reports("run-whole"), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"], "the final state was flushed before the exit")
         XCTAssertEqual(server.value.type, "COMPLETED")
     }
 
@@ -539,7 +542,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         let finished = await finishes(within: 20) { await supervisor.run(run) }
         XCTAssertTrue(finished)
         XCTAssertEqual(spawner.spawned.count, 0, "the job must not have started")
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "RUNNING", "CANCELLED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "RUNNING", "CANCELLED"])
     }
 
     /// A run claimed (PENDING) whose supervisor waits for its scheduled start, a minute away.
@@ -587,7 +590,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.3)
         let pid = try XCTUnwrap(spawner.pids.first)
         XCTAssertEqual(spawner.signals(pid), [SIGTERM])
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "FAILED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "FAILED"])
         let state = lastProposal(run.id)?["state"]
         XCTAssertEqual(state?["name"]?.stringValue, "TimedOut")
         let timedOut = await supervisor.timedOut
@@ -602,7 +605,7 @@ final class FlowRunSupervisorTests: XCTestCase {
         _ = await context.registry.reserve(run, for: supervisor)
         let finished = await finishes(within: 10) { await supervisor.run(run) }
         XCTAssertTrue(finished)
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
     }
 
     func testACancelAfterTheRunEndedChangesNothing() async throws {
@@ -614,6 +617,6 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertTrue(finished)
         await supervisor.requestCancel()
         try await Task.sleep(nanoseconds: 100_000_000)
-        XCTAssertEqual(reports(run.id), ["PENDING", "RUNNING", "pid", "COMPLETED"], "no report after the final one")
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"], "no report after the final one")
     }
 }
