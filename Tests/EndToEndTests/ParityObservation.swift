@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import PrefectWorker
 
 /// What a user sees of one run: its final state, run_count, the state names it went through, the side effects
@@ -148,6 +151,7 @@ enum ParityReport {
     /// Writes the table and forgets the rows.
     static func flush() {
         let text = markdown()
+        fflush(nil)  // every C stream: the worker logs printed before must not interleave with the table
         lock.withLock { rows.removeAll() }
         if let path = ProcessInfo.processInfo.environment["PREFECT_E2E_PARITY_REPORT"], !path.isEmpty {
             do {
