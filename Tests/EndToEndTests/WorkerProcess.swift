@@ -28,8 +28,10 @@ final class WorkerProcess: @unchecked Sendable {
     /// PREFECT_API_URL (unless nil), the virtualenv's bin/ first on PATH, a private PREFECT_HOME and TMPDIR,
     /// PREFECT_WORKER_QUERY_SECONDS=0.5, PREFECT_WORKER_HEARTBEAT_SECONDS=2, then `extraEnvironment`.
     /// `launcher`, when given, is a command that ends by exec'ing the worker binary and `arguments` appended to it.
+    /// `executable` replaces the worker binary (Prefect's own `prefect` CLI, the reference in the parity tests).
     static func start(env: E2EEnvironment, arguments: [String], label: String, apiURL: String?,
-                      extraEnvironment: [String: String], launcher: [String] = []) throws -> WorkerProcess {
+                      extraEnvironment: [String: String], launcher: [String] = [],
+                      executable: String? = nil) throws -> WorkerProcess {
         let directory = try E2E.makeTemporaryDirectory("worker")
         let home = directory + "/prefect-home"
         let tmp = directory + "/tmp"
@@ -54,9 +56,9 @@ final class WorkerProcess: @unchecked Sendable {
         let process = Process()
         if let program = launcher.first {
             process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = launcher.dropFirst() + [env.worker] + arguments
+            process.arguments = launcher.dropFirst() + [executable ?? env.worker] + arguments
         } else {
-            process.executableURL = URL(fileURLWithPath: env.worker)
+            process.executableURL = URL(fileURLWithPath: executable ?? env.worker)
             process.arguments = arguments
         }
         process.environment = environment
