@@ -18,6 +18,11 @@ extension FlowRunSupervisor {
     /// the engine took and the worker carried out, if any.
     func tellEngine(_ control: AttemptControlSession, grace: Double) async -> AttemptControl.Intent? {
         guard let intent = intentForStop() else { return nil }
+        guard control.connected else {
+            // A plain command, or an engine still starting: nothing to tell, the teardown alone stops it.
+            log.debug("nothing connected to the job's attempt control session; stopping it without the '\(intent.rawValue)' intent")
+            return nil
+        }
         switch await control.signal(intent) {
         case .acknowledged:
             log.info("the engine acknowledged the '\(intent.rawValue)' intent on its attempt control session")
@@ -26,8 +31,7 @@ extension FlowRunSupervisor {
             _ = await exited.wait(timeout: grace)
             return nil
         case .notAcknowledged:
-            let what = control.connected ? "did not acknowledge" : "has not connected to"
-            log.info("the engine \(what) its attempt control session; stopping it without the '\(intent.rawValue)' intent\(intent == .cancel ? "" : ", the run is reported CRASHED")")
+            log.info("the engine did not acknowledge the '\(intent.rawValue)' intent on its attempt control session; stopping it without it\(intent == .cancel ? "" : ", the run is reported CRASHED")")
             return nil
         }
         switch intent {

@@ -2,7 +2,7 @@ import Foundation
 
 /// A job ready to start, built from its configuration before anything runs: its workspace (working directory
 /// and parameters file), its environment, the program resolved on the job's PATH, its own cgroup with its
-/// limits, and, for an engine, its attempt control session. `remove()` undoes all of it after the job.
+/// limits, and its attempt control session. `remove()` undoes all of it after the job.
 struct PreparedJob: Sendable {
     let job: JobConfiguration
     let workspace: JobWorkspace
@@ -30,15 +30,13 @@ struct PreparedJob: Sendable {
         }
         var env = JobEnvironment.make(settings: settings, workerID: workerID, run: run, job: job, flowName: flowName,
                                       deployment: deployment, parameters: parameters, parametersFile: workspace.parametersFile, log: log)
-        // An engine gets its attempt control session, so a cancellation or a hand-back reaches it before our
-        // SIGTERM (AttemptControlSession).
+        // Every job gets its attempt control session, as under Prefect's worker: an engine anywhere in it (also
+        // behind a command we take for a plain one) learns of a cancellation or a hand-back before our SIGTERM.
         var control: AttemptControlSession?
-        if job.stateOwner == .engine {
-            do {
-                control = try AttemptControlSession(log: log)
-            } catch {
-                log.warning("\(error); the job runs without it: a cancellation then stops it as a crash")
-            }
+        do {
+            control = try AttemptControlSession(log: log)
+        } catch {
+            log.warning("\(error); the job runs without it: a cancellation then stops it as a crash")
         }
         env.merge(control?.environment ?? [:]) { $1 }
         var arguments = job.arguments

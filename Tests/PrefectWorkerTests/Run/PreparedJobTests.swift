@@ -40,12 +40,11 @@ final class PreparedJobTests: XCTestCase {
         XCTAssertEqual(leftovers, [], "remove() takes the workspace away")
     }
 
-    func testAPlainCommandGetsNoControlSession() throws {
+    func testAPlainCommandGetsASessionTooAsUnderPrefectsWorker() throws {
         let prepared = try prepare(["command": "true"])
         defer { prepared.remove() }
-        XCTAssertNil(prepared.control)
-        XCTAssertNil(prepared.environment["PREFECT__CONTROL_PORT"])
-        XCTAssertNil(prepared.environment["PREFECT__CONTROL_TOKEN"])
+        let control = try XCTUnwrap(prepared.control)
+        XCTAssertEqual(prepared.environment["PREFECT__CONTROL_TOKEN"], control.token)
         XCTAssertEqual(prepared.executable, "/usr/bin/true")
     }
 
