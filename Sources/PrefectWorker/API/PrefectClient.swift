@@ -189,6 +189,16 @@ public final class PrefectClient: Sendable {
         return response.body
     }
 
+    /// Opens a WebSocket to `path` under the API URL (ws:// or wss://), with the same connection settings
+    /// (proxy, TLS, CA file, timeouts) and headers (auth, custom headers, identity) as every REST call.
+    func webSocket(path: String, subprotocol: String?, limits: WebSocket.Limits = WebSocket.Limits()) async throws -> WebSocket {
+        var parts = URLComponents(url: url(for: path), resolvingAgainstBaseURL: false)!
+        parts.scheme = parts.scheme == "https" ? "wss" : "ws"
+        let all = headers + identityHeaders.withLock { $0.map { "\($0.key): \($0.value)" } }
+        return try await WebSocket.connect(url: parts.url!, options: transport.options, headers: all,
+                                           subprotocol: subprotocol, limits: limits)
+    }
+
     private func noteFailure() {
         health.withLock { health in
             if health.failingSince == nil { health.failingSince = Date() }

@@ -19,8 +19,9 @@ public struct Settings: Sendable, Equatable {
     /// On shutdown, how long to wait for in-flight runs before terminating them; nil = wait for them.
     var drainTimeout: Double?
     var createPoolIfNotFound = true
-    /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
-    var cancellationPollSeconds: Double = 0.5
+    /// How often to look for CANCELLING among this worker's runs while the events socket is down (only while
+    /// it has runs in flight); Prefect's runner falls back to 10 s.
+    var cancellationPollSeconds: Double = 10
     /// Where the journal of launched runs lives (see `StateDirectory`).
     var stateDirectory: String = "/tmp/prefect-worker"
     /// The lowest level written to the worker's log.

@@ -1,0 +1,161 @@
+import FaultProxy
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import PrefectWorker
+import XCTest
+
+/// Cancellation and dispatch pushed over Prefect's events WebSocket (`/api/events/out`), against the real
+/// server: fast with the polls slowed down, and nothing missed when the socket is cut or blocked.
+final class PushTests: RunControlTestCase, @unchecked Sendable {
+    private var proxies: [FaultProxy] = []
+
+    override func tearDownWithError() throws {
+        for proxy in proxies {
+            proxy.down = false
+            proxy.blockWebSockets = false
+        }
+        defer {
+            for proxy in proxies { proxy.stop() }
+            proxies.removeAll()
+        }
+        try super.tearDownWithError()
+    }
+
+    private func startProxy() throws -> FaultProxy {
+        let proxy = FaultProxy(upstream: env.apiURL)
+        try proxy.start()
+        proxies.append(proxy)
+        return proxy
+    }
+
+    /// A worker whose polls are all but off: what it learns fast, it learns by push.
+    private func startPushWorker(pool: String, proxy: FaultProxy? = nil, querySeconds: Double = 600,
+                                 cancellationPollSeconds: Double = 600) throws -> WorkerProcess {
+        try startWorker(pool: pool, arguments: [
+            "--query-seconds", String(format: "%g", querySeconds),
+            "--cancellation-poll-seconds", String(format: "%g", cancellationPollSeconds),
+            "--kill-grace-seconds", "2", "--state-dir", try stateDirectory(),
+        ], apiURL: proxy?.apiURL)
+    }
+
+    private func waitForSubscription(_ worker: WorkerProcess) async throws {
+        _ = try await E2E.eventually(timeout: 20, "the worker to subscribe to the events stream: \(worker.log.suffix(1500))") {
+            try checkWorkersAlive()
+            return worker.log.contains("subscribed to work pool") ? true : nil
+        }
+    }
+
+    /// Seconds until the run's job processes are up (they carry its id in their environment).
+    private func secondsUntilJobStarts(_ id: String, from start: Date, timeout: Double) async throws -> Double {
+        _ = try await E2E.eventually(timeout: timeout, interval: 0.02, "the job of \(id) to start") {
+            try checkWorkersAlive()
+            return ProcScan.processes(ofRun: id).isEmpty ? nil : true
+        }
+        return Date().timeIntervalSince(start)
+    }
+
+    func testCancellationArrivesByPushWithCancellationPollingOff() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+        let worker = try startPushWorker(pool: pool, querySeconds: 0.5)
+        try await waitForSubscription(worker)
+        var latencies: [Double] = []
+        for _ in 0..<3 {
+            let id = try await api.createFlowRun(deployment: deployment)
+            track(id)
+            _ = try await waitForJobPID(id, timeout: 30)
+            let asked = Date()
+            let result = try await setState(id, "CANCELLING")
+            XCTAssertEqual(result["status"]?.asString, "ACCEPT", "set CANCELLING: \(result)")
+            // The job is signalled (SIGTERM to its group) and `sleep` dies of it.
+            _ = try await E2E.eventually(timeout: 20, interval: 0.02, "the job of \(id) to be stopped") {
+                ProcScan.processes(ofRun: id).isEmpty ? true : nil
+            }
+            latencies.append(Date().timeIntervalSince(asked))
+            let run = try await waitForFinalState(id, timeout: 20)
+            XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
+            let line = await waitForLogLine(worker, run: id, containing: "pushed by the events stream", timeout: 2)
+            XCTAssertNotNil(line, "the cancellation should have come by push: \(Self.lines(of: worker.log, mentioning: id))")
+        }
+        let median = latencies.sorted()[1]
+        print("PushTests: CANCELLING → job stopped, by push, with the cancellation poll at 600 s: \(latencies.map { String(format: "%.3f", $0) }) s, median \(String(format: "%.3f", median)) s")
+        XCTAssertLessThan(median, 1.0, "cancellation by push should take well under a second: \(latencies)")
+    }
+
+    func testARunCreatedNowStartsWithinASecondAtTheDefaultPollInterval() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+        let worker = try startWorker(pool: pool, arguments: ["--state-dir", try stateDirectory()]) // default 10 s poll
+        try await waitForSubscription(worker)
+        try await Task.sleep(seconds: 1) // past the catch-up poll of the connect
+        var latencies: [Double] = []
+        for _ in 0..<3 {
+            try await Task.sleep(seconds: Double.random(in: 0.5...2))
+            let created = Date()
+            let id = try await api.createFlowRun(deployment: deployment)
+            track(id)
+            latencies.append(try await secondsUntilJobStarts(id, from: created, timeout: 15))
+        }
+        let median = latencies.sorted()[1]
+        print("PushTests: run created → job started at the default 10 s poll: \(latencies.map { String(format: "%.3f", $0) }) s, median \(String(format: "%.3f", median)) s")
+        XCTAssertLessThan(median, 1.0, "a run created now should start within a second, not at the next poll: \(latencies)")
+        XCTAssertLessThan(latencies.max()!, 3.0, "\(latencies)")
+    }
+
+    func testAnOutageWhileRunsAreInFlightIsCaughtUpAfterReconnecting() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+        let proxy = try startProxy()
+        let worker = try startPushWorker(pool: pool, proxy: proxy)
+        try await waitForSubscription(worker)
+        let a = try await api.createFlowRun(deployment: deployment)
+        let b = try await api.createFlowRun(deployment: deployment)
+        track(a, b)
+        for id in [a, b] { _ = try await waitForJobPID(id, timeout: 15) } // dispatched by push: the poll is at 600 s
+
+        // The server goes away (as in a restart): connections refused, the socket cut.
+        proxy.down = true
+        _ = try await E2E.eventually(timeout: 10, "the worker to notice the lost stream") {
+            worker.log.contains("events stream lost") ? true : nil
+        }
+        let cancelled = try await setState(a, "CANCELLING")
+        XCTAssertEqual(cancelled["status"]?.asString, "ACCEPT", "\(cancelled)")
+        let c = try await api.createFlowRun(deployment: deployment)
+        track(c)
+        try await Task.sleep(seconds: 2)
+        proxy.down = false
+        let back = Date()
+
+        let runA = try await waitForFinalState(a, timeout: 45)
+        XCTAssertEqual(runA.stateType, "CANCELLED", "the cancellation made during the outage is caught up: \(runA.stateSummary)")
+        _ = try await waitForJobPID(c, timeout: 45)
+        print("PushTests: after the outage, caught up in \(String(format: "%.1f", Date().timeIntervalSince(back))) s")
+        let runB = try await api.readFlowRun(b)
+        XCTAssertEqual(runB.stateType, "RUNNING", "the untouched run keeps running: \(runB.stateSummary)")
+        XCTAssertTrue(worker.log.contains("events stream reconnected"), worker.log.suffix(2000).description)
+        XCTAssertGreaterThanOrEqual(proxy.counters.webSocketsTunnelled, 2, "\(proxy.counters)")
+        let lost = worker.log.components(separatedBy: "events stream lost").count - 1
+        XCTAssertEqual(lost, 1, "the loss is logged once, not once per failed reconnect")
+    }
+
+    func testWithTheSocketBlockedCancellationFallsBackToPolling() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+        let proxy = try startProxy()
+        proxy.blockWebSockets = true
+        let worker = try startPushWorker(pool: pool, proxy: proxy, querySeconds: 0.5, cancellationPollSeconds: 1)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        _ = try await waitForJobPID(id, timeout: 30)
+        XCTAssertTrue(worker.log.contains("events stream unavailable"), worker.log.suffix(2000).description)
+        let asked = Date()
+        _ = try await setState(id, "CANCELLING")
+        let run = try await waitForFinalState(id, timeout: 20)
+        XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
+        XCTAssertLessThan(Date().timeIntervalSince(asked), 5, "the fallback poll (1 s here) finds the cancellation")
+        XCTAssertGreaterThan(proxy.counters.webSocketsRefused, 0)
+        XCTAssertEqual(worker.log.components(separatedBy: "events stream unavailable").count - 1, 1, "logged once")
+    }
+}
