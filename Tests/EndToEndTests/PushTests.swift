@@ -87,7 +87,8 @@ final class PushTests: RunControlTestCase, @unchecked Sendable {
     func testARunCreatedNowStartsWithinASecondAtTheDefaultPollInterval() async throws {
         let pool = try await makeProcessPool()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
-        let worker = try startWorker(pool: pool, arguments: ["--state-dir", try stateDirectory()]) // default 10 s poll
+        // Prefect's default 10 s poll (the harness's own default is 0.5 s).
+        let worker = try startWorker(pool: pool, arguments: ["--query-seconds", "10", "--state-dir", try stateDirectory()])
         try await waitForSubscription(worker)
         try await Task.sleep(seconds: 1) // past the catch-up poll of the connect
         var latencies: [Double] = []
@@ -157,5 +158,52 @@ final class PushTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertLessThan(Date().timeIntervalSince(asked), 5, "the fallback poll (1 s here) finds the cancellation")
         XCTAssertGreaterThan(proxy.counters.webSocketsRefused, 0)
         XCTAssertEqual(worker.log.components(separatedBy: "events stream unavailable").count - 1, 1, "logged once")
+    }
+}
+
+/// API requests per minute with three plain-command runs in flight, counted by a proxy in front of each worker:
+/// with the events socket (the default) and without it at the old 0.5 s cancellation poll, side by side.
+final class PushRequestRateTests: RunControlTestCase, @unchecked Sendable {
+    private var proxies: [FaultProxy] = []
+
+    override func tearDownWithError() throws {
+        defer {
+            for proxy in proxies { proxy.stop() }
+            proxies.removeAll()
+        }
+        try super.tearDownWithError()
+    }
+
+    func testRequestsPerMinuteWithThreeRunsInFlight() async throws {
+        struct Setup { var proxy: FaultProxy; var runs: [String] }
+        var setups: [Setup] = []
+        for pushed in [true, false] {
+            let pool = try await makeProcessPool(pushed ? "-push" : "-poll")
+            let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+            let proxy = FaultProxy(upstream: env.apiURL)
+            try proxy.start()
+            proxies.append(proxy)
+            proxy.blockWebSockets = !pushed
+            // Defaults throughout, but for the old cancellation cadence on the socket-less worker.
+            // (the harness's own defaults are a 0.5 s poll and a 2 s heartbeat).
+            try startWorker(pool: pool, arguments: ["--state-dir", try stateDirectory(), "--query-seconds", "10", "--heartbeat-seconds", "30"]
+                            + (pushed ? [] : ["--cancellation-poll-seconds", "0.5"]), apiURL: proxy.apiURL)
+            var runs: [String] = []
+            for _ in 0..<3 { runs.append(try await api.createFlowRun(deployment: deployment)) }
+            track(runs)
+            setups.append(Setup(proxy: proxy, runs: runs))
+        }
+        for setup in setups { for id in setup.runs { _ = try await waitForJobPID(id, timeout: 40) } }
+        try await Task.sleep(seconds: 2)
+        let before = setups.map { ($0.proxy.counters.requests, $0.proxy.counters.webSocketsRefused) }
+        let window = 60.0
+        try await Task.sleep(seconds: window)
+        let perMinute = zip(setups, before).map { setup, start in
+            Double(setup.proxy.counters.requests - start.0) * 60 / window
+        }
+        let upgrades = Double(setups[1].proxy.counters.webSocketsRefused - before[1].1) * 60 / window
+        print(String(format: "PushTests: API requests per minute, 3 plain-command runs in flight: with the events socket %.0f; without it (0.5 s cancellation poll) %.0f, of which %.0f refused WebSocket upgrades", perMinute[0], perMinute[1], upgrades))
+        XCTAssertLessThanOrEqual(perMinute[0], 12, "with the socket up only the polls and heartbeats remain")
+        XCTAssertLessThan(perMinute[0] * 4, perMinute[1] - upgrades)
     }
 }
