@@ -13,6 +13,12 @@ final class PushSignals: Sendable {
 
     init() {}
 
+    /// Whether the worker channel is open now: `PoolService` then skips its REST heartbeat and pool read.
+    var isChannelUp: Bool { channel.load(ordering: .relaxed) }
+    private let channel = Atomic<Bool>(false)
+
+    func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
+
     /// Whether the events socket is subscribed now.
     var isSocketUp: Bool { up.load(ordering: .relaxed) }
 
