@@ -41,10 +41,10 @@ struct EventWatch: Service {
                 failures = 0
                 context.metrics.eventSocket(up: true)
                 context.push.socketChanged(up: true)
-                if let downSince {
-                    context.log.info(String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", Date().timeIntervalSince(downSince)))
-                } else if !everUp {
+                if !everUp {
                     context.log.info("subscribed to work pool '\(settings.pool)' events at \(subscription.socket.url): cancellations and new runs arrive by push")
+                } else if let downSince {
+                    context.log.info(String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", Date().timeIntervalSince(downSince)))
                 }
                 everUp = true
                 downSince = nil

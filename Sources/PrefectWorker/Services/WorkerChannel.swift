@@ -27,10 +27,10 @@ struct WorkerChannel: Service {
                     let interval = try await setUp(socket, consumerID: consumerID)
                     failures = 0
                     context.push.channelChanged(up: true)
-                    if let downSince {
-                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", Date().timeIntervalSince(downSince)))
-                    } else if !everUp {
+                    if !everUp {
                         context.log.info("worker channel open at \(socket.url): heartbeats and pool updates go over it, REST only as the fallback")
+                    } else if let downSince {
+                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", Date().timeIntervalSince(downSince)))
                     }
                     everUp = true
                     downSince = nil
