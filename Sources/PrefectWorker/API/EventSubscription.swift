@@ -99,8 +99,9 @@ final class EventSubscription: Sendable {
         }
         defer { timer.cancel() }
         do {
-            return try await waiting.value
+            return try await withTaskCancellationHandler { try await waiting.value } onCancel: { waiting.cancel() }
         } catch is CancellationError {
+            if Task.isCancelled { throw CancellationError() }
             throw WebSocketError(url: socket.url, reason: String(format: "no answer to the auth message within %g s", timeout))
         }
     }

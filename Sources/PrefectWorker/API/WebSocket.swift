@@ -56,20 +56,28 @@ final class WebSocket: Sendable {
     static func connect(url: URL, options: CurlTransport.Options, headers: [String] = [], subprotocol: String? = nil,
                         limits: Limits = Limits()) async throws -> WebSocket {
         let shown = redactedURL(url)
-        return try await withCheckedThrowingContinuation { continuation in
-            SignalListener.startThread(name: "prefect-websocket", stackSize: 256 * 1024) {
-                let connection: Connection
-                do {
-                    connection = try Connection.open(url: url, shown: shown, options: options, headers: headers,
-                                                     subprotocol: subprotocol, limits: limits)
-                } catch {
-                    continuation.resume(throwing: error)
-                    return
+        // Cancelling the calling task ends the wait for the upgrade's answer within a quarter second (a
+        // stopping worker must not wait out the handshake timeout of a server that never answers).
+        let abandoned = Atomic<Bool>(false)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                SignalListener.startThread(name: "prefect-websocket", stackSize: 256 * 1024) {
+                    let connection: Connection
+                    do {
+                        connection = try Connection.open(url: url, shown: shown, options: options, headers: headers,
+                                                         subprotocol: subprotocol, limits: limits,
+                                                         abandoned: { abandoned.load(ordering: .relaxed) })
+                    } catch {
+                        continuation.resume(throwing: abandoned.load(ordering: .relaxed) ? CancellationError() : error)
+                        return
+                    }
+                    let socket = WebSocket(url: shown, connection: connection)
+                    continuation.resume(returning: socket)
+                    socket.run()
                 }
-                let socket = WebSocket(url: shown, connection: connection)
-                continuation.resume(returning: socket)
-                socket.run()
             }
+        } onCancel: {
+            abandoned.store(true, ordering: .relaxed)
         }
     }
 

@@ -42,7 +42,7 @@ extension WebSocket {
         /// Connects (through curl, as a REST call would), writes the upgrade and checks the answer; blocks the
         /// calling thread for at most `limits.handshakeTimeout`.
         static func open(url: URL, shown: String, options: CurlTransport.Options, headers: [String],
-                         subprotocol: String?, limits: Limits) throws -> Connection {
+                         subprotocol: String?, limits: Limits, abandoned: @escaping () -> Bool = { false }) throws -> Connection {
             guard let scheme = url.scheme?.lowercased(), ["ws", "wss", "http", "https"].contains(scheme),
                   var parts = URLComponents(url: url, resolvingAgainstBaseURL: false) else {
                 throw WebSocketError(url: shown, reason: "not a ws:// or wss:// URL")
@@ -80,7 +80,7 @@ extension WebSocket {
                 var sent = 0
                 while sent < request.count {
                     sent = try connection.write(request, from: sent)
-                    if sent < request.count { try connection.waitUntil(deadline, writable: true, what: "sending the upgrade") }
+                    if sent < request.count { try connection.waitUntil(deadline, writable: true, what: "sending the upgrade", abandoned: abandoned) }
                 }
                 request = []
                 // Read the answer's head; what follows it belongs to the frames.
@@ -89,7 +89,7 @@ extension WebSocket {
                 var headEnd: Int?
                 while headEnd == nil {
                     guard let count = try connection.read(into: &buffer) else {
-                        try connection.waitUntil(deadline, writable: false, what: "waiting for the answer to the upgrade")
+                        try connection.waitUntil(deadline, writable: false, what: "waiting for the answer to the upgrade", abandoned: abandoned)
                         continue
                     }
                     received += buffer[0..<count]
@@ -156,12 +156,14 @@ extension WebSocket {
             if fds[1].revents != 0 { while Glibc.read(wakeRead, &drain, drain.count) > 0 {} }
         }
 
-        private func waitUntil(_ deadline: Double, writable: Bool, what: String) throws(WebSocketError) {
+        /// Waits for the socket until `deadline`, in slices of a quarter second so an abandoned connect ends soon.
+        private func waitUntil(_ deadline: Double, writable: Bool, what: String, abandoned: () -> Bool) throws(WebSocketError) {
             let left = deadline - Self.now()
+            if abandoned() { throw WebSocketError(url: shown, reason: "connecting was cancelled") }
             guard left > 0 else {
                 throw WebSocketError(url: shown, reason: String(format: "no answer from the server within %g s (%@)", limits.handshakeTimeout, what))
             }
-            wait(writable: writable, seconds: left)
+            wait(writable: writable, seconds: min(left, 0.25))
         }
 
         func wake() {

@@ -294,7 +294,26 @@ final class WebSocketTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(start), 2)
     }
 
-    func testSilentConnectionIsPingedAndDeclaredDead() async throws {
+    func testCancellingTheConnectEndsTheWaitForASilentServer() async throws {
+        let server = try FakeWebSocketServer { peer in
+            try peer.readRequest()
+            Thread.sleep(forTimeInterval: 3)
+        }
+        defer { server.stop() }
+        let options = self.options
+        let url = server.url
+        let connecting = Task { try await WebSocket.connect(url: url, options: options, subprotocol: "prefect") } // 30 s handshake bound
+        try await Task.sleep(seconds: 0.3)
+        let start = Date()
+        connecting.cancel()
+        do {
+            _ = try await connecting.value
+            XCTFail("a cancelled connect must not return a socket")
+        } catch is CancellationError {}
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1, "cancelling must not wait out the handshake timeout")
+    }
+
+        func testSilentConnectionIsPingedAndDeclaredDead() async throws {
         let pinged = Locked(false)
         let server = try FakeWebSocketServer { peer in
             try peer.accept()
