@@ -14,6 +14,7 @@ struct WorkerChannel: Service {
         var failures = 0
         var everUp = false
         var downSince: Date?
+        var warned = false
         while !Task.isCancelled {
             guard context.pool != nil else {
                 try? await Task.sleep(seconds: 1)
@@ -34,12 +35,17 @@ struct WorkerChannel: Service {
                     }
                     everUp = true
                     downSince = nil
+                    warned = false
                     try await serve(socket, consumerID: consumerID, interval: interval)
                     problem = "the server closed the channel"
                 } catch {
                     problem = "\(error)"
                 }
                 await socket.close()
+            } catch let error as WebSocketError where error.status == 404 {
+                // A server without the channel (an older Prefect): REST for good, as Prefect's worker does.
+                context.log.info("the server has no worker channel (\(error)); heartbeating over REST")
+                return
             } catch {
                 problem = "\(error)"
             }
@@ -47,11 +53,13 @@ struct WorkerChannel: Service {
             context.push.channelChanged(up: false)
             failures += 1
             let delay = EventWatch.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
-            if downSince == nil {
-                downSince = Date()
+            if downSince == nil { downSince = Date() }
+            // Once per outage; a single failed first attempt (the server's SQLite busy at start-up) stays at DEBUG.
+            if !warned, everUp || failures >= 2 {
+                warned = true
                 context.log.warning("worker channel \(everUp ? "lost" : "unavailable"): \(problem); heartbeating over REST meanwhile and reconnecting with backoff")
             } else {
-                context.log.debug("worker channel still down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
+                context.log.debug("worker channel down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
             }
             try? await Task.sleep(seconds: delay)
         }

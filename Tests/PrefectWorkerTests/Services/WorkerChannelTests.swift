@@ -34,3 +34,21 @@ final class WorkerChannelTests: XCTestCase {
         XCTAssertEqual(beat["payload"]?.objectValue, ["consumer_id": "c-1", "worker_name": "worker-1", "heartbeat_interval_seconds": .int(15)])
     }
 }
+
+extension WorkerChannelTests {
+    func testAServerWithoutTheChannelLeavesHeartbeatsToRESTForGood() async throws {
+        let fake = try FakePrefectAPI()  // answers the upgrade 404, as a server without the route does
+        defer { fake.stop() }
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("channel-\(UUID().uuidString)").path
+        let context = WorkerContext(settings: settings, client: fake.client())
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        let channel = Task { await WorkerChannel(context: context).run() }
+        let ended = Task { try await Task.sleep(seconds: 5); channel.cancel() }
+        await channel.value
+        ended.cancel()
+        XCTAssertFalse(channel.isCancelled, "the channel gave up by itself on a 404 instead of retrying")
+        XCTAssertFalse(context.push.isChannelUp)
+        XCTAssertEqual(fake.requests("GET", "/api/work_pools/pool/workers/connect").count, 1)
+    }
+}
