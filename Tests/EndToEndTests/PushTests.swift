@@ -102,7 +102,8 @@ final class PushTests: RunControlTestCase, @unchecked Sendable {
         let median = latencies.sorted()[1]
         print("PushTests: run created → job started at the default 10 s poll: \(latencies.map { String(format: "%.3f", $0) }) s, median \(String(format: "%.3f", median)) s")
         XCTAssertLessThan(median, 1.0, "a run created now should start within a second, not at the next poll: \(latencies)")
-        XCTAssertLessThan(latencies.max()!, 3.0, "\(latencies)")
+        // Well before the next 10 s poll even on a loaded machine.
+        XCTAssertLessThan(latencies.max()!, 5.0, "\(latencies)")
     }
 
     func testAnOutageWhileRunsAreInFlightIsCaughtUpAfterReconnecting() async throws {
