@@ -31,6 +31,9 @@ static inline CURLcode pw_easy_getinfo_long(CURL *handle, CURLINFO info, long *v
 static inline CURLcode pw_easy_getinfo_pointer(CURL *handle, CURLINFO info, void **value) {
     return curl_easy_getinfo(handle, info, value);
 }
+static inline CURLcode pw_easy_getinfo_socket(CURL *handle, CURLINFO info, curl_socket_t *value) {
+    return curl_easy_getinfo(handle, info, value);
+}
 static inline CURLMcode pw_multi_setopt_long(CURLM *handle, CURLMoption option, long value) {
     return curl_multi_setopt(handle, option, value);
 }

@@ -37,6 +37,9 @@ public final class FaultProxy: @unchecked Sendable {
         public var upstreamErrors = 0
         /// "METHOD /path" of each request whose answer was lost after it took effect.
         public var lostAnswers: [String] = []
+        /// WebSocket upgrades tunnelled to the server, and those refused (`blockWebSockets`).
+        public var webSocketsTunnelled = 0
+        public var webSocketsRefused = 0
 
         /// Resets before and after forwarding.
         public var resets: Int { resetsBeforeForward + resetsAfterForward }
@@ -44,7 +47,8 @@ public final class FaultProxy: @unchecked Sendable {
         /// The counters on one line.
         public var description: String {
             "requests=\(requests) forwarded=\(forwarded) injected503=\(injected503) resetsBeforeForward=\(resetsBeforeForward) "
-                + "resetsAfterForward=\(resetsAfterForward) refusedWhileDown=\(refusedWhileDown) upstreamErrors=\(upstreamErrors)"
+                + "resetsAfterForward=\(resetsAfterForward) refusedWhileDown=\(refusedWhileDown) upstreamErrors=\(upstreamErrors) "
+                + "webSocketsTunnelled=\(webSocketsTunnelled) webSocketsRefused=\(webSocketsRefused)"
         }
     }
 
@@ -64,6 +68,10 @@ public final class FaultProxy: @unchecked Sendable {
     /// "METHOD /path" -> how many more of those requests get a 503 (`failNext`).
     private var _targetedFailures: [String: Int] = [:]
     private var _stopped = false
+    private var _blockWebSockets = false
+    private var _maintenance = false
+    /// Client and server sockets of the open WebSocket tunnels.
+    private var _tunnels: [Int32: Int32] = [:]
     private var _counters = Counters()
 
     /// `upstream` is the real API URL (`http://host:port/api`); only host and port are used.
@@ -103,10 +111,37 @@ public final class FaultProxy: @unchecked Sendable {
         set { locked { _lostAnswerPath = newValue } }
     }
 
-    /// While true, every connection is reset on accept (nothing is read or forwarded).
+    /// While true, every connection is reset on accept (nothing is read or forwarded), and the open WebSocket
+    /// tunnels are cut.
     public var down: Bool {
         get { locked { _down } }
-        set { locked { _down = newValue } }
+        set {
+            locked { _down = newValue }
+            if newValue { cutWebSockets() }
+        }
+    }
+
+    /// While true, WebSocket upgrades are answered 503 (as by an intermediary that does not pass WebSockets);
+    /// other requests are unaffected. Open tunnels stay.
+    public var blockWebSockets: Bool {
+        get { locked { _blockWebSockets } }
+        set { locked { _blockWebSockets = newValue } }
+    }
+
+    /// While true, every request is answered 503 with `Prefect-Maintenance: true` and `Retry-After: 1`, as
+    /// Prefect Cloud answers during maintenance (counted in `injected503`).
+    public var maintenance: Bool {
+        get { locked { _maintenance } }
+        set { locked { _maintenance = newValue } }
+    }
+
+    /// Cuts every open WebSocket tunnel with a reset on both sides.
+    public func cutWebSockets() {
+        let tunnels = locked { _tunnels }
+        for (client, server) in tunnels {
+            shutdown(client, Int32(SHUT_RDWR))
+            shutdown(server, Int32(SHUT_RDWR))
+        }
     }
 
     /// A snapshot of the counters.
@@ -237,6 +272,22 @@ public final class FaultProxy: @unchecked Sendable {
             close(client)
             return
         }
+        if request.isWebSocket {
+            tunnel(client, request)
+            return
+        }
+        let inMaintenance: Bool = locked {
+            guard _maintenance else { return false }
+            _counters.requests += 1
+            _counters.injected503 += 1
+            return true
+        }
+        if inMaintenance {
+            let body = #"{"detail":"Prefect Cloud is undergoing maintenance"}"#
+            Self.sendAll(client, Array("HTTP/1.1 503 Service Unavailable\r\nPrefect-Maintenance: true\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+            Self.finish(client)
+            return
+        }
         switch decideFault(request.summary) {
         case .fail503:
             let body = #"{"exception_message":"Service Unavailable"}"#
@@ -272,6 +323,54 @@ public final class FaultProxy: @unchecked Sendable {
         var head: [UInt8]
         var body: [UInt8]
         var summary: String
+        var isWebSocket = false
+    }
+
+    /// A WebSocket upgrade: counted as a request, then (unless blocked) both directions are relayed until
+    /// either side closes or the tunnel is cut.
+    private func tunnel(_ client: Int32, _ request: Request) {
+        let blocked: Bool = locked {
+            _counters.requests += 1
+            if _blockWebSockets { _counters.webSocketsRefused += 1 }
+            return _blockWebSockets
+        }
+        if blocked {
+            let body = #"{"exception_message":"WebSockets are blocked by the fault proxy"}"#
+            Self.sendAll(client, Array("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+            Self.finish(client)
+            return
+        }
+        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr(upstreamHost == "localhost" ? "127.0.0.1" : upstreamHost)
+        address.sin_port = upstreamPort.bigEndian
+        let connected = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard server >= 0, connected == 0, Self.sendAll(server, request.head + request.body) else {
+            locked { _counters.upstreamErrors += 1 }
+            if server >= 0 { close(server) }
+            Self.reset(client)
+            return
+        }
+        for fd in [client, server] {
+            var tv = timeval(tv_sec: 0, tv_usec: 0) // no timeout: a WebSocket idles for as long as it likes
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+        locked {
+            _counters.webSocketsTunnelled += 1
+            _tunnels[client] = server
+        }
+        var fds = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: server, events: Int16(POLLIN), revents: 0)]
+        relay: while poll(&fds, 2, -1) > 0 {
+            for (from, to) in [(0, server), (1, client)] where fds[from].revents != 0 {
+                guard let chunk = Self.receive(fds[from].fd), !chunk.isEmpty, Self.sendAll(to, chunk) else { break relay }
+            }
+        }
+        locked { _tunnels[client] = nil }
+        Self.reset(server)
+        Self.reset(client)
     }
 
     /// Reads one request; rewrites its head for the upstream (Host, Connection: close, no Expect/Keep-Alive).
@@ -316,17 +415,18 @@ public final class FaultProxy: @unchecked Sendable {
                 body += chunk
             }
         }
+        let isWebSocket = header("upgrade")?.lowercased() == "websocket"
         let dropped: Set<String> = ["connection", "keep-alive", "expect", "host", "proxy-connection"]
         var head = requestLine + "\r\n"
         head += "Host: \(upstreamHost):\(upstreamPort)\r\n"
         for (name, value) in headers where !dropped.contains(name.lowercased()) {
             head += "\(name): \(value)\r\n"
         }
-        head += "Connection: close\r\n\r\n"
+        head += isWebSocket ? "Connection: Upgrade\r\n\r\n" : "Connection: close\r\n\r\n"
         let parts = requestLine.split(separator: " ")
         let path = parts.count > 1 ? String(parts[1].split(separator: "?").first ?? parts[1]) : "?"
         let summary = (parts.first.map(String.init) ?? "?") + " " + path
-        return Request(head: Array(head.utf8), body: body, summary: summary)
+        return Request(head: Array(head.utf8), body: body, summary: summary, isWebSocket: isWebSocket)
     }
 
     /// Sends the request upstream and reads the whole answer (until the server closes). Nil on any error.

@@ -115,6 +115,9 @@ final class TransportTests: E2ETestCase, @unchecked Sendable {
         let run = try await waitForFinalState(id, timeout: 30)
         XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
         XCTAssertTrue(worker.log.contains("at https://127.0.0.1:\(tls.port)/api"), worker.log)
+        // The events WebSocket goes over wss:// with the same CA file.
+        let subscribed = await worker.waitForLog(containing: "events at wss://127.0.0.1:\(tls.port)/api/events/out", timeout: 20)
+        XCTAssertNotNil(subscribed, worker.log)
         // Quiet when healthy, through shutdown too.
         worker.isServing = false
         XCTAssertEqual(worker.stop(), 0)
@@ -177,6 +180,9 @@ final class TransportTests: E2ETestCase, @unchecked Sendable {
         XCTAssertTrue(tunnels.allSatisfy { $0.target == "127.0.0.1:\(tls.port)" }, "\(tunnels.map(\.target))")
         XCTAssertEqual(tunnels.first?.proxyAuthorization, "Basic " + Data("proxyuser:proxy-secret-123".utf8).base64EncodedString())
         XCTAssertTrue(proxied.log.contains("through proxy http://***@127.0.0.1:\(connect.port)"), proxied.log)
+        // The events WebSocket takes the same tunnel route (CONNECT, then TLS with the CA file).
+        let subscribed = await proxied.waitForLog(containing: "events at wss://127.0.0.1:\(tls.port)/api/events/out", timeout: 20)
+        XCTAssertNotNil(subscribed, proxied.log)
         XCTAssertFalse(proxied.log.contains("proxy-secret-123"), "the proxy password was logged")
         XCTAssertLessThan(tunnels.count, 10, "connections are not reused: \(tunnels.count) tunnels for one run")
         proxied.isServing = false

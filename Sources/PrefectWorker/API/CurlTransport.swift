@@ -33,6 +33,8 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         var status: Int
         var retryAfter: String?
         var body: Data
+        /// `Prefect-Maintenance: true`: Prefect Cloud is in maintenance; retry for as long as it lasts.
+        var maintenance = false
     }
 
     /// A transfer that got no complete HTTP answer.
@@ -57,7 +59,7 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
     /// Loop threads running now (one per transport not yet closed), for tests.
     static let runningLoops = Atomic<Int>(0)
 
-    private static let globalInit: Void = {
+    static let globalInit: Void = {
         // Before any transfer, once per process (not thread-safe in older libcurl, so done here, lazily).
         _ = curl_global_init(Int(CURL_GLOBAL_SSL | CURL_GLOBAL_WIN32))
     }()
@@ -152,6 +154,35 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
     }
 }
 
+extension CurlTransport.Options {
+    /// How a connection is made, for a REST request and for a WebSocket alike: the URL, the connect timeout,
+    /// the proxy, TLS (CA file, insecure mode) and keep-alive.
+    func configureConnection(_ easy: UnsafeMutableRawPointer, url: String, errorBuffer: UnsafeMutablePointer<CChar>) {
+        _ = pw_easy_setopt_string(easy, CURLOPT_URL, url)
+        _ = pw_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
+        _ = pw_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer)
+        _ = pw_easy_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https")
+        let timeout = min(max(timeoutSeconds, 0.001), 86_400)
+        _ = pw_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(min(timeout, 15) * 1000))
+        // A transfer removed while its name is being resolved must not wait for the resolver thread: that
+        // would block the loop thread, and every other request with it.
+        _ = pw_easy_setopt_long(easy, CURLOPT_QUICK_EXIT, 1)
+        _ = pw_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
+
+        _ = pw_easy_setopt_string(easy, CURLOPT_PROXY, proxy ?? "")
+        if let noProxy { _ = pw_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy) }
+        if let caFile {
+            _ = pw_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
+            _ = pw_easy_setopt_string(easy, CURLOPT_PROXY_CAINFO, caFile)
+        }
+        if insecureSkipVerify {
+            for option in [CURLOPT_SSL_VERIFYPEER, CURLOPT_SSL_VERIFYHOST, CURLOPT_PROXY_SSL_VERIFYPEER, CURLOPT_PROXY_SSL_VERIFYHOST] {
+                _ = pw_easy_setopt_long(easy, option, 0)
+            }
+        }
+    }
+}
+
 /// One request in flight: its easy handle, what it has received, and the continuation waiting for it.
 /// Touched by the loop thread only, except `cancelled` and the continuation handed over through the queue lock.
 private final class Transfer: @unchecked Sendable {
@@ -163,6 +194,7 @@ private final class Transfer: @unchecked Sendable {
     private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
     private var body = Data()
     private var retryAfter: String?
+    private var maintenance = false
     private var tooLarge: Int64?
 
     init(_ request: CurlTransport.Request, options: CurlTransport.Options) {
@@ -171,35 +203,15 @@ private final class Transfer: @unchecked Sendable {
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
         let context = Unmanaged.passUnretained(self).toOpaque()
 
-        _ = pw_easy_setopt_string(easy, CURLOPT_URL, request.url)
-        _ = pw_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
-        _ = pw_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer)
-        _ = pw_easy_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https")
+        options.configureConnection(easy, url: request.url, errorBuffer: errorBuffer)
         // At least 1 ms (0 would mean no limit), at most a day.
         let timeout = min(max(options.timeoutSeconds, 0.001), 86_400)
         _ = pw_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
-        _ = pw_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, Int(min(timeout, 15) * 1000))
-        // A transfer removed while its name is being resolved must not wait for the resolver thread: that
-        // would block the loop thread, and every other request with it.
-        _ = pw_easy_setopt_long(easy, CURLOPT_QUICK_EXIT, 1)
-        _ = pw_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
         _ = pw_easy_setopt_string(easy, CURLOPT_ACCEPT_ENCODING, "") // whatever this libcurl decodes
         _ = pw_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, options.http2 ? Int(CURL_HTTP_VERSION_2TLS) : Int(CURL_HTTP_VERSION_1_1))
         // The server redirects some paths (a trailing slash, 307): follow as URLSession did; 307/308 keep the method.
         _ = pw_easy_setopt_long(easy, CURLOPT_FOLLOWLOCATION, 1)
         _ = pw_easy_setopt_long(easy, CURLOPT_MAXREDIRS, 5)
-
-        _ = pw_easy_setopt_string(easy, CURLOPT_PROXY, options.proxy ?? "")
-        if let noProxy = options.noProxy { _ = pw_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy) }
-        if let caFile = options.caFile {
-            _ = pw_easy_setopt_string(easy, CURLOPT_CAINFO, caFile)
-            _ = pw_easy_setopt_string(easy, CURLOPT_PROXY_CAINFO, caFile)
-        }
-        if options.insecureSkipVerify {
-            for option in [CURLOPT_SSL_VERIFYPEER, CURLOPT_SSL_VERIFYHOST, CURLOPT_PROXY_SSL_VERIFYPEER, CURLOPT_PROXY_SSL_VERIFYHOST] {
-                _ = pw_easy_setopt_long(easy, option, 0)
-            }
-        }
 
         // No `Expect: 100-continue`: it costs a round trip (or a second's wait) per larger POST.
         for header in request.headers + ["Expect:"] { headerList = curl_slist_append(headerList, header) }
@@ -255,13 +267,15 @@ private final class Transfer: @unchecked Sendable {
         guard let data else { return 0 }
         let line = String(decoding: UnsafeRawBufferPointer(start: data, count: count), as: UTF8.self)
         guard let colon = line.firstIndex(of: ":") else {
-            if line.hasPrefix("HTTP/") { retryAfter = nil }
+            if line.hasPrefix("HTTP/") { retryAfter = nil; maintenance = false }
             return count
         }
         let name = line[..<colon].lowercased()
         let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
         if name == "retry-after" {
             retryAfter = value
+        } else if name == "prefect-maintenance" {
+            maintenance = value.lowercased() == "true"
         } else if name == "content-length", let length = Int64(value), length > Int64(limit) {
             tooLarge = length
             return 0 // ends the transfer before any of the body is read
@@ -282,7 +296,7 @@ private final class Transfer: @unchecked Sendable {
         }
         var status = 0
         _ = pw_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
-        finish(.success(CurlTransport.Response(status: status, retryAfter: retryAfter, body: body)))
+        finish(.success(CurlTransport.Response(status: status, retryAfter: retryAfter, body: body, maintenance: maintenance)))
     }
 
     func finish(_ result: Result<CurlTransport.Response, Error>) {

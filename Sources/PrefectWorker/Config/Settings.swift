@@ -23,8 +23,9 @@ public struct Settings: Sendable, Equatable {
     /// `PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR`, as `prefect flow-run execute` reads it.
     var sigtermBehavior: AttemptControl.Intent?
     var createPoolIfNotFound = true
-    /// How often to look for CANCELLING among this worker's runs (only while it has runs in flight).
-    var cancellationPollSeconds: Double = 0.5
+    /// How often to look for CANCELLING among this worker's runs while the events socket is down (only while
+    /// it has runs in flight); Prefect's runner falls back to 10 s.
+    var cancellationPollSeconds: Double = 10
     /// Where the journal of launched runs lives (see `StateDirectory`).
     var stateDirectory: String = "/tmp/prefect-worker"
     /// The lowest level written to the worker's log.

@@ -22,6 +22,9 @@ final class Metrics: Sendable {
         var durationCount = 0
         var cpuUser = 0.0
         var cpuSystem = 0.0
+        var eventSocketUp = false
+        var eventsReceived: [String: Int] = [:]
+        var eventSocketReconnects = 0
     }
 
     /// Upper bounds (seconds) of the run duration histogram.
@@ -54,6 +57,9 @@ final class Metrics: Sendable {
     }
     func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
     func eventsDropped(_ count: Int) { state.withLock { $0.eventsDropped += count } }
+    func eventSocket(up: Bool) { state.withLock { $0.eventSocketUp = up } }
+    func eventReceived(_ name: String) { state.withLock { $0.eventsReceived[name, default: 0] += 1 } }
+    func eventSocketReconnecting() { state.withLock { $0.eventSocketReconnects += 1 } }
     func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
     var inFlight: Int { state.withLock { $0.inFlight } }
 
@@ -99,6 +105,12 @@ final class Metrics: Sendable {
                [("", "\(s.logLinesDropped)")])
         metric("prefect_worker_events_dropped_total", "counter", "Worker events not emitted because the API was away too long (PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE).",
                [("", "\(s.eventsDropped)")])
+        metric("prefect_worker_event_socket_up", "gauge", "1 while the events WebSocket (/api/events/out) is subscribed; 0 while the worker falls back to polling.",
+               [("", s.eventSocketUp ? "1" : "0")])
+        metric("prefect_worker_events_received_total", "counter", "Events received over the events WebSocket, by event name.",
+               s.eventsReceived.keys.sorted().map { ("{event=\"\($0)\"}", "\(s.eventsReceived[$0]!)") })
+        metric("prefect_worker_event_socket_reconnects_total", "counter", "Times the events WebSocket was lost or could not be opened, and was retried.",
+               [("", "\(s.eventSocketReconnects)")])
         var buckets = Self.durationBuckets.enumerated().map { ("{le=\"\(String(format: "%g", $0.element))\"}", "\(s.durationCounts[$0.offset])") }
         buckets.append(("{le=\"+Inf\"}", "\(s.durationCount)"))
         out += "# HELP prefect_worker_run_duration_seconds Wall time of job processes, from start to exit.\n# TYPE prefect_worker_run_duration_seconds histogram\n"

@@ -1,30 +1,40 @@
 import Foundation
 
 /// Watches the runs in flight for CANCELLING (or CANCELLED) and has their supervisors stop them.
+///
+/// While the events socket is up, cancellations arrive by push (`EventWatch`) and this loop asks the server
+/// only when told to: once after every (re)connect, to catch up on what happened while it was down. While the
+/// socket is down it asks every `PREFECT_WORKER_CANCELLATION_POLL_SECONDS`, Prefect's fallback setting.
 struct CancellationWatch: Service {
     let context: WorkerContext
     var client: PrefectClient { context.client }
     var settings: Settings { context.settings }
 
-    /// While runs are in flight, asks the server which of them are CANCELLING (or were CANCELLED) and has
-    /// their supervisors stop them. An idle worker makes no request.
     func run() async {
         while !Task.isCancelled {
-            try? await Task.sleep(seconds: settings.cancellationPollSeconds)
-            let ids = await context.registry.runIDs
-            for start in stride(from: 0, to: ids.count, by: 200) {
-                let chunk = Array(ids[start..<min(start + 200, ids.count)])
-                let filter = JSON.object([
-                    "flow_runs": .object([
-                        "id": .object(["any_": .array(chunk.map(JSON.string))]),
-                        "state": .object(["type": .object(["any_": .array(["CANCELLING", "CANCELLED"])])]),
-                    ]),
-                    "limit": .int(chunk.count),
-                ])
-                guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else { continue }
-                for run in runs where await context.registry.supervisor(run.id)?.requestCancel() == true {
-                    context.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
-                }
+            let push = context.push
+            await push.checkCancellations.wait(timeout: push.isSocketUp ? nil : settings.cancellationPollSeconds)
+            if Task.isCancelled { return }
+            await check()
+        }
+    }
+
+    /// Asks the server which runs in flight are CANCELLING (or were CANCELLED) and has their supervisors stop
+    /// them. An idle worker makes no request.
+    func check() async {
+        let ids = await context.registry.runIDs
+        for start in stride(from: 0, to: ids.count, by: 200) {
+            let chunk = Array(ids[start..<min(start + 200, ids.count)])
+            let filter = JSON.object([
+                "flow_runs": .object([
+                    "id": .object(["any_": .array(chunk.map(JSON.string))]),
+                    "state": .object(["type": .object(["any_": .array(["CANCELLING", "CANCELLED"])])]),
+                ]),
+                "limit": .int(chunk.count),
+            ])
+            guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else { continue }
+            for run in runs where await context.registry.supervisor(run.id)?.requestCancel() == true {
+                context.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
             }
         }
     }

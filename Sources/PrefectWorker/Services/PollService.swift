@@ -1,7 +1,8 @@
 import Foundation
 
 /// Polls the pool for scheduled runs and hands each one it can take (a free slot, not handled or claimed
-/// before) to `launcher`, which runs its supervisor.
+/// before) to `launcher`, which runs its supervisor. Polls every `--query-seconds`, and at once when the events
+/// stream reports a run of the pool becoming due (`EventWatch`).
 struct PollService: Service {
     let context: WorkerContext
     let launcher: RunLauncher
@@ -45,7 +46,8 @@ struct PollService: Service {
             if settings.runOnce { return }
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
-            try? await Task.sleep(seconds: settings.querySeconds)
+            // Until the next poll, or sooner when the events stream says a run of the pool became due.
+            await context.push.pollNow.wait(timeout: settings.querySeconds)
         }
     }
 }

@@ -14,6 +14,8 @@ final class WorkerContext: Sendable {
     let status: WorkerStatus
     let journal: RunJournal
     let outbox: Outbox
+    /// The events stream's news for the loops that would otherwise poll (see `EventWatch`).
+    let push = PushSignals()
     /// This worker process, as recorded in journal entries.
     let identity = JournalEntry.Identity.current
     private let poolSnapshot = Mutex<WorkPool?>(nil)

@@ -343,7 +343,7 @@ final class CommandLineParserTests: XCTestCase {
     // MARK: - Settings added for cancellation and the run journal
 
     func testCancellationPollSeconds() throws {
-        XCTAssertEqual(try settings(["start", "-p", "p"]).cancellationPollSeconds, 0.5)
+        XCTAssertEqual(try settings(["start", "-p", "p"]).cancellationPollSeconds, 10)
         XCTAssertEqual(try settings(["start", "-p", "p", "--cancellation-poll-seconds", "2.5"]).cancellationPollSeconds, 2.5)
         var env = baseEnv
         env["PREFECT_WORKER_CANCELLATION_POLL_SECONDS"] = "7"

@@ -1,0 +1,134 @@
+import Foundation
+import XCTest
+@testable import PrefectWorker
+
+/// What the events stream changes in the loops: the cancellation watch rests while the socket is up, events
+/// become cancellations and polls, and the doorbell that carries them.
+final class PushSignalTests: XCTestCase {
+    private var fake: FakePrefectAPI!
+
+    override func setUpWithError() throws {
+        fake = try FakePrefectAPI()
+    }
+
+    override func tearDown() {
+        fake.stop()
+        fake = nil
+    }
+
+    private func context(_ configure: (inout Settings) -> Void = { _ in }) -> WorkerContext {
+        var settings = Settings(apiURL: fake.apiURL, pool: "pool", workerName: "worker")
+        settings.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("push-\(UUID().uuidString)").path
+        configure(&settings)
+        return WorkerContext(settings: settings, client: fake.client())
+    }
+
+    private func reserve(_ id: String, in context: WorkerContext) async throws -> FlowRunSupervisor {
+        let supervisor = FlowRunSupervisor(context: context, runID: id)
+        let json = JSON.object(["id": .string(id), "state_id": .string("s-" + id), "run_count": .int(0),
+                                "state": .object(["id": .string("s-" + id), "type": "RUNNING", "name": "Running"])])
+        let run = try JSONDecoder().decode(FlowRun.self, from: Data(json.encoded().utf8))
+        let reserved = await context.registry.reserve(run, for: supervisor)
+        XCTAssertTrue(reserved)
+        return supervisor
+    }
+
+    private static func elapsed(_ body: () async -> Void) async -> Double {
+        let start = Date()
+        await body()
+        return Date().timeIntervalSince(start)
+    }
+
+    func testDoorbellKeepsOneRingAndOtherwiseWaitsForItsTimeout() async {
+        let bell = Doorbell()
+        bell.ring()
+        bell.ring()
+        let rung = await Self.elapsed { await bell.wait(timeout: 5) }
+        XCTAssertLessThan(rung, 0.5, "a ring before the wait returns at once")
+        let quiet = await Self.elapsed { await bell.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(quiet, 0.25, "two rings coalesce into one")
+        Task { try? await Task.sleep(seconds: 0.1); bell.ring() }
+        let woken = await Self.elapsed { await bell.wait(timeout: nil) }
+        XCTAssertLessThan(woken, 2)
+    }
+
+    func testWhileTheSocketIsUpTheCancellationWatchAsksOnlyAfterAConnect() async throws {
+        let context = context { $0.cancellationPollSeconds = 0.1 }
+        fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }
+        _ = try await reserve("run-a", in: context)
+        context.push.socketChanged(up: true)
+        let watch = Task { await CancellationWatch(context: context).run() }
+        try await Task.sleep(seconds: 0.6)
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 1, "one catch-up check after the connect, then none while the socket is up")
+        context.push.socketChanged(up: false)
+        try await Task.sleep(seconds: 0.6)
+        XCTAssertFalse(context.push.isSocketUp)
+        XCTAssertGreaterThanOrEqual(fake.requests("POST", "/api/flow_runs/filter").count, 4, "the socket down: back to polling at the fallback cadence")
+        watch.cancel()
+        await watch.value
+    }
+
+    func testAFailedReconnectWhileDownRingsNothing() async {
+        let push = PushSignals()
+        push.socketChanged(up: false)
+        let quiet = await Self.elapsed { await push.checkCancellations.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(quiet, 0.25, "down to down is no change: no extra cancellation check per failed reconnect")
+        push.socketChanged(up: true)
+        let rung = await Self.elapsed { await push.pollNow.wait(timeout: 5) }
+        XCTAssertLessThan(rung, 0.5, "every connect rings the catch-up poll")
+        push.socketChanged(up: false)
+        let lost = await Self.elapsed { await push.checkCancellations.wait(timeout: 5) }
+        XCTAssertLessThan(lost, 0.5, "a loss rings the cancellation watch")
+    }
+
+    func testEventsBecomeCancellationsAndPolls() async throws {
+        let context = context { $0.workQueues = ["default"] }
+        let ours = try await reserve("run-a", in: context), other = try await reserve("run-b", in: context)
+        let watch = EventWatch(context: context)
+        func event(_ name: String, run: String, type: String?, queue: String = "default") -> EventSubscription.Event {
+            EventSubscription.Event(id: UUID().uuidString, name: "prefect.flow-run." + name, occurred: Date(), resourceID: "prefect.flow-run." + run,
+                                    stateType: type, relatedNames: ["work-queue": queue, "work-pool": "pool"])
+        }
+        await watch.handle(event("Cancelling", run: "run-a", type: "CANCELLING"))
+        let cancelledA = await ours.cancelRequested, cancelledB = await other.cancelRequested
+        XCTAssertTrue(cancelledA)
+        XCTAssertFalse(cancelledB)
+
+        await watch.handle(event("Scheduled", run: "run-x", type: "SCHEDULED", queue: "elsewhere"))
+        let ignored = await Self.elapsed { await context.push.pollNow.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(ignored, 0.25, "a run of a queue this worker does not serve is not polled for")
+        await watch.handle(event("AwaitingRetry", run: "run-x", type: nil))
+        let polled = await Self.elapsed { await context.push.pollNow.wait(timeout: 5) }
+        XCTAssertLessThan(polled, 0.5, "a run becoming due rings for a poll (the type taken from the name when absent)")
+    }
+
+    func testEventMessagesParseAsTheServerSendsThem() throws {
+        let text = #"""
+        {"type":"event","event":{"id":"e-1","occurred":"2026-12-01T22:00:00.123456Z","event":"prefect.flow-run.Cancelling",
+         "resource":{"prefect.resource.id":"prefect.flow-run.1234","prefect.state-type":"CANCELLING"},
+         "related":[{"prefect.resource.id":"prefect.work-pool.p1","prefect.resource.role":"work-pool","prefect.resource.name":"pool"},
+                    {"prefect.resource.id":"prefect.work-queue.q1","prefect.resource.role":"work-queue","prefect.resource.name":"default"}],
+         "payload":{},"received":"2026-12-01T22:00:00.2Z"}}
+        """#
+        let event = try XCTUnwrap(EventSubscription.Event.parse(text))
+        XCTAssertEqual(event.flowRunID, "1234")
+        XCTAssertEqual(event.stateType, "CANCELLING")
+        XCTAssertEqual(event.relatedNames["work-queue"], "default")
+        XCTAssertNotNil(event.occurred)
+        XCTAssertNil(EventSubscription.Event.parse(#"{"type":"auth_success"}"#))
+        let filter = EventSubscription.filter(names: ["prefect.flow-run.Cancelling"], anyResource: ["prefect.work-pool.p1"], since: Date())
+        XCTAssertEqual(filter["filter"]?["any_resource"]?["id"], .array(["prefect.work-pool.p1"]))
+        XCTAssertEqual(filter["type"], .string("filter"))
+    }
+
+    func testMetricsShowTheSocket() {
+        let metrics = Metrics()
+        metrics.eventSocket(up: true)
+        metrics.eventReceived("prefect.flow-run.Cancelling")
+        metrics.eventSocketReconnecting()
+        let text = metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(text.contains("prefect_worker_event_socket_up 1\n"), text)
+        XCTAssertTrue(text.contains("prefect_worker_events_received_total{event=\"prefect.flow-run.Cancelling\"} 1\n"), text)
+        XCTAssertTrue(text.contains("prefect_worker_event_socket_reconnects_total 1\n"), text)
+    }
+}
