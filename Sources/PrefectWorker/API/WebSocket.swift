@@ -61,7 +61,7 @@ final class WebSocket: Sendable {
         let abandoned = Atomic<Bool>(false)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                SignalListener.startThread(name: "prefect-websocket", stackSize: 256 * 1024) {
+                WorkerThread.start(name: "prefect-websocket", stackSize: 256 * 1024) {
                     let connection: Connection
                     do {
                         connection = try Connection.open(url: url, shown: shown, options: options, headers: headers,
