@@ -6,7 +6,9 @@ import Glibc
 /// How the container tests run the image: as config/kubernetes.yaml's pod runs it, and as Prefect's Helm
 /// chart (charts/prefect-worker, with config/helm-values.yaml) runs it, translated to podman flags.
 /// Every container uses the host's network, so it reaches the test server on 127.0.0.1; that is why the
-/// health port is a free one instead of 8080 (several tests share the host's ports).
+/// health port is a free one instead of 8080 (several tests share the host's ports). The image's
+/// HEALTHCHECK is off (`--no-healthcheck`), as Kubernetes ignores it (its probes call /health, which the
+/// tests call too); podman would need systemd to schedule it.
 enum ContainerPods {
     /// The environment of config/kubernetes.yaml's container: its ConfigMap, then its `env` list. The pool,
     /// the API URL, the name (`metadata.name`) and the port come from the test; the Secret's API key is
@@ -43,7 +45,7 @@ enum ContainerPods {
     /// /var/lib/prefect-worker, a tmpfs at /tmp (its emptyDir), and `args: ["start"]` after the image.
     static func kubernetesRunArguments(container: String, podName: String, stateVolume: String,
                                        environment: [String: String], extraMounts: [String] = [], image: String) -> [String] {
-        ["run", "--detach", "--name", container, "--hostname", podName, "--network", "host",
+        ["run", "--detach", "--name", container, "--hostname", podName, "--network", "host", "--no-healthcheck",
          "--read-only", "--user", "10001:10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
          "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777", "--volume", stateVolume + ":/var/lib/prefect-worker"]
             + extraMounts.flatMap { ["--volume", $0] }
@@ -83,7 +85,7 @@ enum ContainerPods {
     /// emptyDir), and the image's VOLUME ignored, as Kubernetes ignores it.
     static func chartRunArguments(container: String, podName: String, scratch: String, environment: [String: String],
                                   image: String, pool: String) -> [String] {
-        ["run", "--detach", "--name", container, "--hostname", podName, "--network", "host",
+        ["run", "--detach", "--name", container, "--hostname", podName, "--network", "host", "--no-healthcheck",
          "--read-only", "--user", "1001:0", "--group-add", "1001", "--security-opt", "no-new-privileges",
          "--image-volume", "ignore", "--workdir", "/home/prefect",
          "--volume", scratch + "/home:/home/prefect", "--volume", scratch + "/tmp:/tmp",

@@ -209,13 +209,18 @@ final class ContainerTests: RunControlTestCase, @unchecked Sendable {
                                                   extraMounts: ["\(env.fixtures):\(env.fixtures):ro"])
         let run = try await waitForFinalState(id, in: container, timeout: 120)
         XCTAssertEqual(run.stateType, "COMPLETED", "final state: \(run.stateSummary); log: \(Podman.logs(container).suffix(3000))")
-        let logs = try await api.logMessages(id)
-        XCTAssertTrue(logs.contains { $0.contains("hello, container!") }, "the flow's own log lines: \(logs.suffix(10))")
+        // The engine ships its log records itself, a little after the run's final state.
+        var logs: [String] = []
+        let shipped = try? await E2E.eventually(timeout: 20, "the flow's own log line in the run's logs: \(logs.suffix(10))") { () -> Bool? in
+            logs = try await api.logMessages(id)
+            return logs.contains { $0.contains("hello, container!") } ? true : nil
+        }
+        XCTAssertNotNil(shipped, "the flow's own log lines: \(logs.suffix(10))")
 
         // The chart's init container: `prefect work-pool inspect` through Prefect's CLI.
         let scratch = try temporaryDirectory("scratch")
         try ContainerPods.makeScratch(in: scratch)
-        let inspect = try Podman.run(["run", "--rm", "--network", "host", "--read-only", "--user", "1001:0", "--group-add", "1001",
+        let inspect = try Podman.run(["run", "--rm", "--network", "host", "--no-healthcheck", "--read-only", "--user", "1001:0", "--group-add", "1001",
                                       "--image-volume", "ignore", "--workdir", "/home/prefect",
                                       "--volume", scratch + "/home:/home/prefect", "--volume", scratch + "/tmp:/tmp",
                                       "--env", "HOME=/home/prefect", "--env", "PREFECT_API_URL=" + env.apiURL.absoluteString,
@@ -261,7 +266,7 @@ final class ContainerTests: RunControlTestCase, @unchecked Sendable {
         let worker = ProcScan.allPIDs().first { ProcScan.stat($0)?.ppid == pid }
         printWorkerMemory(container, pid: worker)
 
-        let other = try Podman.run(["run", "--rm", "--entrypoint", "/opt/prefect/entrypoint.sh", images.plain, "prefect", "work-pool", "ls"])
+        let other = try Podman.run(["run", "--rm", "--no-healthcheck", "--entrypoint", "/opt/prefect/entrypoint.sh", images.plain, "prefect", "work-pool", "ls"])
         XCTAssertEqual(other.code, 2, "prefect work-pool ls in the image without Python: \(other.error)")
         let lines = other.error.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, "one line: \(other.error)")

@@ -20,31 +20,47 @@ enum Podman {
     static let runtimeArguments = ["--runtime", "runc"]
 
     /// Runs `podman --runtime runc ARGS`; returns its exit code and output, or throws if it outlives `timeout`.
+    /// Spawned and reaped here with posix_spawn and waitpid, not with Foundation's Process: `podman run`
+    /// leaves conmon behind, which inherits Process's end-of-child socket, so Process would never see podman exit.
     static func run(_ arguments: [String], timeout: Double = 120) throws -> Result {
         let directory = try E2E.makeTemporaryDirectory("podman")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let outPath = directory + "/out", errPath = directory + "/err"
-        FileManager.default.createFile(atPath: outPath, contents: nil)
-        FileManager.default.createFile(atPath: errPath, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: outPath), let err = FileHandle(forWritingAtPath: errPath) else {
-            throw Failed(description: "cannot create output files in \(directory)")
+        let out = open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let err = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(out); close(err) }
+        guard out >= 0, err >= 0 else { throw Failed(description: "cannot create output files in \(directory)") }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out, 1)
+        posix_spawn_file_actions_adddup2(&actions, err, 2)
+        let argv = ["podman"] + runtimeArguments + arguments
+        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for pointer in cArguments { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawnp(&pid, "podman", &actions, nil, &cArguments, environ)
+        guard spawned == 0 else {
+            throw Failed(description: "cannot start podman: \(String(cString: strerror(spawned)))")
         }
-        defer { try? out.close(); try? err.close() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["podman"] + runtimeArguments + arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning, Date() < deadline { usleep(50_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            throw Failed(description: "podman \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s; stderr: \(E2E.readText(errPath) ?? "")")
+        var status: Int32 = 0
+        while true {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid { break }
+            if reaped < 0, errno != EINTR { throw Failed(description: "waitpid(\(pid)) for podman: \(String(cString: strerror(errno)))") }
+            if Date() >= deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                throw Failed(description: "podman \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s; stderr: \(E2E.readText(errPath) ?? "")")
+            }
+            usleep(20_000)
         }
-        return Result(code: process.terminationStatus, output: E2E.readText(outPath) ?? "", error: E2E.readText(errPath) ?? "")
+        // The exit code, or 128 + the signal that ended it.
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Result(code: code, output: E2E.readText(outPath) ?? "", error: E2E.readText(errPath) ?? "")
     }
 
     /// Runs podman and returns its stdout (trimmed); a non-zero exit throws with its stderr.
