@@ -368,6 +368,23 @@ extension PrefectClient {
         }
     }
 
+    /// `POST /flow_runs/count`: SCHEDULED runs of the pool (only `queues`, when given) due before `before`
+    /// (the autoscaling signal, `DueRuns`).
+    func countDueFlowRuns(pool: String, queues: [String], before: Date) async throws -> Int {
+        var body: [String: JSON] = [
+            "flow_runs": .object([
+                "state": .object(["type": .object(["any_": .array([.string("SCHEDULED")])])]),
+                "next_scheduled_start_time": .object(["before_": .string(Timestamp.format(before))]),
+            ]),
+            "work_pools": .object(["name": .object(["any_": .array([.string(pool)])])]),
+        ]
+        if !queues.isEmpty {
+            body["work_pool_queues"] = .object(["name": .object(["any_": .array(queues.map(JSON.string))])])
+        }
+        let data = try await send("POST", "/flow_runs/count", body: .object(body), what: "counting due flow runs", policy: .quick)
+        return try decode(Int.self, from: data, what: "POST /flow_runs/count")
+    }
+
     /// `GET /flow_runs/{id}`.
     func readFlowRun(_ id: String, policy: RetryPolicy = .standard) async throws -> FlowRun {
         let data = try await send("GET", "/flow_runs/\(Self.pathComponent(id))", what: "reading flow run \(id)", policy: policy)

@@ -16,6 +16,8 @@ final class Metrics: Sendable {
         var logLinesDropped = 0
         var eventsDropped = 0
         var inFlight = 0
+        /// Runs due in the pool that no worker has claimed (`DueRuns`); nil until first known.
+        var runsDue: Int?
         /// Wall time of finished jobs: cumulative counts per `durationBuckets` bound, sum, count.
         var durationCounts = [Int](repeating: 0, count: Metrics.durationBuckets.count)
         var durationSum = 0.0
@@ -62,6 +64,8 @@ final class Metrics: Sendable {
     func eventSocketReconnecting() { state.withLock { $0.eventSocketReconnects += 1 } }
     func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
     var inFlight: Int { state.withLock { $0.inFlight } }
+    func setRunsDue(_ count: Int) { state.withLock { $0.runsDue = count } }
+    var runsDue: Int? { state.withLock { $0.runsDue } }
 
     /// Groups API paths into a few classes, so label cardinality stays bounded.
     static func endpointClass(method: String, path: String) -> String {
@@ -69,6 +73,7 @@ final class Metrics: Sendable {
         if path.hasSuffix("/get_scheduled_flow_runs") { return "poll" }
         if path.hasSuffix("/set_state") { return "set_state" }
         if path.hasPrefix("/flow_runs/filter") { return "filter_flow_runs" }
+        if path.hasPrefix("/flow_runs/count") { return "count_flow_runs" }
         if path.hasSuffix("/labels") { return "labels" }
         if path.hasPrefix("/flow_runs/") { return method == "GET" ? "read_flow_run" : "update_flow_run" }
         if path.hasPrefix("/work_pools") { return "work_pool" }
@@ -93,6 +98,11 @@ final class Metrics: Sendable {
         metric("prefect_worker_runs_finished_total", "counter", "Flow runs finished, by the final state the worker saw or reported.",
                s.finished.keys.sorted().map { ("{state=\"\($0)\"}", "\(s.finished[$0]!)") })
         metric("prefect_worker_runs_in_flight", "gauge", "Flow runs claimed and not yet finished.", [("", "\(s.inFlight)")])
+        if let due = s.runsDue {
+            metric("prefect_worker_pool_runs_due", "gauge",
+                   "Flow runs due in the work pool (the worker's queues, when it serves some) that no worker has claimed, as of the last poll.",
+                   [("", "\(due)")])
+        }
         metric("prefect_worker_api_requests_total", "counter", "Prefect API requests, by endpoint class.",
                s.requests.keys.sorted().map { ("{endpoint=\"\($0)\"}", "\(s.requests[$0]!)") })
         metric("prefect_worker_api_errors_total", "counter", "Prefect API requests that failed, by endpoint class.",

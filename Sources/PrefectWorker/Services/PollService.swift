@@ -11,10 +11,13 @@ struct PollService: Service {
 
     /// Polls for scheduled runs and hands each new one to a supervisor, within `--limit`.
     func run() async {
+        var lastCount: Date?
         while !Task.isCancelled {
             context.status.pollLoopTicked()
             let free = await context.registry.freeSlots
             if free == 0 {
+                // No poll while every slot is busy: the backlog is counted instead (the autoscaling signal).
+                await countDueRuns(&lastCount)
                 let registry = context.registry
                 await firstOf({ await registry.waitForRelease() },
                               { try? await Task.sleep(seconds: self.settings.querySeconds) })
@@ -22,32 +25,56 @@ struct PollService: Service {
             }
             let batchLimit = min(free ?? 200, 200)
             var runs: [FlowRun] = []
+            var polled = false
+            let limit = settings.limit == nil ? nil : batchLimit
             if context.pool != nil {
                 do {
                     let horizon = settings.runOnce ? 0 : settings.prefetchSeconds
                     runs = try await client.scheduledFlowRuns(pool: settings.pool, queues: settings.workQueues,
                                                               before: Date().addingTimeInterval(horizon),
-                                                              limit: settings.limit == nil ? nil : batchLimit)
+                                                              limit: limit)
                     context.status.pollSucceeded()
+                    polled = true
                 } catch is CancellationError {
                     return
                 } catch {
                     context.log.warning("polling for flow runs failed: \(error); next poll in \(settings.querySeconds) s")
                 }
             }
-            var taken = 0
+            var taken = 0, takenDue = 0
+            let now = Date()
             for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
                 if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
                 let supervisor = FlowRunSupervisor(context: context, runID: run.id)
                 guard await context.registry.reserve(run, for: supervisor) else { continue }
                 taken += 1
+                if DueRuns.isDue(run, now: now) { takenDue += 1 }
                 launcher.submit(run, to: supervisor)
+            }
+            if polled {
+                if let due = DueRuns.fromPoll(runs, limit: limit, takenDue: takenDue, now: now) {
+                    context.metrics.setRunsDue(due)
+                } else {
+                    await countDueRuns(&lastCount)
+                }
             }
             if settings.runOnce { return }
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
             // Until the next poll, or sooner when the events stream says a run of the pool became due.
             await context.push.pollNow.wait(timeout: settings.querySeconds)
+        }
+    }
+
+    /// One `POST /flow_runs/count` for the gauge of due runs, unless one was sent within the poll interval.
+    private func countDueRuns(_ lastCount: inout Date?) async {
+        guard context.pool != nil, DueRuns.mayCount(lastCount: lastCount, interval: settings.querySeconds, now: Date()) else { return }
+        lastCount = Date()
+        do {
+            let due = try await client.countDueFlowRuns(pool: settings.pool, queues: settings.workQueues, before: Date())
+            context.metrics.setRunsDue(due)
+        } catch {
+            context.log.debug("counting the due flow runs of work pool '\(settings.pool)' failed: \(error); the gauge keeps its last value until the next poll")
         }
     }
 }

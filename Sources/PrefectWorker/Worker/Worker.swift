@@ -18,6 +18,11 @@ public final class Worker: Sendable {
 
     /// A worker for `settings`, with its own API client.
     public init(settings: Settings) {
+        var settings = settings
+        let state = StateDirectory.resolve(settings.stateDirectory,
+                                           fallbacks: StateDirectory.fallbacks(environment: settings.environment, uid: getuid()))
+        if let warning = state.warning { Log.warning(warning) }
+        settings.stateDirectory = state.path
         let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString, settings: settings.client)
         // Prefect's worker sends its name with every request it makes (`get_attribution_headers`), Cloud or not.
         client.setHeader("X-Prefect-Worker-Name", settings.workerName)
