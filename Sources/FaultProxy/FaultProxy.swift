@@ -69,6 +69,7 @@ public final class FaultProxy: @unchecked Sendable {
     private var _targetedFailures: [String: Int] = [:]
     private var _stopped = false
     private var _blockWebSockets = false
+    private var _maintenance = false
     /// Client and server sockets of the open WebSocket tunnels.
     private var _tunnels: [Int32: Int32] = [:]
     private var _counters = Counters()
@@ -125,6 +126,13 @@ public final class FaultProxy: @unchecked Sendable {
     public var blockWebSockets: Bool {
         get { locked { _blockWebSockets } }
         set { locked { _blockWebSockets = newValue } }
+    }
+
+    /// While true, every request is answered 503 with `Prefect-Maintenance: true` and `Retry-After: 1`, as
+    /// Prefect Cloud answers during maintenance (counted in `injected503`).
+    public var maintenance: Bool {
+        get { locked { _maintenance } }
+        set { locked { _maintenance = newValue } }
     }
 
     /// Cuts every open WebSocket tunnel with a reset on both sides.
@@ -266,6 +274,18 @@ public final class FaultProxy: @unchecked Sendable {
         }
         if request.isWebSocket {
             tunnel(client, request)
+            return
+        }
+        let inMaintenance: Bool = locked {
+            guard _maintenance else { return false }
+            _counters.requests += 1
+            _counters.injected503 += 1
+            return true
+        }
+        if inMaintenance {
+            let body = #"{"detail":"Prefect Cloud is undergoing maintenance"}"#
+            Self.sendAll(client, Array("HTTP/1.1 503 Service Unavailable\r\nPrefect-Maintenance: true\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+            Self.finish(client)
             return
         }
         switch decideFault(request.summary) {

@@ -141,7 +141,68 @@ final class PushTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertEqual(lost, 1, "the loss is logged once, not once per failed reconnect")
     }
 
-    func testWithTheSocketBlockedCancellationFallsBackToPolling() async throws {
+    func testHeartbeatsGoOverTheWorkerChannelAndOverRESTWhileItIsDown() async throws {
+        let pool = try await makeProcessPool()
+        let proxy = try startProxy()
+        let port = E2E.closedLocalPort()
+        let worker = try startWorker(pool: pool, arguments: ["--heartbeat-seconds", "1", "--with-healthcheck", "--state-dir", try stateDirectory()],
+                                     environment: ["PREFECT_WORKER_WEBSERVER_PORT": String(port)], apiURL: proxy.apiURL)
+        _ = try await E2E.eventually(timeout: 20, "the worker channel to open: \(worker.log.suffix(1500))") {
+            worker.log.contains("worker channel open at ws://127.0.0.1:\(proxy.port)/api/work_pools/") ? true : nil
+        }
+        func restHeartbeats() async -> Int {
+            let reply = await Task.detached { RawHTTP.get(port: port, "/metrics", timeout: 3) }.value
+            let line = reply?.body.split(separator: "\n").first { $0.hasPrefix("prefect_worker_api_requests_total{endpoint=\"heartbeat\"}") }
+            return line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        let before = await restHeartbeats()
+        try await Task.sleep(seconds: 4)
+        let during = await restHeartbeats()
+        XCTAssertEqual(during, before, "no REST heartbeat while the channel is open")
+        let workers = try await api.send("POST", "/work_pools/\(TestAPI.path(pool))/workers/filter", .object([:]))
+        let last = workers.asArray?.first?["last_heartbeat_time"]?.asString.flatMap(Timestamp.parse)
+        XCTAssertLessThan(Date().timeIntervalSince(try XCTUnwrap(last, "\(workers)")), 3, "the channel's heartbeats reach the server: \(workers)")
+
+        proxy.blockWebSockets = true
+        proxy.cutWebSockets()
+        _ = try await E2E.eventually(timeout: 10, "the worker to notice the lost channel") {
+            worker.log.contains("worker channel lost") ? true : nil
+        }
+        try await Task.sleep(seconds: 3)
+        let after = await restHeartbeats()
+        XCTAssertGreaterThan(after, before, "REST heartbeats resume while the channel is down")
+    }
+
+        func testAPoolChangeIsPushedOverTheWorkerChannelBeforeTheNextPoolRead() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object([
+            "command": .string("sh -c 'echo snapshot=$FROM_SNAPSHOT'"),
+        ]))
+        // The REST pool read comes only every 60 s here: a change seen sooner came over the channel.
+        let worker = try startWorker(pool: pool, arguments: ["--heartbeat-seconds", "60", "--state-dir", try stateDirectory()])
+        _ = try await E2E.eventually(timeout: 20, "the worker channel to open: \(worker.log.suffix(1500))") {
+            worker.log.contains("worker channel open") ? true : nil
+        }
+        let read = try await api.send("GET", "/work_pools/\(TestAPI.path(pool))")
+        guard case .object(var template)? = read["base_job_template"], case .object(var configuration)? = template["job_configuration"] else {
+            return XCTFail("no base job template: \(read)")
+        }
+        configuration["env"] = .object(["FROM_SNAPSHOT": .string("pushed")])
+        template["job_configuration"] = .object(configuration)
+        _ = try await api.send("PATCH", "/work_pools/\(TestAPI.path(pool))", .object(["base_job_template": .object(template)]))
+        try await Task.sleep(seconds: 1.5)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let run = try await waitForFinalState(id, timeout: 30)
+        XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
+        let logs = try await E2E.eventually(timeout: 10, "the job's output in the run's logs") { () -> [String]? in
+            let messages = try await api.logMessages(id)
+            return messages.contains { $0.contains("snapshot=") } ? messages : nil
+        }
+        XCTAssertTrue(logs.contains { $0.contains("snapshot=pushed") }, "the run used the pushed template: \(logs)")
+    }
+
+        func testWithTheSocketBlockedCancellationFallsBackToPolling() async throws {
         let pool = try await makeProcessPool()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
         let proxy = try startProxy()
@@ -203,7 +264,9 @@ final class PushRequestRateTests: RunControlTestCase, @unchecked Sendable {
         }
         let upgrades = Double(setups[1].proxy.counters.webSocketsRefused - before[1].1) * 60 / window
         print(String(format: "PushTests: API requests per minute, 3 plain-command runs in flight: with the events socket %.0f; without it (0.5 s cancellation poll) %.0f, of which %.0f refused WebSocket upgrades", perMinute[0], perMinute[1], upgrades))
-        XCTAssertLessThanOrEqual(perMinute[0], 12, "with the socket up only the polls and heartbeats remain")
+        // Six polls a minute at the 10 s interval (seven if the window catches one more), as Prefect's worker:
+        // cancellations come by event, heartbeats and pool changes over the worker channel.
+        XCTAssertLessThanOrEqual(perMinute[0], 7, "with both sockets up only the polls remain")
         XCTAssertLessThan(perMinute[0] * 4, perMinute[1] - upgrades)
     }
 }

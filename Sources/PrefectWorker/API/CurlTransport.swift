@@ -33,6 +33,8 @@ final class CurlTransport: @unchecked Sendable { // `multi` and `active` belong 
         var status: Int
         var retryAfter: String?
         var body: Data
+        /// `Prefect-Maintenance: true`: Prefect Cloud is in maintenance; retry for as long as it lasts.
+        var maintenance = false
     }
 
     /// A transfer that got no complete HTTP answer.
@@ -192,6 +194,7 @@ private final class Transfer: @unchecked Sendable {
     private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
     private var body = Data()
     private var retryAfter: String?
+    private var maintenance = false
     private var tooLarge: Int64?
 
     init(_ request: CurlTransport.Request, options: CurlTransport.Options) {
@@ -264,13 +267,15 @@ private final class Transfer: @unchecked Sendable {
         guard let data else { return 0 }
         let line = String(decoding: UnsafeRawBufferPointer(start: data, count: count), as: UTF8.self)
         guard let colon = line.firstIndex(of: ":") else {
-            if line.hasPrefix("HTTP/") { retryAfter = nil }
+            if line.hasPrefix("HTTP/") { retryAfter = nil; maintenance = false }
             return count
         }
         let name = line[..<colon].lowercased()
         let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
         if name == "retry-after" {
             retryAfter = value
+        } else if name == "prefect-maintenance" {
+            maintenance = value.lowercased() == "true"
         } else if name == "content-length", let length = Int64(value), length > Int64(limit) {
             tooLarge = length
             return 0 // ends the transfer before any of the body is read
@@ -291,7 +296,7 @@ private final class Transfer: @unchecked Sendable {
         }
         var status = 0
         _ = pw_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
-        finish(.success(CurlTransport.Response(status: status, retryAfter: retryAfter, body: body)))
+        finish(.success(CurlTransport.Response(status: status, retryAfter: retryAfter, body: body, maintenance: maintenance)))
     }
 
     func finish(_ result: Result<CurlTransport.Response, Error>) {

@@ -13,6 +13,8 @@ public final class PrefectClient: Sendable {
     /// Headers learnt at run time (the worker's name and id), sent with every later request.
     private let identityHeaders = Mutex<[String: String]>([:])
     private let health = Mutex<Health>(Health())
+    /// Maintenance and rate-limit pauses the server asked for (see `ServerBackoff`).
+    let backoff = Mutex(ServerBackoff())
     /// Requests in flight at once. More wait here, in Swift: curl's queue of transfers waiting for a
     /// connection is driven by a ~1 ms timer.
     private let slots = AsyncSemaphore(8)
@@ -127,6 +129,15 @@ public final class PrefectClient: Sendable {
             attempt += 1
             do {
                 return try await sendOnce(method, path, body: body)
+            } catch let answer as MaintenanceAnswer {
+                // Prefect Cloud's maintenance: retried for as long as it lasts, not counted as an attempt.
+                attempt -= 1
+                let delay = Self.maintenanceDelay(retryAfter: answer.error.retryAfter, jitter: policy.jitter)
+                let begins = (maintenanceBackoffEndsAt ?? .distantPast) < Date()
+                noteMaintenance(until: Date().addingTimeInterval(delay))
+                let line = "\(what): the Prefect API is in maintenance (\(answer.error)); retrying in \(String(format: "%.1f", delay)) s, for as long as it lasts"
+                if hasBeenFailingLong { log.warning(line) } else if begins { log.info(line) } else { log.debug(line) }
+                try await Task.sleep(seconds: delay)
             } catch let error as APIError where isRetryable(error) && attempt < policy.maxAttempts {
                 let delay = policy.delay(afterAttempt: attempt, retryAfter: error.retryAfter)
                 let since = lastSuccessfulRequest.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
@@ -159,6 +170,7 @@ public final class PrefectClient: Sendable {
             body: body.map { Data($0.encoded().utf8) }, maxBodyBytes: limit)
         let response: CurlTransport.Response
         do {
+            try await waitOutPause(of: endpointClass)
             try await slots.acquire()
             defer { slots.release() }
             response = try await transport.perform(request)
@@ -176,14 +188,20 @@ public final class PrefectClient: Sendable {
         }
         let ok = (200..<300).contains(response.status)
         metrics.request(endpointClass, failed: !ok)
+        let retryAfter = RetryPolicy.parseRetryAfter(response.retryAfter)
+        if response.status == 429, let retryAfter {
+            pauseGroup(endpointClass, for: retryAfter, endpoint: endpoint)
+        }
         guard ok else {
             if RetryPolicy.isRetryable(status: response.status) {
                 noteFailure()
             } else {
                 health.withLock { $0.failingSince = nil } // the API answers; the request was refused
             }
-            throw APIError.http(endpoint: endpoint, status: response.status, detail: Self.detail(from: response.body),
-                                retryAfter: RetryPolicy.parseRetryAfter(response.retryAfter))
+            let error = APIError.http(endpoint: endpoint, status: response.status, detail: Self.detail(from: response.body),
+                                      retryAfter: retryAfter)
+            if response.maintenance, RetryPolicy.isRetryable(status: response.status) { throw MaintenanceAnswer(error: error) }
+            throw error
         }
         health.withLock { $0 = Health(lastSuccess: Date(), failingSince: nil) }
         return response.body

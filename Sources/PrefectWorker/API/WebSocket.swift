@@ -133,11 +133,12 @@ final class WebSocket: Sendable {
             // Handle what arrived (and what the handshake read past its answer).
             for event in events {
                 lastReceived = Connection.now()
+                pingSentAt = nil  // any frame shows the line is alive, not only the pong
                 switch event {
                 case .text(let text): if closeSentAt == nil { c.continuation.yield(.text(text)) }
                 case .binary(let bytes): if closeSentAt == nil { c.continuation.yield(.binary(Data(bytes))) }
                 case .ping(let payload): pong = WebSocketFrame.encode(.pong, payload)
-                case .pong: pingSentAt = nil
+                case .pong: break
                 case .close(let code, let reason):
                     if closeSentAt == nil {
                         queue(WebSocketFrame.encode(.close, WebSocketFrame.closePayload(code: code == 1005 ? 1000 : code)))

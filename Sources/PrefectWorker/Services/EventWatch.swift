@@ -83,6 +83,8 @@ struct EventWatch: Service {
     /// Acts on one event: a run of ours cancelled is stopped, a run of our queues due is polled for.
     func handle(_ event: EventSubscription.Event) async {
         let type = event.stateType ?? Self.stateType(ofName: event.name)
+        let lag = event.occurred.map { String(format: ", %.3f s after it occurred", Date().timeIntervalSince($0)) } ?? ""
+        context.log.debug("event \(event.name) for \(event.resourceID)\(lag)")
         switch type {
         case "CANCELLING", "CANCELLED":
             guard let id = event.flowRunID else { return }

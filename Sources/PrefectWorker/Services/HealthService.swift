@@ -32,7 +32,9 @@ struct HealthService: Service {
         let status = context.status
         switch path {
         case "/health":
-            let last = status.lastPoll ?? status.started
+            // As Prefect's `_is_within_polling_window`: the window counts from the later of the last poll and
+            // the end of the latest maintenance back-off, so waiting out maintenance is not being stuck.
+            let last = max(status.lastPoll ?? status.started, context.client.maintenanceBackoffEndsAt ?? .distantPast)
             let age = Date().timeIntervalSince(last)
             // A draining worker no longer polls, on purpose; it is healthy while it waits for its runs.
             let healthy = age < settings.querySeconds * 30 || context.shutdown.phase >= .draining

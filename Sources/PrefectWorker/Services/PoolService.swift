@@ -126,6 +126,7 @@ struct PoolService: Service {
             context.status.heartbeatLoopTicked()
             try? await Task.sleep(seconds: settings.heartbeatSeconds)
             if Task.isCancelled { return }
+            if context.push.isChannelUp { continue }  // the worker channel heartbeats and pushes the pool
             do {
                 try await syncPool()
             } catch let error as WorkerError {

@@ -13,11 +13,20 @@ final class PushSignals: Sendable {
 
     init() {}
 
+    /// Whether the worker channel is open now: `PoolService` then skips its REST heartbeat and pool read.
+    var isChannelUp: Bool { channel.load(ordering: .relaxed) }
+    private let channel = Atomic<Bool>(false)
+
+    func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
+
     /// Whether the events socket is subscribed now.
     var isSocketUp: Bool { up.load(ordering: .relaxed) }
 
+    /// After every connect: catch up on cancellations and due runs. After a loss: the cancellation watch
+    /// changes to its fallback cadence (a failed reconnect while already down changes nothing).
     func socketChanged(up isUp: Bool) {
-        up.store(isUp, ordering: .relaxed)
+        let was = up.exchange(isUp, ordering: .relaxed)
+        guard isUp || was else { return }
         checkCancellations.ring()
         if isUp { pollNow.ring() }
     }

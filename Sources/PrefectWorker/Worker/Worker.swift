@@ -111,6 +111,7 @@ public final class Worker: Sendable {
             loops.start(pool, in: &group)
             loops.start(CancellationWatch(context: context), in: &group)
             loops.start(EventWatch(context: context), in: &group)
+            loops.start(WorkerChannel(context: context), in: &group)
             claiming.start(PollService(context: context, launcher: launcher), in: &group)
             if settings.runOnce {
                 // One poll, then the runs it claimed run to the end (a signal still drains or stops them).

@@ -317,7 +317,30 @@ final class WebSocketTests: XCTestCase {
         await socket.close()
     }
 
-    func testIdleConnectionCostsNoCPU() async throws {
+    func testAnyFrameAnswersForALivePeerNotOnlyAPong() async throws {
+        let server = try FakeWebSocketServer { peer in
+            try peer.accept()
+            for i in 0..<8 {
+                Thread.sleep(forTimeInterval: 0.2)
+                try peer.sendText("tick \(i)") // never a pong
+            }
+            _ = try peer.expectClose()
+        }
+        defer { server.stop() }
+        var limits = WebSocket.Limits()
+        limits.pingInterval = 0.15
+        limits.pingTimeout = 0.3
+        let socket = try await connect(server, limits: limits)
+        var ticks = 0
+        for try await _ in socket.messages {
+            ticks += 1
+            if ticks == 8 { break }
+        }
+        XCTAssertEqual(ticks, 8, "a peer that keeps sending is alive, whether or not it answers pings")
+        await socket.close()
+    }
+
+        func testIdleConnectionCostsNoCPU() async throws {
         let server = try FakeWebSocketServer { peer in
             try peer.accept()
             _ = try peer.expectClose()

@@ -62,9 +62,23 @@ final class PushSignalTests: XCTestCase {
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 1, "one catch-up check after the connect, then none while the socket is up")
         context.push.socketChanged(up: false)
         try await Task.sleep(seconds: 0.6)
+        XCTAssertFalse(context.push.isSocketUp)
         XCTAssertGreaterThanOrEqual(fake.requests("POST", "/api/flow_runs/filter").count, 4, "the socket down: back to polling at the fallback cadence")
         watch.cancel()
         await watch.value
+    }
+
+    func testAFailedReconnectWhileDownRingsNothing() async {
+        let push = PushSignals()
+        push.socketChanged(up: false)
+        let quiet = await Self.elapsed { await push.checkCancellations.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(quiet, 0.25, "down to down is no change: no extra cancellation check per failed reconnect")
+        push.socketChanged(up: true)
+        let rung = await Self.elapsed { await push.pollNow.wait(timeout: 5) }
+        XCTAssertLessThan(rung, 0.5, "every connect rings the catch-up poll")
+        push.socketChanged(up: false)
+        let lost = await Self.elapsed { await push.checkCancellations.wait(timeout: 5) }
+        XCTAssertLessThan(lost, 0.5, "a loss rings the cancellation watch")
     }
 
     func testEventsBecomeCancellationsAndPolls() async throws {

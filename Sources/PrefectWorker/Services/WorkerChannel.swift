@@ -1,0 +1,149 @@
+import Foundation
+
+/// Prefect's worker channel (`/work_pools/{pool}/workers/connect`, `prefect/workers/_worker_channel`): the
+/// worker's heartbeats go over a WebSocket, and the server pushes the pool's snapshot when it changes, so the
+/// REST heartbeat and pool read every heartbeat interval are not needed while it is up. `PoolService` skips
+/// them then, and does them again (Prefect's REST fallback) while the channel is down.
+struct WorkerChannel: Service {
+    let context: WorkerContext
+    var settings: Settings { context.settings }
+    static let version = "work_pool_worker_channel.v1"
+
+    func run() async {
+        let consumerID = UUID().uuidString.lowercased()
+        var failures = 0
+        var everUp = false
+        var downSince: Date?
+        while !Task.isCancelled {
+            guard context.pool != nil else {
+                try? await Task.sleep(seconds: 1)
+                continue
+            }
+            let problem: String
+            do {
+                let socket = try await context.client.webSocket(
+                    path: "/work_pools/\(PrefectClient.pathComponent(settings.pool))/workers/connect", subprotocol: "prefect")
+                do {
+                    let interval = try await setUp(socket, consumerID: consumerID)
+                    failures = 0
+                    context.push.channelChanged(up: true)
+                    if let downSince {
+                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", Date().timeIntervalSince(downSince)))
+                    } else if !everUp {
+                        context.log.info("worker channel open at \(socket.url): heartbeats and pool updates go over it, REST only as the fallback")
+                    }
+                    everUp = true
+                    downSince = nil
+                    try await serve(socket, consumerID: consumerID, interval: interval)
+                    problem = "the server closed the channel"
+                } catch {
+                    problem = "\(error)"
+                }
+                await socket.close()
+            } catch {
+                problem = "\(error)"
+            }
+            if Task.isCancelled { return }
+            context.push.channelChanged(up: false)
+            failures += 1
+            let delay = EventWatch.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
+            if downSince == nil {
+                downSince = Date()
+                context.log.warning("worker channel \(everUp ? "lost" : "unavailable"): \(problem); heartbeating over REST meanwhile and reconnecting with backoff")
+            } else {
+                context.log.debug("worker channel still down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
+            }
+            try? await Task.sleep(seconds: delay)
+        }
+    }
+
+    /// Auth, hello, ready: applies the pool snapshot and worker id the server sends; returns the heartbeat interval.
+    private func setUp(_ socket: WebSocket, consumerID: String) async throws -> Int {
+        let token = settings.isCloud ? settings.apiKey : settings.authString
+        try await socket.send(text: JSON.object(["type": .string("auth"), "token": token.map(JSON.string) ?? .null]).encoded())
+        var messages = socket.messages.makeAsyncIterator()
+        guard case .text(let auth)? = try await messages.next(), (try? JSON.decode(Data(auth.utf8)))?["type"]?.stringValue == "auth_success" else {
+            throw WebSocketError(url: socket.url, reason: "the worker channel refused our credentials")
+        }
+        try await socket.send(text: Self.hello(consumerID: consumerID, settings: settings).encoded())
+        guard case .text(let text)? = try await messages.next(), let ready = try? JSON.decode(Data(text.utf8)),
+              ready["type"]?.stringValue == "worker.ready.v1", let payload = ready["payload"],
+              payload["consumer_id"]?.stringValue?.lowercased() == consumerID else {
+            throw WebSocketError(url: socket.url, reason: "the worker channel did not answer our hello with worker.ready.v1")
+        }
+        if let id = payload["worker_id"]?.stringValue, context.workerID == nil, settings.isCloud {
+            context.workerID = id
+            context.client.setHeader("X-Prefect-Worker-Id", id)
+        }
+        try apply(snapshot: payload["initial_snapshot"], socket: socket)
+        context.status.heartbeatSucceeded()  // the server recorded one with the ready frame
+        guard case .int(let interval)? = payload["effective_heartbeat_interval_seconds"], interval > 0 else { return Self.interval(settings) }
+        return interval
+    }
+
+    /// Heartbeats every `interval` while applying the snapshots the server pushes; returns when the channel ends.
+    private func serve(_ socket: WebSocket, consumerID: String, interval: Int) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(seconds: Double(interval))
+                    try await socket.send(text: Self.heartbeat(consumerID: consumerID, settings: settings, interval: interval).encoded())
+                    context.status.heartbeatSucceeded()
+                }
+            }
+            group.addTask {
+                for try await message in socket.messages {
+                    guard case .text(let text) = message, let frame = try? JSON.decode(Data(text.utf8)) else { continue }
+                    if frame["type"]?.stringValue == "work_pool.snapshot.v1" {
+                        try apply(snapshot: frame["payload"], socket: socket)
+                    }
+                }
+            }
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// A pushed pool replaces the worker's copy, as a REST read would; one it cannot use closes the channel and
+    /// leaves the pool to `PoolService` (which creates, repairs or refuses it).
+    private func apply(snapshot: JSON?, socket: WebSocket) throws {
+        guard let object = snapshot?["work_pool"],
+              let pool = try? JSONTreeDecoder.decode(WorkPool.self, from: Data(object.encoded().utf8)),
+              pool.type == "process", !pool.hasEmptyTemplate else {
+            throw WebSocketError(url: socket.url, reason: "the worker channel sent a pool snapshot this worker cannot use; reading the pool over REST")
+        }
+        context.pool = pool
+    }
+
+    static func interval(_ settings: Settings) -> Int { max(1, Int(settings.heartbeatSeconds.rounded())) }
+
+    static func hello(consumerID: String, settings: Settings) -> JSON {
+        frame("worker.hello.v1", [
+            "consumer_id": .string(consumerID),
+            "worker_name": .string(settings.workerName),
+            "worker_type": .string("process"),
+            "heartbeat_interval_seconds": .int(interval(settings)),
+            "supported_channel_versions": .array([.string(version)]),
+            "requested_capabilities": .array(["worker_heartbeat.v1", "work_pool_snapshot.v1"]),
+            "work_queue_names": .array(settings.workQueues.map(JSON.string)),
+            "handled_cleanup_kinds": .array([]),
+            "max_cleanup_concurrency": .int(0),
+            "create_pool_if_not_found": .bool(false),
+            "default_base_job_template": .object([:]),
+            "worker_metadata": .null,
+        ])
+    }
+
+    static func heartbeat(consumerID: String, settings: Settings, interval: Int) -> JSON {
+        frame("worker.heartbeat.v1", [
+            "consumer_id": .string(consumerID),
+            "worker_name": .string(settings.workerName),
+            "heartbeat_interval_seconds": .int(interval),
+        ])
+    }
+
+    private static func frame(_ type: String, _ payload: [String: JSON]) -> JSON {
+        .object(["type": .string(type), "id": .string(UUID().uuidString.lowercased()),
+                 "sent_at": .string(Timestamp.format(Date())), "payload": .object(payload)])
+    }
+}
