@@ -28,6 +28,9 @@ struct Push {
     let flows: String
     let settings: PushSettings
     let variants: [PushVariant]
+    /// Extra environment for our workers (`--worker-env`, e.g. PREFECT_LOGGING_LEVEL=DEBUG to see when each event
+    /// arrived); none in a measurement.
+    var ourEnvironment: [String: String] = [:]
 
     /// A started worker and what belongs to it.
     final class Subject: @unchecked Sendable {
@@ -149,7 +152,11 @@ struct Push {
         env["PATH"] = "\(venv)/bin:" + (env["PATH"] ?? "/usr/bin:/bin")
         env["PREFECT_API_URL"] = subject.proxy.apiURL
         env["BENCH_WORK_DIR"] = work
-        if subject.variant.python { env["PREFECT_HOME"] = "\(work)/python-home-\(subject.variant.name)" }
+        if subject.variant.python {
+            env["PREFECT_HOME"] = "\(work)/python-home-\(subject.variant.name)"
+        } else {
+            env.merge(ourEnvironment) { _, new in new }
+        }
         return env
     }
 

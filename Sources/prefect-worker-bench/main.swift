@@ -24,6 +24,7 @@ Usage:
                                [--idle-seconds 60] [--busy-seconds 60] [--busy-runs 10] [--samples 5]
                                [--sample-spread 10] [--fanout-children 3] [--fanout-samples 1]
                                [--before-label TEXT] [--no-python] [--no-blocked]
+                               [--worker-env KEY=VALUE]... (our workers only, for diagnosis)
   prefect-worker-bench report  --push FILE --json FILE --md FILE [--command TEXT] [--version KEY=VALUE]... [--check]
   prefect-worker-bench report  [--compare FILE] [--scale FILE] --json FILE --md FILE [--mode NAME]
                                [--command TEXT] [--version KEY=VALUE]... [--check]
@@ -190,8 +191,13 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
         if !arguments.switches.contains("--no-python") {
             variants.append(PushVariant(name: "prefect", title: "Prefect's worker", python: true, binary: "", blockSocket: false, fanout: true))
         }
-        let push = Push(api: apiClient(arguments, createConcurrency: 2), apiURL: url, venv: arguments.required("--venv"), work: work,
+        var push = Push(api: apiClient(arguments, createConcurrency: 2), apiURL: url, venv: arguments.required("--venv"), work: work,
                         flows: arguments.required("--flows"), settings: settings, variants: variants)
+        for pair in arguments.values["--worker-env"] ?? [] {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { fail("--worker-env wants KEY=VALUE, not '\(pair)'") }
+            push.ourEnvironment[parts[0]] = parts[1]
+        }
         do {
             try ResultFile.write(try await push.run(), to: arguments.required("--out"))
         } catch {
