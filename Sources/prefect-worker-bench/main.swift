@@ -20,11 +20,17 @@ Usage:
                                [--runs 1000] [--workers 3] [--rate 3] [--fail-rate 0.2] [--reset-rate 0.05]
                                [--outage 30] [--outage-after SECONDS] [--bound 1200] [--grace 10]
                                [--query-seconds 1] [--database NAME]
+  prefect-worker-bench push    --api URL --worker BIN --venv DIR --flows DIR --work DIR --out FILE [--before BIN]
+                               [--idle-seconds 60] [--busy-seconds 60] [--busy-runs 10] [--samples 5]
+                               [--sample-spread 10] [--fanout-children 3] [--fanout-samples 1]
+                               [--before-label TEXT] [--no-python] [--no-blocked]
+                               [--worker-env KEY=VALUE]... (our workers only, for diagnosis)
+  prefect-worker-bench report  --push FILE --json FILE --md FILE [--command TEXT] [--version KEY=VALUE]... [--check]
   prefect-worker-bench report  [--compare FILE] [--scale FILE] --json FILE --md FILE [--mode NAME]
                                [--command TEXT] [--version KEY=VALUE]... [--check]
   prefect-worker-bench report  --soak FILE --json FILE --md FILE [--command TEXT] [--version KEY=VALUE]... [--check]
   (--check: exit 3 if our worker had errors, runs not COMPLETED or a failed cancellation; with --soak: if a
-   goal of the soak is not met)
+   goal of the soak is not met; with --push: if a target of the push measurement is not met)
 Workers started here are stopped on exit and on SIGINT/SIGTERM; their pids are also listed in WORK/pids.
 """
 
@@ -162,12 +168,65 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
             FileHandle.standardError.write(Data("prefect-worker-bench: soak failed: \(error)\n".utf8))
             status = 1
         }
+    case "push":
+        let work = prepareWork(arguments)
+        guard let url = URL(string: arguments.required("--api")) else { fail("--api must be a URL") }
+        let settings = PushSettings(
+            idleSeconds: arguments.double("--idle-seconds", 60), busySeconds: arguments.double("--busy-seconds", 60),
+            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep 120", samples: arguments.int("--samples", 5),
+            sampleSpreadSeconds: arguments.double("--sample-spread", 10),
+            sampleJob: #"sh -c 'echo "$(date +%s.%N) $$" > MARKS/"$PREFECT__FLOW_RUN_ID"; exec sleep 120'"#,
+            fanoutChildren: arguments.int("--fanout-children", 3), fanoutChildSeconds: 1, fanoutPollSeconds: 1,
+            fanoutSamples: arguments.int("--fanout-samples", 1))
+        let worker = arguments.required("--worker")
+        var variants = [PushVariant(name: "after", title: "prefect-worker (this build)", python: false, binary: worker, blockSocket: false, fanout: true)]
+        if !arguments.switches.contains("--no-blocked") {
+            variants.append(PushVariant(name: "after-blocked", title: "prefect-worker, socket blocked", python: false, binary: worker,
+                                        blockSocket: true, fanout: false))
+        }
+        if let before = arguments.string("--before") {
+            variants.append(PushVariant(name: "before", title: "prefect-worker before (\(arguments.string("--before-label") ?? "older build"))",
+                                        python: false, binary: before, blockSocket: false, fanout: true))
+        }
+        if !arguments.switches.contains("--no-python") {
+            variants.append(PushVariant(name: "prefect", title: "Prefect's worker", python: true, binary: "", blockSocket: false, fanout: true))
+        }
+        var push = Push(api: apiClient(arguments, createConcurrency: 2), apiURL: url, venv: arguments.required("--venv"), work: work,
+                        flows: arguments.required("--flows"), settings: settings, variants: variants)
+        for pair in arguments.values["--worker-env"] ?? [] {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { fail("--worker-env wants KEY=VALUE, not '\(pair)'") }
+            push.ourEnvironment[parts[0]] = parts[1]
+        }
+        do {
+            try ResultFile.write(try await push.run(), to: arguments.required("--out"))
+        } catch {
+            FileHandle.standardError.write(Data("prefect-worker-bench: push failed: \(error)\n".utf8))
+            status = 1
+        }
     case "report":
         var versions: [String: String] = [:]
         for pair in arguments.values["--version"] ?? [] {
             let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { fail("--version wants KEY=VALUE, not '\(pair)'") }
             versions[parts[0]] = parts[1]
+        }
+        if let pushFile = arguments.string("--push") {
+            do {
+                let report = PushReport(push: try ResultFile.read(PushResult.self, from: pushFile),
+                                        command: arguments.string("--command") ?? "scripts/bench --push", versions: versions)
+                try ResultFile.write(report.file, to: arguments.required("--json"))
+                try report.markdown().write(toFile: arguments.required("--md"), atomically: true, encoding: .utf8)
+                if arguments.switches.contains("--check"), !report.allMet {
+                    for target in report.file.targets where target.met == false {
+                        FileHandle.standardError.write(Data("prefect-worker-bench: push target not met: \(target.metric): \(target.value) (target \(target.target))\n".utf8))
+                    }
+                    status = 3
+                }
+            } catch {
+                fail("report: \(error)", code: 1)
+            }
+            return status
         }
         if let soakFile = arguments.string("--soak") {
             do {
@@ -211,7 +270,7 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
 }
 
 let command = CommandLine.arguments.dropFirst().first ?? "--help"
-let arguments = Arguments(CommandLine.arguments.dropFirst(2), switches: ["--no-python", "--check"])
+let arguments = Arguments(CommandLine.arguments.dropFirst(2), switches: ["--no-python", "--check", "--no-blocked"])
 Task.detached {
     let status = await run(command, arguments)
     Launcher.shared.killEverything()
