@@ -290,12 +290,7 @@ public final class PrefectClient: Sendable {
 extension PrefectClient {
     /// `GET /work_pools/{name}`; nil when the pool does not exist.
     func readWorkPool(_ name: String, policy: RetryPolicy = .standard) async throws -> WorkPool? {
-        do {
-            let data = try await send("GET", "/work_pools/\(Self.pathComponent(name))", what: "reading work pool '\(name)'", policy: policy)
-            return try decode(WorkPool.self, from: data, what: "GET /work_pools/\(name)")
-        } catch let error as APIError where error.status == 404 {
-            return nil
-        }
+        try await read(WorkPool.self, "/work_pools/\(Self.pathComponent(name))", what: "work pool '\(name)'", policy: policy)
     }
 
     /// `POST /work_pools/`.
@@ -313,13 +308,7 @@ extension PrefectClient {
 
     /// `GET /work_pools/{pool}/queues/{name}`; nil when the queue does not exist.
     func readWorkQueue(pool: String, name: String) async throws -> JSON? {
-        do {
-            let data = try await send("GET", "/work_pools/\(Self.pathComponent(pool))/queues/\(Self.pathComponent(name))",
-                                      what: "reading work queue '\(name)'")
-            return try decode(JSON.self, from: data, what: "GET queue")
-        } catch let error as APIError where error.status == 404 {
-            return nil
-        }
+        try await read(JSON.self, "/work_pools/\(Self.pathComponent(pool))/queues/\(Self.pathComponent(name))", what: "work queue '\(name)'")
     }
 
     /// `POST /work_pools/{pool}/queues` (no trailing slash: with one the server answers 307).
@@ -399,12 +388,7 @@ extension PrefectClient {
 
     /// `GET /deployments/{id}`; nil when the deployment is gone.
     func readDeployment(_ id: String) async throws -> Deployment? {
-        do {
-            let data = try await send("GET", "/deployments/\(Self.pathComponent(id))", what: "reading deployment \(id)")
-            return try decode(Deployment.self, from: data, what: "GET /deployments/\(id)")
-        } catch let error as APIError where error.status == 404 {
-            return nil
-        }
+        try await read(Deployment.self, "/deployments/\(Self.pathComponent(id))", what: "deployment \(id)")
     }
 
     /// `GET /flows/{id}`: the flow's name (for events).
@@ -415,12 +399,18 @@ extension PrefectClient {
 
     /// `GET /variables/name/{name}`; nil when the variable does not exist.
     func readVariable(_ name: String) async throws -> PrefectVariable? {
+        try await read(PrefectVariable.self, "/variables/name/\(Self.pathComponent(name))", what: "variable '\(name)'")
+    }
+
+    /// `GET path` decoded as `T`; nil when the server answers 404 (the object does not exist).
+    private func read<T: Decodable>(_ type: T.Type, _ path: String, what: String, policy: RetryPolicy = .standard) async throws -> T? {
+        let data: Data
         do {
-            let data = try await send("GET", "/variables/name/\(Self.pathComponent(name))", what: "reading variable '\(name)'")
-            return try decode(PrefectVariable.self, from: data, what: "GET /variables/name/\(name)")
+            data = try await send("GET", path, what: "reading \(what)", policy: policy)
         } catch let error as APIError where error.status == 404 {
             return nil
         }
+        return try decode(T.self, from: data, what: "GET \(path)")
     }
 
     /// `GET /block_types/slug/{slug}/block_documents/name/{name}?include_secrets=true`; nil when there is no
