@@ -35,6 +35,8 @@ struct Logger: Sendable {
     func info(_ message: @autoclosure () -> String, run: String? = nil) { write(.info, message, run) }
     func warning(_ message: @autoclosure () -> String, run: String? = nil) { write(.warning, message, run) }
     func error(_ message: @autoclosure () -> String, run: String? = nil) { write(.error, message, run) }
+    /// A line at `level`.
+    func log(_ level: Log.Level, _ message: @autoclosure () -> String, run: String? = nil) { write(level, message, run) }
 
     private func write(_ level: Log.Level, _ message: () -> String, _ run: String?) {
         let run = run ?? runID

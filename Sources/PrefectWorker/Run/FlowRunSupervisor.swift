@@ -76,22 +76,31 @@ actor FlowRunSupervisor {
         } catch {
             labelled = false
         }
-        await withDiscardingTaskGroup { group in
+        await withTaskGroup(of: Void.self) { group in
             if !labelled {
                 let log = self.log
                 group.addTask {
                     do {
                         try await client.addLabels(id, labels, policy: .standard)
                     } catch is CancellationError {
+                        log.info("the run ended before its labels could be written; it stays unlabelled")
                     } catch {
                         log.warning("could not label the run: \(error); it runs unlabelled")
                     }
                 }
             }
             await prepareAndLaunch(run, deployment: deployment, pool: pool)
+            guard !labelled else { return }
+            // A short run may end while its labels are still being retried: they get a little longer, bounded,
+            // so the run's slot is not held for a server that stays away.
+            group.addTask { try? await Task.sleep(seconds: Self.labelsGraceSeconds) }
+            await group.next()
             group.cancelAll()
         }
     }
+
+    /// How long a run's end waits for labels still being retried.
+    static let labelsGraceSeconds = 30.0
 
     /// Builds the job configuration, waits for the run's scheduled time, then launches the job.
     private func prepareAndLaunch(_ run: FlowRun, deployment: Deployment?, pool: WorkPool) async {

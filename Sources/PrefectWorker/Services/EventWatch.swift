@@ -23,7 +23,7 @@ struct EventWatch: Service {
         let seen = EventIDs()
         var backfillSince: Date?
         var failures = 0
-        var downSince: Date?
+        var outage = OutageLog()
         var everUp = false
         while !Task.isCancelled {
             guard let poolID = context.pool?.id else {
@@ -41,13 +41,13 @@ struct EventWatch: Service {
                 failures = 0
                 context.metrics.eventSocket(up: true)
                 context.push.socketChanged(up: true)
+                let downFor = outage.recovered()
                 if !everUp {
                     context.log.info("subscribed to work pool '\(settings.pool)' events at \(subscription.socket.url): cancellations and new runs arrive by push")
-                } else if let downSince {
-                    context.log.info(String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", Date().timeIntervalSince(downSince)))
+                } else if let downFor {
+                    context.log.info(String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", downFor))
                 }
                 everUp = true
-                downSince = nil
                 do {
                     while let event = try await subscription.next() {
                         context.metrics.eventReceived(event.name)
@@ -70,11 +70,13 @@ struct EventWatch: Service {
             context.metrics.eventSocketReconnecting()
             failures += 1
             let delay = Self.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
-            if downSince == nil {
-                downSince = Date()
-                context.log.warning("events stream \(everUp ? "lost" : "unavailable"): \(problem); polling for cancellations every \(String(format: "%g", settings.cancellationPollSeconds)) s (PREFECT_WORKER_CANCELLATION_POLL_SECONDS) and reconnecting with backoff")
-            } else {
+            // Quiet when healthy: a moment's loss (a busy server closing the socket) is INFO; a WARNING once the
+            // stream has been down longer than the API client's quiet period.
+            switch outage.failed() {
+            case .debug:
                 context.log.debug("events stream still down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
+            case let level:
+                context.log.log(level, "events stream \(everUp ? "lost" : "unavailable")\(level == .warning ? " for over \(Int(PrefectClient.quietFailureSeconds)) s" : ""): \(problem); polling for cancellations every \(String(format: "%g", settings.cancellationPollSeconds)) s (PREFECT_WORKER_CANCELLATION_POLL_SECONDS) and reconnecting with backoff")
             }
             try? await Task.sleep(seconds: delay)
         }

@@ -13,8 +13,7 @@ struct WorkerChannel: Service {
         let consumerID = UUID().uuidString.lowercased()
         var failures = 0
         var everUp = false
-        var downSince: Date?
-        var warned = false
+        var outage = OutageLog()
         while !Task.isCancelled {
             guard context.pool != nil else {
                 try? await Task.sleep(seconds: 1)
@@ -28,14 +27,13 @@ struct WorkerChannel: Service {
                     let interval = try await setUp(socket, consumerID: consumerID)
                     failures = 0
                     context.push.channelChanged(up: true)
+                    let downFor = outage.recovered()
                     if !everUp {
                         context.log.info("worker channel open at \(socket.url): heartbeats and pool updates go over it, REST only as the fallback")
-                    } else if let downSince {
-                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", Date().timeIntervalSince(downSince)))
+                    } else if let downFor {
+                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", downFor))
                     }
                     everUp = true
-                    downSince = nil
-                    warned = false
                     try await serve(socket, consumerID: consumerID, interval: interval)
                     problem = "the server closed the channel"
                 } catch {
@@ -53,13 +51,13 @@ struct WorkerChannel: Service {
             context.push.channelChanged(up: false)
             failures += 1
             let delay = EventWatch.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
-            if downSince == nil { downSince = Date() }
-            // Once per outage; a single failed first attempt (the server's SQLite busy at start-up) stays at DEBUG.
-            if !warned, everUp || failures >= 2 {
-                warned = true
-                context.log.warning("worker channel \(everUp ? "lost" : "unavailable"): \(problem); heartbeating over REST meanwhile and reconnecting with backoff")
-            } else {
+            // Quiet when healthy: a moment's loss (the server's SQLite busy: 1011) is INFO; a WARNING once the
+            // channel has been down longer than the API client's quiet period.
+            switch outage.failed() {
+            case .debug:
                 context.log.debug("worker channel down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
+            case let level:
+                context.log.log(level, "worker channel \(everUp ? "lost" : "unavailable")\(level == .warning ? " for over \(Int(PrefectClient.quietFailureSeconds)) s" : ""): \(problem); heartbeating over REST meanwhile and reconnecting with backoff")
             }
             try? await Task.sleep(seconds: delay)
         }

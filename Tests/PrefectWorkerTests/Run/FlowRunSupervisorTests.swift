@@ -279,6 +279,23 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
     }
 
+    func testLabelsThatFailOnceAreStillWrittenForARunThatEndsAtOnce() async throws {
+        // Under load the first labels write met a 503, and the run (a quick job) ended before the retry landed:
+        // ending the retry with the run left it unlabelled. It gets a bounded grace after the run instead.
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
+        // The single attempt fails, and so does the retry's first: its second comes after a 2 s backoff, when the
+        // job (which exits at once) has long ended.
+        fake.inject([.status(503), .status(503)], method: "PATCH", path: "/api/flow_runs/*/labels")
+        let run = try commandRun("run-labels-retried", "true")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 20) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
+        let answered = fake.requests("PATCH", "/api/flow_runs/run-labels-retried/labels")
+        XCTAssertEqual(answered.count, 3, "the single attempt, the retry's failed first write, and its second, after the job ended")
+    }
+
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
         let context = makeContext()
         let supervisor = FlowRunSupervisor(context: context, runID: "run-race")
