@@ -60,11 +60,11 @@ actor FlowRunSupervisor {
         context.metrics.runClaimed()
         log.info("claimed (PENDING); worker '\(settings.workerName)' submitting it")
 
-        // Labels are informative: a failure must not hold up the run. One attempt now (at most the request
-        // timeout, as Prefect's worker waits for it too), before the run's next state write, as Prefect's worker
-        // orders them: sent beside the RUNNING write, a SQLite server answered it 503 ("database is locked")
-        // nearly every time, which cost a retry per run. If it fails, it is retried with the ordinary retries
-        // beside the run, as a child task of the run's, which ends with it.
+        // Labels are informative: a failure must not hold up the run for long. They are written before the job
+        // starts, with a few quick retries (Prefect's worker awaits them with its ordinary retries): written
+        // beside the job, a retry met the engine's own labels write (its trace context) and the server's
+        // read-merge-write kept only one of them. If they still fail, they are retried with the ordinary retries
+        // beside the run, as a child task of the run's, which ends with it (after a bounded grace).
         let client = self.client
         let labels = [
             "prefect.worker.name": settings.workerName, "prefect.worker.type": "process",
@@ -72,7 +72,7 @@ actor FlowRunSupervisor {
         ]
         var labelled = true
         do {
-            try await client.addLabels(id, labels, policy: .once)
+            try await client.addLabels(id, labels, policy: .quick)
         } catch {
             labelled = false
         }

@@ -279,21 +279,40 @@ final class FlowRunSupervisorTests: XCTestCase {
         XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
     }
 
-    func testLabelsThatFailOnceAreStillWrittenForARunThatEndsAtOnce() async throws {
-        // Under load the first labels write met a 503, and the run (a quick job) ended before the retry landed:
-        // ending the retry with the run left it unlabelled. It gets a bounded grace after the run instead.
+    func testLabelsThatFailOnceAreWrittenBeforeTheJobStarts() async throws {
+        // Under load the first labels write met a 503 and its retry ran beside the job, where the engine's own
+        // labels write (its trace context) raced it and the server's read-merge-write lost ours.
         let context = try await makeLaunchingContext(spawner: FakeSpawner())
-        // The single attempt fails, and so does the retry's first: its second comes after a 2 s backoff, when the
-        // job (which exits at once) has long ended.
-        fake.inject([.status(503), .status(503)], method: "PATCH", path: "/api/flow_runs/*/labels")
+        // The retried write is answered only after 0.5 s: the job must not start before that answer.
+        fake.inject([.status(503), .delay(0.5)], method: "PATCH", path: "/api/flow_runs/*/labels")
         let run = try commandRun("run-labels-retried", "true")
         let supervisor = FlowRunSupervisor(context: context, runID: run.id)
         _ = await context.registry.reserve(run, for: supervisor)
         let finished = await finishes(within: 20) { await supervisor.run(run) }
         XCTAssertTrue(finished)
         XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
-        let answered = fake.requests("PATCH", "/api/flow_runs/run-labels-retried/labels")
-        XCTAssertEqual(answered.count, 3, "the single attempt, the retry's failed first write, and its second, after the job ended")
+        let order = fake.requests.map { $0.path.hasSuffix("/labels") ? "labels" : $0.json?["state"]?["name"]?.stringValue ?? $0.method }
+        let labelsWrites = order.indices.filter { order[$0] == "labels" }
+        let submitting = try XCTUnwrap(order.firstIndex(of: "Submitting"), "\(order)")
+        XCTAssertEqual(labelsWrites.count, 2, "\(order)")
+        XCTAssertTrue(labelsWrites.allSatisfy { $0 < submitting }, "the labels retry is sent before the job starts: \(order)")
+        let answeredFirst = fake.requests[submitting].time.timeIntervalSince(fake.requests[labelsWrites[1]].time)
+        XCTAssertGreaterThanOrEqual(answeredFirst, 0.45, "Submitting waits for the labels retry's answer (0.5 s): \(order)")
+    }
+
+    func testLabelsStillFailingBeforeTheJobAreRetriedBesideTheRunAndGivenAGraceAfterIt() async throws {
+        // The quick retries before the job spent (4 attempts), the ordinary retries go on beside the run; the
+        // job exits at once, and the retry that lands after a 2 s backoff is waited for.
+        let context = try await makeLaunchingContext(spawner: FakeSpawner())
+        fake.inject(Array(repeating: .status(503), count: 5), method: "PATCH", path: "/api/flow_runs/*/labels")
+        let run = try commandRun("run-labels-late", "true")
+        let supervisor = FlowRunSupervisor(context: context, runID: run.id)
+        _ = await context.registry.reserve(run, for: supervisor)
+        let finished = await finishes(within: 40) { await supervisor.run(run) }
+        XCTAssertTrue(finished)
+        XCTAssertEqual(reports(run.id), ["PENDING", "Submitting", "RUNNING", "pid", "COMPLETED"])
+        XCTAssertEqual(fake.requests("PATCH", "/api/flow_runs/run-labels-late/labels").count, 6,
+                       "4 quick attempts, the retry's failed first write, and its second, after the job ended")
     }
 
     func testClaimRaceAnotherWorkersPendingIsNotOurs() async throws {
