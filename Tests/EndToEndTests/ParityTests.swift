@@ -56,6 +56,10 @@ final class ParityTests: ParityTestCase, @unchecked Sendable {
                 try self.fixture.checkAlive()
                 return FileManager.default.fileExists(atPath: run.markers + "/started") ? true : nil
             }
+            // prefect-worker stops the job within a tenth of a second of CANCELLING: let the environment sampler
+            // (which scans /proc every 0.1 s, slowly on a loaded machine) see the job first.
+            _ = await Self.jobEnvironment(ofRun: run.id)
+            try await Task.sleep(seconds: 0.5)
             try await self.cancelAsTheUIDoes(run.id)
         }, jobVariables: { _, markers in
             .object(["command": .string("sh -c 'touch \(markers)/started; exec sleep 60'")])
