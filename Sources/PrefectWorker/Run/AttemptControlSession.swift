@@ -200,7 +200,7 @@ final class AttemptControlSession: Sendable {
                 return authenticate(&state, index, data, ended: count <= 0)
             }
             guard state.connection?.fd == fd else { return false }
-            guard count > 0 else { return disconnect(&state, reason: nil) }
+            guard count > 0 else { return disconnect(&state) }
             return handle(&state, data)
         }
         if !keep { Glibc.close(fd) }
@@ -251,13 +251,13 @@ final class AttemptControlSession: Sendable {
                 }
             case .close(let reason):
                 if let reason { log.warning("the engine's attempt control session sent \(reason); closing the session (cancellation falls back to stopping the job)") }
-                return disconnect(&state, reason: reason)
+                return disconnect(&state)
             }
         }
         return true
     }
 
-    private func disconnect(_ state: inout State, reason: String?) -> Bool {
+    private func disconnect(_ state: inout State) -> Bool {
         state.connection = nil
         state.acknowledgement?.resume()
         state.acknowledgement = nil

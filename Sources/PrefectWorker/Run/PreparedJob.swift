@@ -4,7 +4,6 @@ import Foundation
 /// and parameters file), its environment, the program resolved on the job's PATH, its own cgroup with its
 /// limits, and its attempt control session. `remove()` undoes all of it after the job.
 struct PreparedJob: Sendable {
-    let job: JobConfiguration
     let workspace: JobWorkspace
     let environment: [String: String]
     let executable: String
@@ -51,7 +50,7 @@ struct PreparedJob: Sendable {
             workspace.remove()
             throw Failure(stage: "start", message: error.message)
         }
-        return PreparedJob(job: job, workspace: workspace, environment: env, executable: executable, arguments: arguments,
+        return PreparedJob(workspace: workspace, environment: env, executable: executable, arguments: arguments,
                            cgroup: cgroup, control: control)
     }
 
