@@ -116,7 +116,8 @@ enum E2E {
 /// and stops/removes them afterwards, printing the worker logs when the test failed.
 class E2ETestCase: XCTestCase, @unchecked Sendable {
     private(set) var env: E2EEnvironment!
-    private(set) var api: TestAPI!
+    /// The shared server's API; a test with a server of its own (`OwnPrefectServer`) points it there.
+    var api: TestAPI!
     private var workers: [WorkerProcess] = []
     private var directories: [String] = []
 
