@@ -40,6 +40,8 @@ public final class FaultProxy: @unchecked Sendable {
         /// WebSocket upgrades tunnelled to the server, and those refused (`blockWebSockets`).
         public var webSocketsTunnelled = 0
         public var webSocketsRefused = 0
+        /// Requests by "METHOD /path" (no query), WebSocket upgrades included: where the requests go.
+        public var byEndpoint: [String: Int] = [:]
 
         /// Resets before and after forwarding.
         public var resets: Int { resetsBeforeForward + resetsAfterForward }
@@ -234,6 +236,7 @@ public final class FaultProxy: @unchecked Sendable {
     private func decideFault(_ summary: String) -> Fault {
         locked {
             _counters.requests += 1
+            _counters.byEndpoint[summary, default: 0] += 1
             if let left = _targetedFailures[summary], left > 0 {
                 _targetedFailures[summary] = left - 1
                 _counters.injected503 += 1
@@ -331,6 +334,7 @@ public final class FaultProxy: @unchecked Sendable {
     private func tunnel(_ client: Int32, _ request: Request) {
         let blocked: Bool = locked {
             _counters.requests += 1
+            _counters.byEndpoint[request.summary, default: 0] += 1
             if _blockWebSockets { _counters.webSocketsRefused += 1 }
             return _blockWebSockets
         }
