@@ -42,6 +42,8 @@ final class WebSocket: Sendable {
 
     private struct Outgoing {
         var frames: [([UInt8], CheckedContinuation<Void, Error>)] = []
+        /// Callers of `ping()` waiting for their ping to be sent.
+        var pings: [CheckedContinuation<Void, Error>] = []
         var closeCode: UInt16?
         var done = false
     }
@@ -98,6 +100,24 @@ final class WebSocket: Sendable {
         }
     }
 
+    /// Sends a ping and returns when the server has answered it: everything sent before has reached the
+    /// server (how Prefect's events client confirms the events it sent). No answer within `Limits.pingTimeout`
+    /// ends the connection, and this throws.
+    func ping() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            let accepted = outgoing.withLock { state -> Bool in
+                guard !state.done, state.closeCode == nil else { return false }
+                state.pings.append(continuation)
+                return true
+            }
+            guard accepted else {
+                continuation.resume(throwing: WebSocketError(url: url, reason: "cannot ping: the connection is closed"))
+                return
+            }
+            connection.wake()
+        }
+    }
+
     /// Starts the close handshake and waits (at most `Limits.closeTimeout`) for the connection to end.
     func close(code: UInt16 = 1000) async {
         outgoing.withLock { if $0.closeCode == nil { $0.closeCode = code } }
@@ -114,6 +134,9 @@ final class WebSocket: Sendable {
         var pong: [UInt8]?  // only the latest ping is answered: a flood of pings cannot grow the queue
         var lastReceived = Connection.now()
         var pingSentAt: Double?
+        // Callers' pings carry a sequence number, so the keep-alive's pong (empty) answers none of them.
+        var pingSeq: UInt64 = 0
+        var pongWaiters: [(seq: UInt64, continuation: CheckedContinuation<Void, Error>)] = []
         var closeSentAt: Double?
         var failure: WebSocketError?
         var failureAfterEvents: WebSocketError?  // a read failed after frames arrived: deliver those first
@@ -125,13 +148,19 @@ final class WebSocket: Sendable {
 
         loop: while failure == nil {
             // Take what callers queued.
-            let (frames, closeCode) = outgoing.withLock { state in
-                defer { state.frames = [] }
-                return (state.frames, state.closeCode)
+            let (frames, pings, closeCode) = outgoing.withLock { state in
+                defer { state.frames = []; state.pings = [] }
+                return (state.frames, state.pings, state.closeCode)
             }
             for (frame, continuation) in frames {
                 queue(frame)
                 waiters.append((pending.count, continuation))
+            }
+            if !pings.isEmpty {
+                pingSeq += 1
+                queue(WebSocketFrame.encode(.ping, withUnsafeBytes(of: pingSeq.bigEndian, Array.init)))
+                if pingSentAt == nil { pingSentAt = Connection.now() }  // unanswered, it fails the connection
+                pongWaiters += pings.map { (pingSeq, $0) }
             }
             if let closeCode, closeSentAt == nil {
                 queue(WebSocketFrame.encode(.close, WebSocketFrame.closePayload(code: closeCode)))
@@ -146,7 +175,13 @@ final class WebSocket: Sendable {
                 case .text(let text): if closeSentAt == nil { c.continuation.yield(.text(text)) }
                 case .binary(let bytes): if closeSentAt == nil { c.continuation.yield(.binary(Data(bytes))) }
                 case .ping(let payload): pong = WebSocketFrame.encode(.pong, payload)
-                case .pong: break
+                case .pong(let payload):
+                    guard payload.count == 8 else { break }
+                    let answered = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    while let first = pongWaiters.first, first.seq <= answered {
+                        pongWaiters.removeFirst()
+                        first.continuation.resume()
+                    }
                 case .close(let code, let reason):
                     if closeSentAt == nil {
                         queue(WebSocketFrame.encode(.close, WebSocketFrame.closePayload(code: code == 1005 ? 1000 : code)))
@@ -217,11 +252,11 @@ final class WebSocket: Sendable {
 
         let leftovers = outgoing.withLock { state in
             state.done = true
-            defer { state.frames = [] }
-            return state.frames.map(\.1)
+            defer { state.frames = []; state.pings = [] }
+            return state.frames.map(\.1) + state.pings
         }
         let error = failure ?? WebSocketError(url: url, reason: "the connection is closed")
-        for waiter in waiters.map(\.continuation) + leftovers { waiter.resume(throwing: error) }
+        for waiter in waiters.map(\.continuation) + pongWaiters.map(\.continuation) + leftovers { waiter.resume(throwing: error) }
         c.close()
         if let failure { c.continuation.finish(throwing: failure) } else { c.continuation.finish() }
         ended.open()

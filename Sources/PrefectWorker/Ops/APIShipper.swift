@@ -44,12 +44,15 @@ final class APIShipper: Service {
     /// Counts records dropped because the buffer was full (log lines or events, in their own metric).
     private let countDropped: @Sendable (_ metrics: Metrics, _ count: Int) -> Void
     private let state = Mutex(State())
+    /// Delivers a batch another way than `POST path` (the events socket, which falls back to REST itself).
+    private let deliver: (@Sendable (JSON) async throws -> Void)?
 
     /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
     init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
          maxBatchBytes: Int = .max, interval: Double = 1,
          droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil },
-         countDropped: @escaping @Sendable (Metrics, Int) -> Void = { $0.logLinesDropped($1) }) {
+         countDropped: @escaping @Sendable (Metrics, Int) -> Void = { $0.logLinesDropped($1) },
+         deliver: (@Sendable (JSON) async throws -> Void)? = nil) {
         self.client = client
         self.path = path
         self.what = what
@@ -59,6 +62,7 @@ final class APIShipper: Service {
         self.interval = interval
         self.droppedRecord = droppedRecord
         self.countDropped = countDropped
+        self.deliver = deliver
     }
 
     func add(_ record: Record) {
@@ -112,7 +116,12 @@ final class APIShipper: Service {
             let notes = dropped.sorted { $0.key < $1.key }.compactMap { droppedRecord($0.key, $0.value) }
             if batch.isEmpty && notes.isEmpty { return true }
             do {
-                try await client.send("POST", path, body: .array((notes + batch.map(\.record)).map(\.body)), what: what, policy: .quick)
+                let body = JSON.array((notes + batch.map(\.record)).map(\.body))
+                if let deliver {
+                    try await deliver(body)
+                } else {
+                    try await client.send("POST", path, body: body, what: what, policy: .quick)
+                }
             } catch {
                 state.withLock { state in
                     state.dropped.merge(state.evictedInFlight) { $0 + $1 }

@@ -140,6 +140,7 @@ public final class Worker: Sendable {
             await context.outbox.flush(timeout: 5)
             await context.logs.flush(timeout: 3)
             await context.events.shipper.flush(timeout: 2)
+            await context.events.socket?.close()
             log.info("worker '\(settings.workerName)' stopped")
             return 0
         }

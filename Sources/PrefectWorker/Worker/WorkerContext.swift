@@ -64,11 +64,12 @@ final class WorkerContext: Sendable {
         client.log = log
         self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
+        let eventsSocket = EventsSocket(client: client, settings: settings)
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, path: "/events", what: "emitting worker events",
                                                        capacity: settings.eventsQueueCapacity, interval: 1,
-                                                       countDropped: { $0.eventsDropped($1) }),
-                                   secrets: secrets)
+                                                       countDropped: { $0.eventsDropped($1) }, deliver: { try await eventsSocket.deliver($0) }),
+                                   secrets: secrets, socket: eventsSocket)
         self.notifier = SystemdNotifier(environment: settings.environment)
     }
 

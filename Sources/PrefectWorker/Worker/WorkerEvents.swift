@@ -10,6 +10,8 @@ struct WorkerEvents: Sendable {
     let shipper: APIShipper
     /// Every event is redacted before it is shipped.
     let secrets: KnownSecrets
+    /// The events WebSocket the shipper delivers through (REST when it cannot), closed at shutdown.
+    var socket: EventsSocket?
 
     /// `prefect.worker.process.<slug of the name>`, slugged like python-slugify.
     static func slug(_ name: String) -> String {

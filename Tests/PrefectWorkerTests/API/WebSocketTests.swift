@@ -379,3 +379,45 @@ final class WebSocketTests: XCTestCase {
         return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 }
+
+extension WebSocketTests {
+    /// `ping()` returns on the pong to its own ping, after what was sent before it: an empty pong (as for the
+    /// keep-alive ping) answers nothing, and a connection that ends fails the wait.
+    func testPingReturnsOnItsOwnPongAfterWhatWasSentBefore() async throws {
+        let order = Locked<[String]>([])
+        let server = try FakeWebSocketServer { peer in
+            try peer.accept()
+            while true {
+                let frame = try peer.readFrame()
+                switch frame.opcode {
+                case 0x1: order.withLock { $0.append("text " + frame.text) }
+                case 0x9:
+                    order.withLock { $0.append("ping") }
+                    try peer.send(0xA, [])  // not its answer
+                    Thread.sleep(forTimeInterval: 0.3)
+                    order.withLock { $0.append("pong") }
+                    try peer.send(0xA, frame.payload)
+                    _ = try peer.readFrame()  // the client's close
+                    peer.close()  // no close answer: the next ping fails with the connection
+                    return
+                default: break
+                }
+            }
+        }
+        defer { server.stop() }
+        let socket = try await connect(server)
+        try await socket.send(text: "a")
+        try await socket.send(text: "b")
+        let started = Date()
+        try await socket.ping()
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.25, "the empty pong does not answer it")
+        XCTAssertEqual(order.withLock { $0 }, ["text a", "text b", "ping", "pong"])
+        await socket.close()
+        do {
+            try await socket.ping()
+            XCTFail("a ping on a closed connection must fail")
+        } catch let error as WebSocketError {
+            XCTAssertTrue(error.description.contains("closed"), error.description)
+        }
+    }
+}
