@@ -70,8 +70,68 @@ final class EventsSocketTests: RunControlTestCase, @unchecked Sendable {
         return (Measured(runs: runs, perRun: perRun), worker, proxy)
     }
 
-    func testRequestsPerRunByEndpoint() async throws {
-        let (measured, _, _) = try await measure(count: 5)
+    /// The worker's events about these runs, as the server stored them (`POST /events/filter`): names by run.
+    private func storedEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
+        let answer = try await api.send("POST", "/events/filter", .object([
+            "filter": .object([
+                "occurred": .object(["since": .string(Timestamp.format(since.addingTimeInterval(-60)))]),
+                "any_resource": .object(["id": .array(runs.map { .string("prefect.flow-run.\($0)") })]),
+                "event": .object(["prefix": .array(["prefect.worker."])]),
+            ]),
+            "limit": .int(50),  // the server's maximum
+        ]))
+        var names: [String: [String]] = [:]
+        for event in answer["events"]?.asArray ?? [] {
+            guard let name = event["event"]?.asString else { continue }
+            for related in event["related"]?.asArray ?? [] {
+                if let id = related["prefect.resource.id"]?.asString, id.hasPrefix("prefect.flow-run.") {
+                    names[String(id.dropFirst("prefect.flow-run.".count)), default: []].append(name)
+                }
+            }
+        }
+        return names
+    }
+
+    /// Waits until the server has stored the submitted and executed events of every run.
+    private func waitForStoredEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
+        var last: [String: [String]] = [:]
+        return try await E2E.eventually(timeout: 45, interval: 1, "the server to store the worker's events of \(runs) (so far: \(last))") {
+            last = try await storedEvents(about: runs, since: since)
+            let complete = runs.allSatisfy { Set(last[$0] ?? []).isSuperset(of: ["prefect.worker.submitted-flow-run", "prefect.worker.executed-flow-run"]) }
+            return complete ? last : nil
+        }
+    }
+
+    func testEventsGoOverTheEventsSocketAndCostNoRequestPerRun() async throws {
+        let began = Date()
+        let (measured, _, proxy) = try await measure(count: 5)
         print("EventsSocketTests: API requests per plain-command run, by endpoint (5 runs, 3 s apart, default intervals): \(String(format: "%.2f", measured.total)) in all\n\(measured.table)")
+        let stored = try await waitForStoredEvents(about: measured.runs, since: began)
+        for id in measured.runs {
+            XCTAssertEqual(stored[id]?.filter { $0 == "prefect.worker.submitted-flow-run" }.count, 1, "\(id): \(stored[id] ?? [])")
+            XCTAssertEqual(stored[id]?.filter { $0 == "prefect.worker.executed-flow-run" }.count, 1, "\(id): \(stored[id] ?? [])")
+        }
+        let all = proxy.counters.byEndpoint
+        XCTAssertNil(all["POST /api/events"], "no event went by REST (the worker.started event included): \(all)")
+        XCTAssertEqual(measured.perRun["POST /api/events"], nil)
+        XCTAssertEqual(all["GET /api/events/in"], 1, "one socket carried every event: \(all)")
+    }
+
+    func testWithWebSocketsBlockedEventsGoByPOST() async throws {
+        let began = Date()
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "true"]))
+        let proxy = try startProxy()
+        proxy.blockWebSockets = true
+        try startWorker(pool: pool, arguments: ["--state-dir", try stateDirectory()], apiURL: proxy.apiURL)
+        let id = try await api.createFlowRun(deployment: deployment)
+        track(id)
+        let run = try await waitForFinalState(id, timeout: 60)
+        XCTAssertEqual(run.stateType, "COMPLETED", run.stateSummary)
+        let stored = try await waitForStoredEvents(about: [id], since: began)
+        XCTAssertEqual(stored[id]?.filter { $0.hasPrefix("prefect.worker.") }.count, 2, "\(stored)")
+        let all = proxy.counters.byEndpoint
+        XCTAssertGreaterThan(all["POST /api/events"] ?? 0, 0, "the events went by REST: \(all)")
+        XCTAssertEqual(all["GET /api/events/in"], 1, "one refused upgrade, then REST until the socket's backoff has passed: \(all)")
     }
 }
