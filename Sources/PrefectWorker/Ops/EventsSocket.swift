@@ -57,13 +57,24 @@ actor EventsSocket {
     func deliver(_ batch: JSON) async throws {
         guard case .array(let events) = batch, !events.isEmpty else { return }
         if retryAt.map({ Date() >= $0 }) ?? true {
-            do {
-                try await sendOverSocket(events)
-                return
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch {
-                await socketFailed(error)
+            // A socket kept open may have been closed by the server meanwhile (a restart, a load balancer's idle
+            // timeout): then the batch is sent again over a new one at once, as Prefect's client reconnects.
+            for attempt in 1...2 {
+                let reused = socket != nil
+                do {
+                    try await sendOverSocket(events)
+                    return
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    if reused, attempt == 1 {
+                        client.log.debug("events socket closed since its last use (\(error)); opening a new one")
+                        await dropSocket()
+                        continue
+                    }
+                    await socketFailed(error)
+                    break
+                }
             }
         }
         try await client.send("POST", "/events", body: batch, what: "emitting worker events", policy: .quick)
@@ -81,7 +92,7 @@ actor EventsSocket {
     private func sendOverSocket(_ events: [JSON]) async throws {
         let socket = try await openSocket()
         for event in events { try await socket.send(text: event.encoded()) }
-        try await within(answerTimeout, "the server did not confirm the events (no pong)") { try await socket.ping() }
+        try await within(answerTimeout, url: socket.url, "the server did not confirm the events (no pong)") { try await socket.ping() }
         lastUsed = Date()
         scheduleIdleClose()
     }
@@ -92,7 +103,7 @@ actor EventsSocket {
         do {
             if case .some(let token) = authToken {
                 try await opened.send(text: JSON.object(["type": "auth", "token": token.map(JSON.string) ?? .null]).encoded())
-                let answer = try await within(answerTimeout, "no answer to the auth message") { () -> String? in
+                let answer = try await within(answerTimeout, url: opened.url, "no answer to the auth message") { () -> String? in
                     var iterator = opened.messages.makeAsyncIterator()
                     if case .text(let text)? = try await iterator.next() { return text }
                     return nil
@@ -118,16 +129,21 @@ actor EventsSocket {
         return opened
     }
 
-    private func socketFailed(_ error: Error) async {
+    private func dropSocket() async {
         let broken = socket
         socket = nil
         idleCloser?.cancel()
+        idleCloser = nil
         await broken?.close()
+    }
+
+    private func socketFailed(_ error: Error) async {
+        await dropSocket()
         failures += 1
         let delay = Self.retryPolicy.delay(afterAttempt: failures, retryAfter: nil)
         retryAt = Date().addingTimeInterval(delay)
         let level = outage.failed()
-        client.log.log(level == .warning ? .info : level, "events socket (/api/events/in) failed: \(error); sending worker events by POST /events, trying the socket again in \(String(format: "%.0f", delay)) s")
+        client.log.log(level == .warning ? .info : level, "worker events socket failed: \(error); sending worker events by POST /events, trying the socket again in \(String(format: "%.0f", delay)) s")
     }
 
     /// Closes the socket once it has carried nothing for `idleSeconds`.
@@ -156,14 +172,14 @@ actor EventsSocket {
     /// `body`, unless it takes longer than `seconds` (then a `WebSocketError` saying `what`) or the caller is
     /// cancelled. Raced, not awaited: a ping waits for its pong however it is cancelled, and ends only when the
     /// socket closes, which the caller does next.
-    private func within<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    private func within<T: Sendable>(_ seconds: Double, url: String, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let outcome = FirstOutcome<T>()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
                 outcome.set(continuation)
                 let timer = Task {
                     try await Task.sleep(seconds: seconds)
-                    outcome.resume(.failure(WebSocketError(url: "/api/events/in", reason: String(format: "%@ within %g s", what, seconds))))
+                    outcome.resume(.failure(WebSocketError(url: url, reason: String(format: "%@ within %g s", what, seconds))))
                 }
                 Task {
                     do { outcome.resume(.success(try await body())) } catch { outcome.resume(.failure(error)) }

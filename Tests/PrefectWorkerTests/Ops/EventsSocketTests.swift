@@ -108,6 +108,35 @@ final class EventsSocketTests: XCTestCase {
         await cloudEvents.close()
     }
 
+    func testASocketTheServerClosedSinceItsLastUseIsReplacedAtOnce() async throws {
+        // Each connection carries one batch, then the server goes away (as in a restart) without a close frame.
+        let seen = Seen()
+        let server = try FakeWebSocketServer { peer in
+            try peer.accept()
+            seen.connections.withLock { $0 += 1 }
+            _ = try peer.readFrame()
+            try peer.sendText(#"{"type":"auth_success"}"#)
+            while true {
+                let frame = try peer.readFrame()
+                if frame.opcode == 0x1 { seen.events.withLock { $0.append(frame.text) } }
+                if frame.opcode == 0x9 {
+                    try peer.send(0xA, frame.payload)
+                    peer.close()
+                    return
+                }
+            }
+        }
+        servers.append(server)
+        let events = socket(to: server)
+        try await events.deliver(.array([event(1)]))
+        try await Task.sleep(seconds: 0.2)
+        try await events.deliver(.array([event(2)]))
+        XCTAssertEqual(seen.connections.withLock { $0 }, 2)
+        XCTAssertEqual(seen.events.withLock { $0 }, [event(1), event(2)].map { $0.encoded() })
+        XCTAssertEqual(rest.requests("POST", "/api/events").count, 0, "a stale socket is no reason for REST")
+        await events.close()
+    }
+
     func testRefusedCredentialsSendTheBatchByREST() async throws {
         let seen = Seen()
         let events = socket(to: try server(seen, authAnswer: #"{"type":"auth_failure","reason":"bad token"}"#))
