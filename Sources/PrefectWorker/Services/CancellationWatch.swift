@@ -11,17 +11,22 @@ struct CancellationWatch: Service {
     var settings: Settings { context.settings }
 
     func run() async {
+        var answered = true
         while !Task.isCancelled {
             let push = context.push
-            await push.checkCancellations.wait(timeout: push.isSocketUp ? nil : settings.cancellationPollSeconds)
+            // With the socket up, a check that failed (the catch-up after a reconnect) is asked again within 2 s.
+            let wait = push.isSocketUp ? (answered ? nil : min(settings.cancellationPollSeconds, 2)) : settings.cancellationPollSeconds
+            await push.checkCancellations.wait(timeout: wait)
             if Task.isCancelled { return }
-            await check()
+            answered = await check()
         }
     }
 
     /// Asks the server which runs in flight are CANCELLING (or were CANCELLED) and has their supervisors stop
-    /// them. An idle worker makes no request.
-    func check() async {
+    /// them. An idle worker makes no request. False if the server could not be asked.
+    @discardableResult
+    func check() async -> Bool {
+        var answered = true
         let ids = await context.registry.runIDs
         for start in stride(from: 0, to: ids.count, by: 200) {
             let chunk = Array(ids[start..<min(start + 200, ids.count)])
@@ -32,10 +37,14 @@ struct CancellationWatch: Service {
                 ]),
                 "limit": .int(chunk.count),
             ])
-            guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else { continue }
+            guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else {
+                answered = false
+                continue
+            }
             for run in runs where await context.registry.supervisor(run.id)?.requestCancel() == true {
                 context.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
             }
         }
+        return answered
     }
 }

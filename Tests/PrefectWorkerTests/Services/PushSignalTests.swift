@@ -132,3 +132,23 @@ final class PushSignalTests: XCTestCase {
         XCTAssertTrue(text.contains("prefect_worker_event_socket_reconnects_total 1\n"), text)
     }
 }
+
+extension PushSignalTests {
+    /// The catch-up after a reconnect is what finds a cancellation made before the subscription (the stream
+    /// replays only what the server has stored by then); right after a server restart it may get a 503. It is
+    /// asked again soon, not left until the socket next drops.
+    func testAFailedCatchUpCheckIsTriedAgainWhileTheSocketIsUp() async throws {
+        let context = context { $0.cancellationPollSeconds = 600 }
+        fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }
+        fake.inject([.status(503, #"{"exception_message":"Service Unavailable"}"#)], method: "POST", path: "/api/flow_runs/filter")
+        _ = try await reserve("run-a", in: context)
+        context.push.socketChanged(up: true)
+        let watch = Task { await CancellationWatch(context: context).run() }
+        defer { watch.cancel() }
+        let deadline = Date().addingTimeInterval(5)
+        while fake.requests("POST", "/api/flow_runs/filter").count < 2, Date() < deadline { try await Task.sleep(seconds: 0.05) }
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 2, "the failed catch-up is asked again")
+        try await Task.sleep(seconds: 0.5)
+        XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 2, "then, caught up, the watch rests while the socket is up")
+    }
+}
