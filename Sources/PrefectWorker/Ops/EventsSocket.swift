@@ -38,7 +38,10 @@ actor EventsSocket {
 
     init(client: PrefectClient, connect: Connect? = nil, authToken: String??, idleSeconds: Double = 300, answerTimeout: Double = 10) {
         self.client = client
-        self.connect = connect ?? { try await client.webSocket(path: "/events/in", subprotocol: "prefect") }
+        // A socket that cannot be opened within the answer timeout leaves the batch to REST rather than hold it.
+        self.connect = connect ?? {
+            try await client.webSocket(path: "/events/in", subprotocol: "prefect", limits: WebSocket.Limits(handshakeTimeout: answerTimeout))
+        }
         self.authToken = authToken
         self.idleSeconds = idleSeconds
         self.answerTimeout = answerTimeout
@@ -53,7 +56,8 @@ actor EventsSocket {
     var isOpen: Bool { socket != nil }
 
     /// Delivers one batch: over the socket when it is open or can be opened, else by `POST /events`. Throws
-    /// when neither took it (the shipper keeps the batch and tries again).
+    /// when neither took it (the shipper keeps the batch and tries again). One caller at a time, as the
+    /// shipper's loop and then its flush call it (the actor's awaits would otherwise interleave two opens).
     func deliver(_ batch: JSON) async throws {
         guard case .array(let events) = batch, !events.isEmpty else { return }
         if retryAt.map({ Date() >= $0 }) ?? true {
