@@ -70,38 +70,6 @@ final class EventsSocketTests: RunControlTestCase, @unchecked Sendable {
         return (Measured(runs: runs, perRun: perRun), worker, proxy)
     }
 
-    /// The worker's events about these runs, as the server stored them (`POST /events/filter`): names by run.
-    private func storedEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
-        let answer = try await api.send("POST", "/events/filter", .object([
-            "filter": .object([
-                "occurred": .object(["since": .string(Timestamp.format(since.addingTimeInterval(-60)))]),
-                "any_resource": .object(["id": .array(runs.map { .string("prefect.flow-run.\($0)") })]),
-                "event": .object(["prefix": .array(["prefect.worker."])]),
-            ]),
-            "limit": .int(50),  // the server's maximum
-        ]))
-        var names: [String: [String]] = [:]
-        for event in answer["events"]?.asArray ?? [] {
-            guard let name = event["event"]?.asString else { continue }
-            for related in event["related"]?.asArray ?? [] {
-                if let id = related["prefect.resource.id"]?.asString, id.hasPrefix("prefect.flow-run.") {
-                    names[String(id.dropFirst("prefect.flow-run.".count)), default: []].append(name)
-                }
-            }
-        }
-        return names
-    }
-
-    /// Waits until the server has stored the submitted and executed events of every run.
-    private func waitForStoredEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
-        var last: [String: [String]] = [:]
-        return try await E2E.eventually(timeout: 45, interval: 1, "the server to store the worker's events of \(runs) (so far: \(last))") {
-            last = try await storedEvents(about: runs, since: since)
-            let complete = runs.allSatisfy { Set(last[$0] ?? []).isSuperset(of: ["prefect.worker.submitted-flow-run", "prefect.worker.executed-flow-run"]) }
-            return complete ? last : nil
-        }
-    }
-
     func testEventsGoOverTheEventsSocketAndCostNoRequestPerRun() async throws {
         let began = Date()
         let (measured, _, proxy) = try await measure(count: 5)
@@ -133,5 +101,39 @@ final class EventsSocketTests: RunControlTestCase, @unchecked Sendable {
         let all = proxy.counters.byEndpoint
         XCTAssertGreaterThan(all["POST /api/events"] ?? 0, 0, "the events went by REST: \(all)")
         XCTAssertEqual(all["GET /api/events/in"], 1, "one refused upgrade, then REST until the socket's backoff has passed: \(all)")
+    }
+}
+
+extension E2ETestCase {
+    /// The worker's events about these runs, as the server stored them (`POST /events/filter`): names by run.
+    func storedEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
+        let answer = try await api.send("POST", "/events/filter", .object([
+            "filter": .object([
+                "occurred": .object(["since": .string(Timestamp.format(since.addingTimeInterval(-60)))]),
+                "any_resource": .object(["id": .array(runs.map { .string("prefect.flow-run.\($0)") })]),
+                "event": .object(["prefix": .array(["prefect.worker."])]),
+            ]),
+            "limit": .int(50),  // the server's maximum
+        ]))
+        var names: [String: [String]] = [:]
+        for event in answer["events"]?.asArray ?? [] {
+            guard let name = event["event"]?.asString else { continue }
+            for related in event["related"]?.asArray ?? [] {
+                if let id = related["prefect.resource.id"]?.asString, id.hasPrefix("prefect.flow-run.") {
+                    names[String(id.dropFirst("prefect.flow-run.".count)), default: []].append(name)
+                }
+            }
+        }
+        return names
+    }
+
+    /// Waits until the server has stored the submitted and executed events of every run.
+    func waitForStoredEvents(about runs: [String], since: Date) async throws -> [String: [String]] {
+        var last: [String: [String]] = [:]
+        return try await E2E.eventually(timeout: 45, interval: 1, "the server to store the worker's events of \(runs) (so far: \(last))") {
+            last = try await storedEvents(about: runs, since: since)
+            let complete = runs.allSatisfy { Set(last[$0] ?? []).isSuperset(of: ["prefect.worker.submitted-flow-run", "prefect.worker.executed-flow-run"]) }
+            return complete ? last : nil
+        }
     }
 }

@@ -118,6 +118,12 @@ final class ServerRestartTests: RunControlTestCase, @unchecked Sendable {
         ]))
         XCTAssertEqual(runs.asArray?.count, 4, "no run of the deployment was duplicated")
 
+        // The worker's events of every run reached the server, those sent before the restart and after it.
+        let stored = try await waitForStoredEvents(about: inFlight + [new], since: created.addingTimeInterval(-600))
+        for id in inFlight + [new] {
+            XCTAssertEqual(Set(stored[id] ?? []), ["prefect.worker.submitted-flow-run", "prefect.worker.executed-flow-run"], "\(id)")
+        }
+
         // Said once in the log, and counted in /metrics.
         XCTAssertEqual(worker.log.components(separatedBy: "events stream lost").count - 1, 1, "the loss is logged once")
         let reconnects = await metric("prefect_worker_event_socket_reconnects_total", port: metricsPort)
