@@ -173,3 +173,25 @@ final class APIShipperTests: XCTestCase {
         await loop.value
     }
 }
+
+extension APIShipperTests {
+    /// With `deliver` (the events socket), batches go there instead of `POST path`; one it refuses stays buffered.
+    func testADeliverHookTakesTheBatchesAndARefusedOneIsKept() async throws {
+        let taken = FakeAPIBox<[JSON]>([])
+        let refuseNext = FakeAPIBox(true)
+        struct Refused: Error {}
+        let shipper = APIShipper(client: fake.client(), path: "/logs/", what: "shipping test records", capacity: 100, batchSize: 2,
+                                 interval: 0.05, deliver: { batch in
+                                     if refuseNext.update({ let refuse = $0; $0 = false; return refuse }) { throw Refused() }
+                                     taken.update { $0.append(batch) }
+                                 })
+        for i in 0..<3 { shipper.add(record(i)) }
+        let first = await shipper.deliverAll()
+        XCTAssertFalse(first)
+        XCTAssertEqual(shipper.pending, 3, "the refused batch stays buffered")
+        let second = await shipper.deliverAll()
+        XCTAssertTrue(second)
+        XCTAssertEqual(taken.value, [.array([record(0).body, record(1).body]), .array([record(2).body])])
+        XCTAssertEqual(fake.requests.count, 0, "no POST /logs/ while a deliver hook is given")
+    }
+}
