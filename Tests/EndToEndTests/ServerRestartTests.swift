@@ -125,11 +125,14 @@ final class ServerRestartTests: RunControlTestCase, @unchecked Sendable {
         }
 
         // Said once in the log, and counted in /metrics.
-        XCTAssertEqual(worker.log.components(separatedBy: "events stream lost").count - 1, 1, "the loss is logged once")
+        // (A busy server may drop the stream again later, 1011: only the restart's outage is counted here.)
+        let untilBack = worker.log.components(separatedBy: "events stream reconnected").first ?? ""
+        XCTAssertEqual(untilBack.components(separatedBy: "events stream lost").count - 1, 1, "the loss is logged once, not per failed reconnect")
         let reconnects = await metric("prefect_worker_event_socket_reconnects_total", port: metricsPort)
         XCTAssertGreaterThanOrEqual(reconnects ?? 0, 1, "/metrics counts the reconnects")
-        let up = await metric("prefect_worker_event_socket_up", port: metricsPort)
-        XCTAssertEqual(up, 1, "/metrics shows the events socket up again")
+        _ = try await E2E.eventually(timeout: 30, "/metrics to show the events socket up") {
+            await metric("prefect_worker_event_socket_up", port: metricsPort) == 1 ? true : nil
+        }
 
         print(String(format: "ServerRestartTests: server started in %.1f s, restarted in %.1f s (down %.1f s); cancelled %@ the stream was back, CANCELLED %.1f s after; the new run started %.1f s after it was created; %.0f reconnect attempt(s)",
                      firstStart, secondStart, back.timeIntervalSince(stopped),
