@@ -282,6 +282,7 @@ public final class FaultProxy: @unchecked Sendable {
         let inMaintenance: Bool = locked {
             guard _maintenance else { return false }
             _counters.requests += 1
+            _counters.byEndpoint[request.summary, default: 0] += 1
             _counters.injected503 += 1
             return true
         }
