@@ -1,15 +1,15 @@
 import Foundation
 
-/// Polls the pool for scheduled runs and hands each one it can take (a free slot, not handled or claimed
-/// before) to `launcher`, which runs its supervisor. Polls every `--query-seconds`, and at once when the events
+/// Polls the pool for scheduled runs and offers each to `runs`, the owner of their lifecycle, which takes
+/// those it can (a free slot, not handled or claimed before). Polls every `--query-seconds`, and at once when the events
 /// stream reports a run of the pool becoming due (`EventWatch`).
 struct PollService: Service {
     let context: WorkerContext
-    let launcher: RunLauncher
+    let runs: RunLifecycle
     var settings: Settings { context.settings }
     var client: PrefectClient { context.client }
 
-    /// Polls for scheduled runs and hands each new one to a supervisor, within `--limit`.
+    /// Polls for scheduled runs and offers each new one, within `--limit`.
     func run() async {
         var lastCount: Date?
         while !Task.isCancelled {
@@ -45,11 +45,9 @@ struct PollService: Service {
             let now = Date()
             for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
                 if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
-                let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-                guard await context.registry.reserve(run, for: supervisor) else { continue }
+                guard await self.runs.offer(run) else { continue }
                 taken += 1
                 if DueRuns.isDue(run, now: now) { takenDue += 1 }
-                launcher.submit(run, to: supervisor)
             }
             if polled {
                 if let due = DueRuns.fromPoll(runs, limit: limit, takenDue: takenDue, now: now) {

@@ -20,6 +20,8 @@ actor Outbox: Service {
     private let folder: RecordFolder<[OutboxItem]>
     nonisolated var directory: String { folder.directory }
     private let client: PrefectClient
+    /// Counts the runs it reports finished (or finds finished).
+    private let metrics: Metrics
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
     /// Lines about the runs whose reports it carries.
@@ -38,8 +40,9 @@ actor Outbox: Service {
     private var waiting: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
     private var nextWaiterID = 0
 
-    init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil, log: Logger) {
+    init(stateDirectory: String, client: PrefectClient, metrics: Metrics = Metrics(), shutdown: Shutdown? = nil, log: Logger) {
         self.log = log
+        self.metrics = metrics
         self.folder = RecordFolder(directory: stateDirectory + "/outbox")
         self.client = client
         self.shutdown = shutdown
@@ -199,10 +202,10 @@ actor Outbox: Service {
             switch FinalState.delivery(proposing: type, name: name, force: force, current: current) {
             case .skip:
                 log.info("not reporting \(type.rawValue): the run is already \(current?.rawValue ?? "gone")", run: runID)
-                if let current { client.metrics.runFinished(current) }
+                if let current { metrics.runFinished(current) }
                 return true
             case .propose(let proposed, let forced, let copyDetails, let cancelledInstead):
-                if cancelledInstead { message = "Flow run was cancelled. \(message)" }
+                if cancelledInstead { message = FinalState.cancelledInstead(of: message) }
                 type = proposed
                 force = forced
                 proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
@@ -216,7 +219,7 @@ actor Outbox: Service {
             case .accepted(let landed, let result):
                 let type = landed.type, message = landed.message ?? ""
                 log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
-                client.metrics.runFinished(type)
+                metrics.runFinished(type)
                 return true
             case .waitedTooLong:
                 log.warning("the server asked \(Self.waitsPerAttempt + 1) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)

@@ -35,17 +35,18 @@ actor RunRegistry {
 
     private static func key(_ run: FlowRun) -> String { run.id + "/" + (run.stateID ?? "") }
 
-    /// Takes a slot for `run`, handled by `supervisor`, unless it is already being handled, was claimed by
-    /// this worker in this scheduled state before, or no slot is free.
-    func reserve(_ run: FlowRun, for supervisor: FlowRunSupervisor) -> Bool {
-        if supervisorsByID[run.id] != nil { return false }
-        if let limit, supervisorsByID.count >= limit { return false }
+    /// Takes a slot for `run`, handled by the supervisor `make` builds then, unless it is already being
+    /// handled, was claimed by this worker in this scheduled state before, or no slot is free (nil).
+    func reserve(_ run: FlowRun, make: @Sendable () -> FlowRunSupervisor) -> FlowRunSupervisor? {
+        if supervisorsByID[run.id] != nil { return nil }
+        if let limit, supervisorsByID.count >= limit { return nil }
         let key = Self.key(run)
-        if claimed[key] != nil { return false }
+        if claimed[key] != nil { return nil }
+        let supervisor = make()
         supervisorsByID[run.id] = supervisor
         polledKeys[run.id] = key
         metrics.setInFlight(supervisorsByID.count)
-        return true
+        return supervisor
     }
 
     /// Records that this worker claimed the reserved run (PENDING is ours): it is never taken again in the
