@@ -325,6 +325,6 @@ enum SettingTable {
         },
     ]
 
-    /// The setting with this name (variable or long flag).
-    static func named(_ name: String) -> Setting? { all.first { $0.name == name } }
+    /// The setting with this flag or variable.
+    static func named(_ name: String) -> Setting? { all.first { $0.flags.contains(name) || $0.variables.contains(name) } }
 }
