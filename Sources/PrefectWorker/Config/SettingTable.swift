@@ -1,42 +1,46 @@
 import Foundation
 
-/// Every setting the worker reads, once each, in the order of `--help` (which is also the order they are read in:
-/// a setting that derives from others comes after them). Add a setting here and the parser, `--help`, the check
-/// of profile and `prefect.toml` values and `scripts/check-units`' README check all know it; `Settings` gets the
-/// typed field its `apply` fills.
+/// Every setting the worker reads, once each. `--help` lists those with flags under the options and the others under
+/// the environment, each group in this order; the parser reads them all in this order, so a setting derived from
+/// others comes after them, and the ones without which nothing works (the pool, the API) are reported first.
+/// Add a setting here and the parser, `--help`, the check of profile and `prefect.toml` values and
+/// `scripts/check-units`' README check all know it; `Settings` gets the typed field its `apply` fills.
 enum SettingTable {
-    static let all: [Setting] = options + connection + client + logging + worker
+    static let all: [Setting] = [pool] + connection + [name, workQueues] + client + options + logging + worker
 
-    /// The flags of `prefect-worker start`, with the variables they override.
+    static let pool = Setting(flags: ["--pool", "-p"], variables: ["PREFECT_WORKER_POOL"], toml: "worker.pool", help: .option("""
+      -p, --pool NAME              work pool to serve, created as type `process` if missing [PREFECT_WORKER_POOL]
+    """)) { input, draft in
+        guard let pool = input?.value, !pool.isEmpty else { throw UsageError("option '--pool' is required") }
+        draft.settings.pool = pool
+    }
+
+    static let name = Setting(flags: ["--name", "-n"], variables: ["PREFECT_WORKER_NAME"], toml: "worker.name", help: .option("""
+      -n, --name NAME              worker name [PREFECT_WORKER_NAME] (default: "ProcessWorker <random hex>")
+    """)) { input, draft in
+        let name = input?.value ?? Settings.defaultWorkerName()
+        if name.isEmpty { throw UsageError("option '--name' must not be empty") }
+        if name.contains("/") || name.contains("%") {
+            throw UsageError("option '--name': worker names may not contain '/' or '%'")
+        }
+        draft.settings.workerName = name
+    }
+
+    static let workQueues = Setting(flags: ["--work-queue", "-q"], variables: ["PREFECT_WORKER_WORK_QUEUES"], toml: "worker.work_queues", help: .option("""
+      -q, --work-queue NAME        serve only this queue; repeat for several (default: all queues)
+                                   [PREFECT_WORKER_WORK_QUEUES, comma-separated]
+    """)) { input, draft in
+        guard let input else { return }
+        // Every flag counts; the variable is a comma-separated list.
+        let queues = input.fromFlag
+            ? input.values
+            : input.value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        for queue in queues where queue.isEmpty { throw UsageError("option '--work-queue' must not be empty") }
+        draft.settings.workQueues = queues
+    }
+
+    /// The other flags of `prefect-worker start`, with the variables they override.
     static let options: [Setting] = [
-        Setting(flags: ["--pool", "-p"], variables: ["PREFECT_WORKER_POOL"], toml: "worker.pool", help: .option("""
-          -p, --pool NAME              work pool to serve, created as type `process` if missing [PREFECT_WORKER_POOL]
-        """)) { input, draft in
-            guard let pool = input?.value, !pool.isEmpty else { throw UsageError("option '--pool' is required") }
-            draft.settings.pool = pool
-        },
-        Setting(flags: ["--name", "-n"], variables: ["PREFECT_WORKER_NAME"], toml: "worker.name", help: .option("""
-          -n, --name NAME              worker name [PREFECT_WORKER_NAME] (default: "ProcessWorker <random hex>")
-        """)) { input, draft in
-            let name = input?.value ?? Settings.defaultWorkerName()
-            if name.isEmpty { throw UsageError("option '--name' must not be empty") }
-            if name.contains("/") || name.contains("%") {
-                throw UsageError("option '--name': worker names may not contain '/' or '%'")
-            }
-            draft.settings.workerName = name
-        },
-        Setting(flags: ["--work-queue", "-q"], variables: ["PREFECT_WORKER_WORK_QUEUES"], toml: "worker.work_queues", help: .option("""
-          -q, --work-queue NAME        serve only this queue; repeat for several (default: all queues)
-                                       [PREFECT_WORKER_WORK_QUEUES, comma-separated]
-        """)) { input, draft in
-            guard let input else { return }
-            // Every flag counts; the variable is a comma-separated list.
-            let queues = input.fromFlag
-                ? input.values
-                : input.value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            for queue in queues where queue.isEmpty { throw UsageError("option '--work-queue' must not be empty") }
-            draft.settings.workQueues = queues
-        },
         Setting(flags: ["--type", "-t"], help: .option("""
           -t, --type process           worker type; only `process` is supported
         """), checkFlag: { option, type in
