@@ -184,6 +184,17 @@ final class SettingTableTests: XCTestCase {
         XCTAssertNil(SettingKeys.used["SSL_CERT_FILE"], "only PREFECT_* keys come from the files")
     }
 
+    func testTheReadingOrderPutsTheEssentialsFirstAndDerivedSettingsAfterTheirSources() {
+        let order = table.map(\.name)
+        XCTAssertEqual(Array(order.prefix(2)), ["PREFECT_WORKER_POOL", "PREFECT_API_URL"], "a missing pool or API is reported first")
+        func index(_ name: String) -> Int { order.firstIndex(of: name) ?? -1 }
+        // Debug mode beats the logging level; the Cloud cap needs the API URL, the Cloud URL and the cap.
+        XCTAssertGreaterThan(index("PREFECT_WORKER_DEBUG_MODE"), index("PREFECT_LOGGING_LEVEL"))
+        for source in ["PREFECT_API_URL", "PREFECT_CLOUD_API_URL", "PREFECT_CLOUD_MAX_LOG_SIZE"] {
+            XCTAssertGreaterThan(index("PREFECT_LOGGING_TO_API_MAX_LOG_SIZE"), index(source), source)
+        }
+    }
+
     // MARK: - Every entry reaches the parser, the files and Settings
 
     func testEverySettingHasAnExampleThatTheParserReads() throws {
