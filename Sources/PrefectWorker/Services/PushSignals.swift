@@ -32,54 +32,42 @@ final class PushSignals: Sendable {
     }
 }
 
-/// A wake-up that is kept until taken: `ring()` wakes the waiter, or else the next `wait` returns at once.
+/// A wake-up that is kept until taken: `ring()` wakes every waiter, or else the next `wait` returns at once.
 /// Rings while nobody waits coalesce into one.
 final class Doorbell: Sendable {
-    private struct State {
-        var rung = false
-        var next = 0
-        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    /// `rings` counts every ring, so a waiter wakes on any ring after it began to wait; `kept` is a ring
+    /// nobody has taken yet (each woken waiter takes it).
+    private struct Bell {
+        var rings = 0
+        var kept = false
     }
-    private let state = Mutex(State())
+    private let bell = Condition(Bell())
 
     init() {}
 
     func ring() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            if state.waiters.isEmpty { state.rung = true }
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
+        bell.update { bell in
+            bell.rings += 1
+            bell.kept = true
         }
-        for waiter in waiters { waiter.resume() }
     }
 
     /// Returns when rung (or at once if rung since the last wait), after `timeout` seconds (nil: no limit), or
     /// when the task is cancelled.
     func wait(timeout: Double?) async {
-        guard let timeout else { return await waitForRing() }
-        await firstOf({ await self.waitForRing() }, { try? await Task.sleep(seconds: timeout) })
-    }
-
-    private func waitForRing() async {
-        let id = state.withLock { state in
-            state.next += 1
-            return state.next
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { state -> Bool in
-                    if Task.isCancelled { return true }
-                    if state.rung {
-                        state.rung = false
-                        return true
-                    }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
+        if Task.isCancelled { return }
+        let seen = bell.update { bell -> Int? in
+            if bell.kept {
+                bell.kept = false
+                return nil
             }
-        } onCancel: {
-            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+            return bell.rings
         }
+        guard let seen else { return }
+        await bell.wait(until: { bell in
+            guard bell.rings != seen else { return false }
+            bell.kept = false
+            return true
+        }, timeout: timeout)
     }
 }

@@ -32,13 +32,11 @@ actor Outbox: Service {
     /// disk that cannot be written loses nothing while the worker runs.
     private var memory: [String: [OutboxItem]] = [:]
     private var loaded = false
-    private var delivering: Set<String> = []
+    /// Runs being delivered now: one delivery per run at a time, so items stay in order.
+    private let delivering = Condition(Set<String>())
     /// Each run's file writes and removals go through a serial queue of the run's (in order), off the threads
     /// async code runs on; different runs are written concurrently. A queue lives while it has work.
     private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
-    /// Callers waiting for their turn to deliver a run, by run and waiter id.
-    private var waiting: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
-    private var nextWaiterID = 0
 
     init(stateDirectory: String, client: PrefectClient, metrics: Metrics = Metrics(), shutdown: Shutdown? = nil, log: Logger) {
         self.log = log
@@ -130,37 +128,13 @@ actor Outbox: Service {
         return memory.keys.sorted()
     }
 
-    /// Returns when the run's current delivery ends, or when the calling task is cancelled.
-    private func waitForTurn(_ runID: String) async {
-        nextWaiterID += 1
-        let id = nextWaiterID
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                if Task.isCancelled { continuation.resume() } else { waiting[runID, default: [:]][id] = continuation }
-            }
-        } onCancel: {
-            Task { await self.endWait(runID, id) }
-        }
-    }
-
-    private func endWait(_ runID: String, _ id: Int) {
-        waiting[runID]?.removeValue(forKey: id)?.resume()
-    }
-
     /// Delivers the run's items in order; stops at the first one that cannot be delivered now.
     @discardableResult
     func deliver(_ runID: String, policy: RetryPolicy = .standard) async -> Bool {
         // One delivery per run at a time, so items stay in order; a second caller waits its turn.
         // The wait ends when the worker stops the outbox's loop (a cancelled task), so the stop is never held up.
-        while delivering.contains(runID) {
-            if Task.isCancelled { return false }
-            await waitForTurn(runID)
-        }
-        delivering.insert(runID)
-        defer {
-            delivering.remove(runID)
-            for waiter in (waiting.removeValue(forKey: runID) ?? [:]).values { waiter.resume() }
-        }
+        guard await delivering.wait(until: { $0.insert(runID).inserted }) else { return false }
+        defer { delivering.update { $0.remove(runID) } }
         while let item = items(runID).first {
             do {
                 guard try await deliverItem(runID, item, policy: policy) else { return false }
