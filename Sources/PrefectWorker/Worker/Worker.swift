@@ -65,7 +65,7 @@ public final class Worker: Sendable {
         do {
             try context.journal.prepare()
             try await context.outbox.prepare()
-            health = settings.withHealthcheck ? try HealthService(context: context) : nil
+            health = settings.withHealthcheck ? try HealthService(context.healthSources, log: log) : nil
         } catch {
             log.error("\(error)")
             return 1
@@ -93,14 +93,15 @@ public final class Worker: Sendable {
             for shipper in [context.outbox, context.logs, context.events.shipper] as [any Service] {
                 shippers.start(shipper, in: &group)
             }
-            loops.start(Watchdog(context: context), in: &group)
+            loops.start(Watchdog(settings: settings, notifier: context.notifier, status: context.status, log: log), in: &group)
             if let health { loops.start(health, in: &group) }
             func stopBeforeServing() async {
                 await loops.stop()
                 await shippers.stop()
             }
 
-            let pool = PoolService(context: context)
+            let pool = PoolService(settings: settings, client: context.client, lookups: context.lookups, status: context.status,
+                                   metrics: context.metrics, push: context.push, notifier: context.notifier, log: log)
             switch await startUp(pool) {
             case .failure(let error):
                 log.error(error.message)
@@ -123,7 +124,9 @@ public final class Worker: Sendable {
             loops.start(CancellationWatch(context: context), in: &group)
             loops.start(EventWatch(context: context), in: &group)
             loops.start(WorkerChannel(context: context), in: &group)
-            claiming.start(PollService(context: context, runs: runs), in: &group)
+            claiming.start(PollService(settings: settings, client: context.client, runs: runs, lookups: context.lookups,
+                                       status: context.status, metrics: context.metrics, pollNow: context.push.pollNow, log: log),
+                           in: &group)
             if settings.runOnce {
                 // One poll, then the runs it claimed run to the end (a signal still drains or stops them).
                 await claiming.finished()

@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 
-/// What the worker's loops and run supervisors share.
+/// The worker's parts, made once and held by `Worker`, which hands each service and each run's owner the
+/// parts it uses (no type takes the whole context; the unit tests build parts from one).
 final class WorkerContext: Sendable {
     let settings: Settings
     let client: PrefectClient
@@ -79,6 +80,11 @@ final class WorkerContext: Sendable {
         RunDependencies(settings: settings, client: client, shutdown: shutdown, log: log, metrics: metrics, spawner: spawner,
                         journal: journal, identity: identity, outbox: outbox, logs: logs, events: events, secrets: secrets,
                         lookups: lookups)
+    }
+
+    /// What `/health` and `/metrics` read.
+    var healthSources: HealthService.Sources {
+        HealthService.Sources(settings: settings, status: status, metrics: metrics, client: client, shutdown: shutdown)
     }
 
     /// The work pool as last read (`RunLookups`).

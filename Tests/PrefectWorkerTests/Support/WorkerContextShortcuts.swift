@@ -35,3 +35,23 @@ extension Recovery {
                   client: context.client, outbox: context.outbox, secrets: context.secrets, log: context.log)
     }
 }
+
+extension PollService {
+    init(context: WorkerContext, runs: RunLifecycle) {
+        self.init(settings: context.settings, client: context.client, runs: runs, lookups: context.lookups, status: context.status,
+                  metrics: context.metrics, pollNow: context.push.pollNow, log: context.log)
+    }
+}
+
+extension PoolService {
+    init(context: WorkerContext) {
+        self.init(settings: context.settings, client: context.client, lookups: context.lookups, status: context.status,
+                  metrics: context.metrics, push: context.push, notifier: context.notifier, log: context.log)
+    }
+}
+
+extension HealthService {
+    static func response(context: WorkerContext, method: String, path: String) -> HealthServer.Response {
+        response(context.healthSources, method: method, path: path)
+    }
+}
