@@ -56,7 +56,7 @@ actor FlowRunSupervisor {
             }
             if deployment == nil {
                 log.warning("deployment \(deploymentID) no longer exists; cancelling the run")
-                await report(id, FinalState(type: .cancelled, message: "Deployment \(deploymentID) no longer exists, cancelled run."), force: true)
+                await report(FinalState(type: .cancelled, message: "Deployment \(deploymentID) no longer exists, cancelled run."), force: true)
                 return
             }
         }
@@ -108,22 +108,21 @@ actor FlowRunSupervisor {
 
     /// Builds the job configuration, waits for the run's scheduled time, then launches the job.
     private func prepareAndLaunch(_ run: FlowRun, deployment: Deployment?, pool: WorkPool) async {
-        let id = run.id
         let job: JobConfiguration
         do {
             job = try await configuration(for: run, deployment: deployment, pool: pool)
         } catch let error as JobConfigurationError {
             log.error("bad job configuration: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         } catch let error as APIError where error.isRetryable {
             // The server was away while we read what the template refers to: not the run's fault.
             log.warning("cannot build the job configuration now (\(error)); handing the run back to be tried again")
-            await handBack(id, because: "Worker '\(settings.workerName)' could not reach the API to build the job configuration; rescheduled.")
+            await handBack(because: "Worker '\(settings.workerName)' could not reach the API to build the job configuration; rescheduled.")
             return
         } catch {
             log.error("cannot build the job configuration: \(error); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error)"))
             return
         }
 
@@ -135,7 +134,7 @@ actor FlowRunSupervisor {
                 return false
             })
             if !slept, !cancelRequested {
-                await handBack(id)
+                await handBack()
                 return
             }
         }
@@ -152,7 +151,7 @@ actor FlowRunSupervisor {
     }
 
     /// Gives a claimed run that has not started back to the pool, so another worker can take it.
-    func handBack(_ id: String, because reason: String? = nil) async {
+    func handBack(because reason: String? = nil) async {
         await reporter.handBack(because: reason ?? "Worker '\(settings.workerName)' shut down before the run started.")
     }
 

@@ -22,7 +22,7 @@ extension FlowRunSupervisor {
                                                workerID: dependencies.lookups.workerID, cgroups: dependencies.lookups.cgroups, log: log)
         } catch {
             log.error("cannot \(error.stage) the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
         defer { prepared.remove() }
@@ -31,13 +31,13 @@ extension FlowRunSupervisor {
 
         // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
         // Then PENDING/Submitting, as Prefect's worker proposes it before the job (and before our RUNNING).
-        guard await startAllowed(id), await proposeSubmitting(id) else { return }
+        guard await startAllowed(), await proposeSubmitting() else { return }
         if job.stateOwner == .worker {
-            guard await proposeRunning(id) else { return }
+            guard await proposeRunning() else { return }
             // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
             if cancelRequested {
                 log.info("cancelled while RUNNING was being proposed; not starting it")
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
                 return
             }
         }
@@ -55,7 +55,7 @@ extension FlowRunSupervisor {
             process = try dependencies.spawner.spawn(request)
         } catch {
             log.error("cannot start the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
         await dependencies.journal.record(JournalEntry(
@@ -101,8 +101,8 @@ extension FlowRunSupervisor {
     private func watchJob(_ run: FlowRun, process: SpawnedProcess, job: JobConfiguration, prepared: PreparedJob, flowName: String?,
                           deployment: Deployment?, pool: WorkPool, submitted: (id: String, at: Date),
                           pumps: [OutputPump]) async {
-        let id = run.id, events = dependencies.events, spawner = dependencies.spawner
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: prepared.cgroup,
+        let events = dependencies.events, spawner = dependencies.spawner
+        await watch(pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: prepared.cgroup,
                     control: prepared.control, exitStatus: {
             let end = await spawner.waitForEnd(process.pid)
             for pump in pumps { await pump.finish(timeout: 2) }

@@ -4,14 +4,14 @@ import Foundation
 /// look before a start, and final states through the outbox (`StateReporter` is the loop underneath).
 extension FlowRunSupervisor {
     /// False (after reporting CANCELLED or handing the run back) if the run must not start any more.
-    func startAllowed(_ id: String) async -> Bool {
+    func startAllowed() async -> Bool {
         if cancelRequested {
             log.info("cancelled before it started; not starting it")
-            await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+            await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
             return false
         }
         if dependencies.shutdown.phase >= .draining {
-            await handBack(id)
+            await handBack()
             return false
         }
         return true
@@ -20,7 +20,7 @@ extension FlowRunSupervisor {
     /// For worker-owned runs: RUNNING before the job starts. A run the server will not let run is not started.
     /// While the server is away this keeps trying (the same proposal, so a lost answer is recognised), until
     /// the worker is told a second time to stop; the run is then left PENDING for a restarted worker to hand back.
-    func proposeRunning(_ id: String) async -> Bool {
+    func proposeRunning() async -> Bool {
         let shutdown = dependencies.shutdown, log = self.log
         var options = StateReporter.Options()
         options.keepTrying = { error in
@@ -38,19 +38,19 @@ extension FlowRunSupervisor {
             return false  // the worker is stopping: said above
         } catch {
             log.error("could not propose RUNNING: \(error); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: the server refused RUNNING: \(error)"))
             return false
         }
         switch outcome {
         case .accepted:
             return true
         case .stopped, .waitedTooLong:
-            await handBack(id)
+            await handBack()
             return false
         case .refused(let state, _, let result):
             log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job")
             if state == .cancelling || state == .cancelled {
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
             }
             return false
         }
@@ -59,8 +59,8 @@ extension FlowRunSupervisor {
     // MARK: - Reporting
 
     /// Reports a final state through the outbox (`Outbox.send(_:_:secrets:force:)`).
-    func report(_ id: String, _ final: FinalState, force: Bool = false) async {
-        await dependencies.outbox.send(id, final, secrets: dependencies.secrets, force: force)
+    func report(_ final: FinalState, force: Bool = false) async {
+        await dependencies.outbox.send(runID, final, secrets: dependencies.secrets, force: force)
     }
 }
 

@@ -14,7 +14,7 @@ extension FlowRunSupervisor {
     /// journal entry. `exitStatus` is nil for an adopted job, whose status and usage cannot be known.
     /// `executed` gets the job's exit status and its usage (rusage, with the cgroup's figures where it had one)
     /// once the job and everything it left behind are gone.
-    func watch(_ id: String, pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
+    func watch(pid: pid_t, owner: StateOwner, timeout: Double? = nil, cgroup: RunCgroup? = nil,
                control: AttemptControlSession? = nil, exitStatus: @escaping @Sendable () async -> JobEnd?,
                executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
         setJobPID(pid)
@@ -50,7 +50,7 @@ extension FlowRunSupervisor {
                     requestTimeout(reason: limit!)
                 case .stopRequested:
                     tearingDown = true
-                    group.addTask { .tornDown(await self.tearDown(pid: pid, runID: id, cgroup: cgroup, control: control, timeout: timeout)) }
+                    group.addTask { .tornDown(await self.tearDown(pid: pid, cgroup: cgroup, control: control, timeout: timeout)) }
                 case .tornDown(let result):
                     outcome = result
                     tearingDown = false
@@ -73,46 +73,46 @@ extension FlowRunSupervisor {
         }
 
         if cancelRequested || stopReason != nil {
-            closing(await finishCgroup(cgroup, id))
+            closing(await finishCgroup(cgroup))
             let how = outcome.map { "the job \($0)" } ?? "the job " + (exit.map { "\($0)" } ?? "exited")
             if timedOut, !cancelRequested {
-                await report(id, FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
+                await report(FinalState(type: .failed, message: "\(limit ?? "Flow run timed out"); \(how).", name: "TimedOut"), force: true)
             } else if cancelRequested {
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."), force: true)
+                await report(FinalState(type: .cancelled, message: "Flow run was cancelled: \(how)."), force: true)
             } else if let handedOver {
                 log.info(handedOver == .reschedule
                     ? "\(how.prefix(1).uppercased() + how.dropFirst()); the run went back to its pool (AwaitingRetry) for another worker"
                     : "\(how.prefix(1).uppercased() + how.dropFirst()); the run's state is left to the infrastructure (PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=relinquish)")
             } else {
-                await report(id, FinalState(type: .crashed, message: "\(stopReason ?? "Worker shut down"): \(how)."))
+                await report(FinalState(type: .crashed, message: "\(stopReason ?? "Worker shut down"): \(how)."))
             }
         } else {
-            let usage = await finishCgroup(cgroup, id)
+            let usage = await finishCgroup(cgroup)
             closing(usage)
             if let exit {
                 if let oom = FinalState.outOfMemory(usage: usage, limits: cgroup?.limits ?? .none, exit: exit) {
-                    await report(id, oom)
+                    await report(oom)
                 } else if let final = FinalState.decide(owner: owner, exit: exit, evidence: Self.evidence(control)) {
-                    await report(id, final)
-                } else if let state = try? await client.readFlowRun(id, policy: .quick).currentStateType {
+                    await report(final)
+                } else if let state = try? await client.readFlowRun(runID, policy: .quick).currentStateType {
                     // The engine reported; count and log what it reported.
                     log.info("the engine reported \(state.rawValue)")
                     if state.isTerminal { dependencies.metrics.runFinished(state) }
                 }
             } else {
-                await reportAdoptedExit(id, owner: owner)
+                await reportAdoptedExit(owner: owner)
             }
         }
-        await dependencies.journal.remove(id)
+        await dependencies.journal.remove(runID)
     }
 
     /// Stops the job with the declared teardown (SIGTERM to its process group, the grace, SIGKILL), after
     /// telling an engine why over its control session.
-    private func tearDown(pid: pid_t, runID id: String, cgroup: RunCgroup?, control: AttemptControlSession?, timeout: Double?) async -> Teardown.Outcome {
+    private func tearDown(pid: pid_t, cgroup: RunCgroup?, control: AttemptControlSession?, timeout: Double?) async -> Teardown.Outcome {
         let grace = settings.killGraceSeconds, spawner = dependencies.spawner
         if let control { handedOver = await tellEngine(control, grace: grace) }
         log.info("\(stopCause(timeout: timeout)): sending SIGTERM to the job's process group, SIGKILL in \(String(format: "%g", grace)) s")
-        let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: id, cgroup: cgroup, leaderExit: exited) {
+        let outcome = await Teardown.terminate(grace: grace).run(processGroup: pid, runID: runID, cgroup: cgroup, leaderExit: exited) {
             spawner.signalGroup($0, $1)
         }
         log.info("job (pid \(pid)) \(outcome)")
@@ -120,7 +120,7 @@ extension FlowRunSupervisor {
     }
 
     /// Once the job has exited, empties and removes its cgroup and logs what its whole tree used.
-    func finishCgroup(_ cgroup: RunCgroup?, _ id: String) async -> CgroupUsage? {
+    func finishCgroup(_ cgroup: RunCgroup?) async -> CgroupUsage? {
         guard let cgroup else { return nil }
         let usage = await cgroup.finish(log: log)
         log.info("cgroup usage: \(usage.summary)")
@@ -129,12 +129,12 @@ extension FlowRunSupervisor {
 
     /// An adopted job exited with a status we cannot know: a worker-owned run is CRASHED (saying why), an
     /// engine-owned run is left to the engine unless it is still not final.
-    func reportAdoptedExit(_ id: String, owner: StateOwner) async {
+    func reportAdoptedExit(owner: StateOwner) async {
         switch owner {
         case .worker:
-            await report(id, FinalState(type: .crashed, message: "The worker restarted while the job ran; the job has exited, but its exit status could not be observed."))
+            await report(FinalState(type: .crashed, message: "The worker restarted while the job ran; the job has exited, but its exit status could not be observed."))
         case .engine:
-            await report(id, FinalState(type: .crashed, message: "The worker restarted while the flow run process ran; the process exited before the flow run reached a final state."))
+            await report(FinalState(type: .crashed, message: "The worker restarted while the flow run process ran; the process exited before the flow run reached a final state."))
         }
     }
 

@@ -58,7 +58,7 @@ final class RunLifecycle: Sendable {
                                       { await exited.wait() })
                     }
                 }
-                await supervisor.watch(runID, pid: pid, owner: owner, cgroup: cgroup) {
+                await supervisor.watch(pid: pid, owner: owner, cgroup: cgroup) {
                     await ProcFS.waitForExit(of: pid, startTime: processStart)
                     return nil
                 }
