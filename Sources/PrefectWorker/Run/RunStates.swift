@@ -69,9 +69,8 @@ extension Outbox {
     /// overwritten, and a run being cancelled becomes CANCELLED). If the server is away, the outbox keeps
     /// trying, also after a restart. The message is redacted with `secrets` before it is written anywhere.
     func send(_ id: String, _ final: FinalState, secrets: KnownSecrets, force: Bool = false) async {
-        let message = secrets.redact(final.message)
-        let proposal = StateProposal(final.type, name: final.name, message: message, force: force)
-        await send(id, .finalState(type: final.type.rawValue, message: message,
-                                   transitionID: proposal.transitionID, force: force, name: final.name))
+        // The transition id is kept with the item, so a retry after a lost answer is recognised.
+        await send(id, .finalState(type: final.type.rawValue, message: secrets.redact(final.message),
+                                   transitionID: UUID().uuidString.lowercased(), force: force, name: final.name))
     }
 }
