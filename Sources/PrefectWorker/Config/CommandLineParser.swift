@@ -149,6 +149,7 @@ public enum CommandLineParser {
         }
         if let v = try seconds("cancellation-poll-seconds", "PREFECT_WORKER_CANCELLATION_POLL_SECONDS", minimum: 0.1) {
             settings.cancellationPollSeconds = v
+            settings.cancellationPollIsSet = true
         }
         settings.stateDirectory = try stateDirectory(flag: flags["state-dir"], environment: environment)
 
