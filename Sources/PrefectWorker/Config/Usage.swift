@@ -20,10 +20,10 @@ extension CommandLineParser {
           --kill-grace-seconds S   SIGTERM-to-SIGKILL grace for jobs [PREFECT_WORKER_KILL_GRACE_SECONDS=30]
           --drain-timeout S        on shutdown, wait at most S seconds for runs [PREFECT_WORKER_DRAIN_TIMEOUT]
           --cancellation-poll-seconds S
-                               how often to check in-flight runs for CANCELLING while
-                               the events stream is down (unset: 0.5 while a proxy refuses
-                               WebSockets) [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=10]
-      --run-once               claim what is due now, run it to the end, exit
+                                   how often to check in-flight runs for CANCELLING while
+                                   the events stream is down (unset: 0.5 while a proxy refuses
+                                   WebSockets) [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=10]
+          --run-once               claim what is due now, run it to the end, exit
           --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                    else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
           --no-create-pool-if-not-found
