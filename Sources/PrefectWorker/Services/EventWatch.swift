@@ -6,8 +6,9 @@ import Synchronization
 /// pool becoming due is polled for at once. Prefetch, `--limit` and claiming stay with `PollService`.
 ///
 /// Nothing is missed while the socket is down: it reconnects with backoff and jitter, every (re)connect rings
-/// a catch-up poll of cancellations and due runs, and meanwhile `CancellationWatch` polls at
-/// `PREFECT_WORKER_CANCELLATION_POLL_SECONDS`. State changes are logged once each; a healthy stream is quiet.
+/// a catch-up poll of cancellations and due runs, and meanwhile `CancellationWatch` polls at its fallback
+/// cadence (`CancellationWatch.pollSeconds`: slow while the socket is lost, as before push while a proxy refuses
+/// it). State changes are logged once each; a healthy stream is quiet.
 struct EventWatch: Service {
     let context: WorkerContext
     var settings: Settings { context.settings }
@@ -37,18 +38,21 @@ struct EventWatch: Service {
     var loop: SocketLoop {
         let context = context, settings = settings
         return SocketLoop(
-            messages: Self.messages(settings: settings, pool: settings.pool),
+            messages: Self.messages(settings: settings),
             isReady: { context.pool?.id != nil },
             onChange: { state in
                 context.metrics.eventSocket(up: state == .up)
                 context.push.socketChanged(state)
                 if state != .up { context.metrics.eventSocketReconnecting() }
             },
-            emit: { context.log.log($0, $1) })
+            emit: { context.log.log($0, $1) },
+            apiAnswers: { context.client.failingSeconds == 0 })
     }
 
-    static func messages(settings: Settings, pool: String) -> SocketLoop.Messages {
-        SocketLoop.Messages(
+    /// The loop's lines; while the socket is down they say how often cancellations are polled.
+    static func messages(settings: Settings) -> SocketLoop.Messages {
+        let pool = settings.pool
+        return SocketLoop.Messages(
             opened: { "subscribed to work pool '\(pool)' events at \($0): cancellations and new runs arrive by push" },
             reconnected: { String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", $0) },
             name: "events stream",
@@ -64,7 +68,7 @@ struct EventWatch: Service {
                     ? "as PREFECT_WORKER_CANCELLATION_POLL_SECONDS says"
                     : "the cadence before push; set PREFECT_WORKER_CANCELLATION_POLL_SECONDS (Prefect's fallback is 10) to ask less often"
                 return "WebSockets are refused on the way to the server (\(problem)): a proxy or load balancer in between may not pass them. "
-                    + "Cancellations are polled every \(String(format: "%g", seconds)) s meanwhile (about \(Int((60 / seconds).rounded())) requests/min while runs are in flight; \(how)); "
+                    + "Cancellations are polled every \(String(format: "%g", seconds)) s meanwhile (about \(String(format: "%.3g", 60 / seconds)) requests/min while runs are in flight; \(how)); "
                     + "new runs wait for the next poll (--query-seconds); retrying the stream with backoff"
             })
     }

@@ -13,8 +13,8 @@ struct SocketLoop: Sendable {
         /// or away. It will very likely come back.
         case lost
         /// The last `refusalsToClassify` attempts in a row were answered with an HTTP status instead of the
-        /// upgrade (101): a proxy or load balancer on the way that does not pass WebSockets. It may never
-        /// come back.
+        /// upgrade (101) while REST calls went through: a proxy or load balancer on the way that does not pass
+        /// WebSockets. It may never come up.
         case refused
     }
 
@@ -44,9 +44,11 @@ struct SocketLoop: Sendable {
 
     /// Reconnects: 1, 2, 4 … 30 s apart, ±30 %.
     static let reconnectPolicy = RetryPolicy(maxAttempts: .max, baseDelay: 1, maxDelay: 30, jitter: 0.3)
-    /// Two answers in a row, not one: a server restarting behind a load balancer answers 502/503 for a moment,
-    /// which is a loss; a second answer about 1 s later (the first backoff) shows a path that refuses the
-    /// upgrade itself. It costs one backoff step before the refused cadence starts.
+    /// Two answers in a row, not one: a server restarting behind a load balancer may answer 502/503 for a
+    /// moment, which is a loss; a second answer about 1 s later (the first backoff) shows a path that refuses
+    /// the upgrade itself. It costs one backoff step before the refused cadence starts. An answer while the
+    /// REST API is failing too (`apiAnswers`: a server away or in maintenance behind its load balancer) is a
+    /// loss, however often it comes.
     static let refusalsToClassify = 2
 
     var messages: Messages
@@ -55,6 +57,8 @@ struct SocketLoop: Sendable {
     /// Told after every attempt: `.up` after each connect, `.lost` or `.refused` after each failure.
     var onChange: @Sendable (State) -> Void
     var emit: @Sendable (Log.Level, String) -> Void
+    /// Whether REST calls to the same server go through now (the API client is not failing).
+    var apiAnswers: @Sendable () -> Bool = { true }
     var policy = SocketLoop.reconnectPolicy
     var quietSeconds = PrefectClient.quietFailureSeconds
     var readyCheckSeconds = 1.0
@@ -100,7 +104,7 @@ struct SocketLoop: Sendable {
                 return
             } catch {
                 problem = "\(error)"
-                refusedUpgrade = (error as? WebSocketError)?.status != nil
+                refusedUpgrade = (error as? WebSocketError)?.status != nil && apiAnswers()
             }
             if Task.isCancelled { return }
             refusals = refusedUpgrade ? refusals + 1 : 0

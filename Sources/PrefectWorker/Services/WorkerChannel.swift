@@ -44,7 +44,8 @@ struct WorkerChannel: Service {
                 refused: nil),
             isReady: { context.pool != nil },
             onChange: { context.push.channelChanged(up: $0 == .up) },
-            emit: { context.log.log($0, $1) })
+            emit: { context.log.log($0, $1) },
+            apiAnswers: { context.client.failingSeconds == 0 })
     }
 
     /// One open channel, served: heartbeats out, pool snapshots in.

@@ -39,7 +39,7 @@ final class SocketLoopTests: XCTestCase {
         refused: { "upgrades refused: \($0)" })
 
     /// Runs a loop over `steps` (no real waits), until they run out.
-    private func run(_ steps: [Step], quietSeconds: Double = 60, readyAfter: Int = 0) async -> Record {
+    private func run(_ steps: [Step], quietSeconds: Double = 60, readyAfter: Int = 0, apiAnswers: Bool = true) async -> Record {
         let record = Locked(Record())
         let script = Locked(steps)
         let checks = Locked(0)
@@ -48,6 +48,7 @@ final class SocketLoopTests: XCTestCase {
             isReady: { checks.withLock { $0 += 1; return $0 > readyAfter } },
             onChange: { state in record.withLock { $0.states.append(state) } },
             emit: { level, line in record.withLock { $0.lines.append((level, line)) } },
+            apiAnswers: { apiAnswers },
             quietSeconds: quietSeconds,
             sleep: { seconds in record.withLock { $0.delays.append(seconds) } })
         await loop.run {
@@ -113,6 +114,13 @@ final class SocketLoopTests: XCTestCase {
         XCTAssertEqual(record.lines(containing: "socket unavailable").count, 1, "the outage itself is still logged once")
     }
 
+    func testRefusalsWhileTheAPIIsFailingTooAreALoss() async {
+        // A server away or in maintenance behind its load balancer: every request gets a 503, the upgrade too.
+        let record = await run([.fail(Self.refused), .fail(Self.refused), .fail(Self.refused)], apiAnswers: false)
+        XCTAssertEqual(record.states, [.lost, .lost, .lost])
+        XCTAssertEqual(record.lines(containing: "upgrades refused").count, 0)
+    }
+
     func testAConnectThatGivesUpEndsTheLoop() async {
         let record = await run([.fail(SocketLoop.GiveUp(message: "no such endpoint; doing without it for good"))])
         XCTAssertEqual(record.attempts, 1)
@@ -171,7 +179,7 @@ extension SocketLoopTests {
 
     func testTheRefusedLineSaysWhatTheWorkerDoesAndHowToChangeIt() {
         let settings = Settings(apiURL: URL(string: "http://127.0.0.1:1/api")!, pool: "pool", workerName: "worker")
-        let messages = EventWatch.messages(settings: settings, pool: "pool")
+        let messages = EventWatch.messages(settings: settings)
         let line = messages.refused?("WebSocket ws://h/api/events/out: the server answered HTTP 503") ?? ""
         XCTAssertTrue(line.contains("WebSockets are refused on the way to the server"), line)
         XCTAssertTrue(line.contains("HTTP 503"), line)
@@ -185,7 +193,7 @@ extension SocketLoopTests {
         var explicit = settings
         explicit.cancellationPollSeconds = 3
         explicit.cancellationPollIsSet = true
-        let set = EventWatch.messages(settings: explicit, pool: "pool")
+        let set = EventWatch.messages(settings: explicit)
         let setLine = set.refused?("HTTP 503") ?? ""
         XCTAssertTrue(setLine.contains("every 3 s") && setLine.contains("about 20 requests/min"), setLine)
         XCTAssertTrue(set.meanwhile(.lost).contains("every 3 s"))
