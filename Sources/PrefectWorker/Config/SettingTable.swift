@@ -69,11 +69,16 @@ enum SettingTable {
         .seconds("PREFECT_WORKER_CANCELLATION_POLL_SECONDS", flags: ["--cancellation-poll-seconds"], toml: "worker.cancellation_poll_seconds",
                  minimum: 0.1, default: "10", help: .option("""
               --cancellation-poll-seconds S
-                                   how often to check in-flight runs for CANCELLING while
-                                   the events stream is down [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=10]
-        """)) { $0.settings.cancellationPollSeconds = $1 },
+                                       how often to check in-flight runs for CANCELLING while
+                                       the events stream is down (unset: 0.5 while a proxy refuses
+                                       WebSockets) [PREFECT_WORKER_CANCELLATION_POLL_SECONDS=10]
+        """)) { draft, seconds in
+            // Set: it holds also while WebSockets are refused (the cadence is 0.5 s then, unless set).
+            draft.settings.cancellationPollSeconds = seconds
+            draft.settings.cancellationPollIsSet = true
+        },
         .flagSwitch("--run-once", default: false, help: .option("""
-          --run-once               claim what is due now, run it to the end, exit
+              --run-once               claim what is due now, run it to the end, exit
         """)) { $0.settings.runOnce = $1 },
         Setting(flags: ["--state-dir"], variables: ["PREFECT_WORKER_STATE_DIR"], toml: "worker.state_dir", help: .option("""
               --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,

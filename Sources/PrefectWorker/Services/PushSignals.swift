@@ -2,14 +2,15 @@ import Foundation
 import Synchronization
 
 /// What the events subscription tells the loops that would otherwise poll: whether the socket is up (the
-/// cancellation poll then rests), and two doorbells, "poll for runs now" and "check cancellations now".
+/// cancellation poll then rests) or down (lost or refused: the poll's cadence differs), and two doorbells,
+/// "poll for runs now" and "check cancellations now".
 final class PushSignals: Sendable {
     /// Rung when a run of the pool becomes due, and after every (re)connect (the catch-up poll).
     let pollNow = Doorbell()
-    /// Rung after every (re)connect and every loss of the socket, so the cancellation watch catches up and
-    /// changes its cadence.
+    /// Rung after every (re)connect and every change of the socket's state, so the cancellation watch
+    /// catches up and changes its cadence.
     let checkCancellations = Doorbell()
-    private let up = Atomic<Bool>(false)
+    private let socket = Atomic<UInt8>(PushSignals.code(.lost))
 
     init() {}
 
@@ -20,15 +21,36 @@ final class PushSignals: Sendable {
     func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
 
     /// Whether the events socket is subscribed now.
-    var isSocketUp: Bool { up.load(ordering: .relaxed) }
+    var isSocketUp: Bool { socketState == .up }
 
-    /// After every connect: catch up on cancellations and due runs. After a loss: the cancellation watch
-    /// changes to its fallback cadence (a failed reconnect while already down changes nothing).
-    func socketChanged(up isUp: Bool) {
-        let was = up.exchange(isUp, ordering: .relaxed)
-        guard isUp || was else { return }
+    /// The events socket's state after its loop's last attempt (`.lost` before the first).
+    var socketState: SocketLoop.State { Self.state(socket.load(ordering: .relaxed)) }
+
+    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
+
+    /// After every connect: catch up on cancellations and due runs. After a loss, or a loss found to be a
+    /// refusal: the cancellation watch changes its cadence (a failed reconnect that changes nothing rings nothing).
+    func socketChanged(_ state: SocketLoop.State) {
+        let was = Self.state(socket.exchange(Self.code(state), ordering: .relaxed))
+        guard state == .up || was != state else { return }
         checkCancellations.ring()
-        if isUp { pollNow.ring() }
+        if state == .up { pollNow.ring() }
+    }
+
+    private static func code(_ state: SocketLoop.State) -> UInt8 {
+        switch state {
+        case .up: 0
+        case .lost: 1
+        case .refused: 2
+        }
+    }
+
+    private static func state(_ code: UInt8) -> SocketLoop.State {
+        switch code {
+        case 0: .up
+        case 2: .refused
+        default: .lost
+        }
     }
 }
 
