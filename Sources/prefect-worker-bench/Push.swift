@@ -4,7 +4,7 @@ import Glibc
 #endif
 import PrefectWorker
 
-/// One worker measured by `push`: ours (this build, and optionally with the events socket blocked, and an
+/// One worker measured by `push`: ours (this build, and optionally with WebSocket upgrades refused by its proxy, and an
 /// older binary as "before") or Prefect's own, each with its defaults and behind its own counting proxy.
 struct PushVariant: Sendable {
     var name: String
@@ -12,7 +12,7 @@ struct PushVariant: Sendable {
     var python: Bool
     var binary: String
     var blockSocket: Bool
-    /// Whether the run_deployment fan-out is measured (engine flows; not with the socket blocked, where the
+    /// Whether the run_deployment fan-out is measured (engine flows; not with the socket refused, where the
     /// flows' own event sockets would be refused too).
     var fanout: Bool
 }

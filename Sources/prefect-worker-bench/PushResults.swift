@@ -26,7 +26,7 @@ struct RequestWindow: Codable, Sendable {
     var perMinute: Double
     /// WebSocket upgrades tunnelled (included in `requests`).
     var webSockets: Int
-    /// WebSocket upgrades refused by the proxy (socket blocked; included in `requests`).
+    /// WebSocket upgrades refused by the proxy (socket refused; included in `requests`).
     var refusedWebSockets: Int
     /// Requests by "METHOD /path", most first.
     var byEndpoint: [EndpointCount]
@@ -65,7 +65,7 @@ struct FanoutSample: Codable, Sendable {
 }
 
 struct PushVariantResult: Codable, Sendable {
-    /// "after", "after-blocked", "before", "prefect".
+    /// "after", "after-refused", "before", "prefect".
     var name: String
     var title: String
     var command: String

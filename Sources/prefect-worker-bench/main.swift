@@ -171,9 +171,12 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
     case "push":
         let work = prepareWork(arguments)
         guard let url = URL(string: arguments.required("--api")) else { fail("--api must be a URL") }
+        // Windows of several minutes: a 60 s window holds 5 or 6 polls at a 10 s interval, a sampling, not a rate.
+        let busySeconds = arguments.double("--busy-seconds", 180)
         let settings = PushSettings(
-            idleSeconds: arguments.double("--idle-seconds", 60), busySeconds: arguments.double("--busy-seconds", 60),
-            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep 120", samples: arguments.int("--samples", 5),
+            idleSeconds: arguments.double("--idle-seconds", 180), busySeconds: busySeconds,
+            // Outlasts the wait for every job to start (≤ 60 s), the settling 10 s and the window.
+            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep \(Int(busySeconds) + 90)", samples: arguments.int("--samples", 5),
             sampleSpreadSeconds: arguments.double("--sample-spread", 10),
             sampleJob: #"sh -c 'echo "$(date +%s.%N) $$" > MARKS/"$PREFECT__FLOW_RUN_ID"; exec sleep 120'"#,
             fanoutChildren: arguments.int("--fanout-children", 3), fanoutChildSeconds: 1, fanoutPollSeconds: 1,
@@ -181,7 +184,7 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
         let worker = arguments.required("--worker")
         var variants = [PushVariant(name: "after", title: "prefect-worker (this build)", python: false, binary: worker, blockSocket: false, fanout: true)]
         if !arguments.switches.contains("--no-blocked") {
-            variants.append(PushVariant(name: "after-blocked", title: "prefect-worker, socket blocked", python: false, binary: worker,
+            variants.append(PushVariant(name: "after-refused", title: "prefect-worker, socket refused (proxy answers upgrades 503)", python: false, binary: worker,
                                         blockSocket: true, fanout: false))
         }
         if let before = arguments.string("--before") {

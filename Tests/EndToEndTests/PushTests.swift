@@ -221,6 +221,45 @@ final class PushTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertGreaterThan(proxy.counters.webSocketsRefused, 0)
         XCTAssertEqual(worker.log.components(separatedBy: "events stream unavailable").count - 1, 1, "logged once")
     }
+
+    /// A proxy that answers every WebSocket upgrade 503 (one that does not pass WebSockets): the worker calls
+    /// the socket refused and, with the setting left at its default, polls cancellations every 0.5 s as before
+    /// push, so cancelling is no slower there than it was.
+    func testWithWebSocketsRefusedCancellationIsAsFastAsBeforePush() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 300"]))
+        let proxy = try startProxy()
+        proxy.blockWebSockets = true
+        // PREFECT_WORKER_CANCELLATION_POLL_SECONDS not set: its 10 s default would hold for a lost socket.
+        let worker = try startWorker(pool: pool, arguments: ["--query-seconds", "0.5", "--kill-grace-seconds", "2", "--state-dir", try stateDirectory()],
+                                     apiURL: proxy.apiURL)
+        _ = try await E2E.eventually(timeout: 20, "the worker to find WebSockets refused: \(worker.log.suffix(1500))") {
+            try checkWorkersAlive()
+            return worker.log.contains("WebSockets are refused on the way to the server") ? true : nil
+        }
+        var latencies: [Double] = []
+        for _ in 0..<3 {
+            let id = try await api.createFlowRun(deployment: deployment)
+            track(id)
+            _ = try await waitForJobPID(id, timeout: 30)
+            try await Task.sleep(seconds: Double.random(in: 0...0.5))  // at a random moment of the poll's cycle
+            let asked = Date()
+            let result = try await setState(id, "CANCELLING")
+            XCTAssertEqual(result["status"]?.asString, "ACCEPT", "set CANCELLING: \(result)")
+            _ = try await E2E.eventually(timeout: 20, interval: 0.02, "the job of \(id) to be stopped") {
+                ProcScan.processes(ofRun: id).isEmpty ? true : nil
+            }
+            latencies.append(Date().timeIntervalSince(asked))
+            let run = try await waitForFinalState(id, timeout: 20)
+            XCTAssertEqual(run.stateType, "CANCELLED", run.stateSummary)
+        }
+        let median = latencies.sorted()[1]
+        print("PushTests: CANCELLING → job stopped, WebSockets refused by a proxy, default settings: \(latencies.map { String(format: "%.3f", $0) }) s, median \(String(format: "%.3f", median)) s")
+        XCTAssertLessThan(median, 2.0, "refused: polled every 0.5 s, not every 10 s: \(latencies)")
+        XCTAssertGreaterThan(proxy.counters.webSocketsRefused, 1)
+        XCTAssertEqual(worker.log.components(separatedBy: "WebSockets are refused on the way").count - 1, 1, "said once: \(worker.log.suffix(3000))")
+        XCTAssertTrue(worker.log.contains("Cancellations are polled every 0.5 s meanwhile (about 120 requests/min"), worker.log.suffix(3000).description)
+    }
 }
 
 /// API requests per minute with three plain-command runs in flight, counted by a proxy in front of each worker:

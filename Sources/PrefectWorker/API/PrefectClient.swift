@@ -49,16 +49,13 @@ public final class PrefectClient: Sendable {
 
     /// Counts every request and its failures for `/metrics`.
     let metrics: Metrics
-    /// Where the client's own lines go (retries, skipped entries); the worker's redacting logger once
-    /// `WorkerContext` sets it.
-    var log: Logger {
-        get { logger.withLock { $0 } }
-        set { logger.withLock { $0 = newValue } }
-    }
-    private let logger = Mutex(Logger.console)
+    /// Where the client's own lines go (retries, skipped entries): the worker gives it a logger with its
+    /// redaction (`Worker.init`). Its lines are the worker's, never about one run.
+    let log: Logger
 
     init(baseURL: URL, apiKey: String?, authString: String?, settings: ClientSettings, metrics: Metrics = Metrics(),
-         warnAfterFailingSeconds: Double = PrefectClient.quietFailureSeconds) {
+         log: Logger = .console, warnAfterFailingSeconds: Double = PrefectClient.quietFailureSeconds) {
+        self.log = log
         self.baseURL = baseURL
         self.warnAfterFailingSeconds = warnAfterFailingSeconds
         self.metrics = metrics

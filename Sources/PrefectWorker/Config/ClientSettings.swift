@@ -29,53 +29,14 @@ struct ClientSettings: Sendable, Equatable {
         "prefect-csrf-token", "prefect-csrf-client",
     ]
 
-    /// Reads the settings from `environment`; a bad value is a `UsageError` naming the variable.
+    /// Reads the settings from `environment` (the client's part of `SettingTable`); a bad value is a `UsageError`
+    /// naming the variable.
     static func parse(_ environment: [String: String]) throws -> ClientSettings {
-        func value(_ name: String) -> String? {
-            environment[name].map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 }
+        var draft = SettingsDraft(environment: environment)
+        for setting in SettingTable.client {
+            try setting.apply(setting.input(flagValues: [:], environment: environment), &draft)
         }
-        var settings = ClientSettings()
-        if let raw = value("PREFECT_API_REQUEST_TIMEOUT") {
-            guard let seconds = Double(raw), seconds.isFinite, seconds > 0, seconds <= 86_400 else {
-                throw UsageError("PREFECT_API_REQUEST_TIMEOUT: '\(raw)' is not a number of seconds > 0 (at most 86400)")
-            }
-            settings.requestTimeout = seconds
-        }
-        if let raw = value("PREFECT_CLIENT_MAX_RETRIES") {
-            guard let retries = Int(raw), (0...1000).contains(retries) else {
-                throw UsageError("PREFECT_CLIENT_MAX_RETRIES: '\(raw)' is not a whole number from 0 to 1000")
-            }
-            settings.maxRetries = retries
-        }
-        if let raw = value("PREFECT_CLIENT_RETRY_JITTER_FACTOR") {
-            guard let factor = Double(raw), factor.isFinite, factor >= 0, factor < 1 else {
-                throw UsageError("PREFECT_CLIENT_RETRY_JITTER_FACTOR: '\(raw)' is not a number from 0 to below 1")
-            }
-            settings.retryJitterFactor = factor
-        }
-        if let raw = value("PREFECT_CLIENT_RETRY_EXTRA_CODES") {
-            for part in raw.split(separator: ",") {
-                let code = part.trimmingCharacters(in: .whitespaces)
-                guard let status = Int(code), (100...599).contains(status) else {
-                    throw UsageError("PREFECT_CLIENT_RETRY_EXTRA_CODES: '\(code)' is not an HTTP status code (expected e.g. 404,421)")
-                }
-                settings.retryExtraCodes.insert(status)
-            }
-        }
-        if let raw = value("PREFECT_CLIENT_CUSTOM_HEADERS") {
-            settings.customHeaders = try customHeaders(raw)
-        }
-        settings.caFile = value("PREFECT_API_SSL_CERT_FILE") ?? value("SSL_CERT_FILE")
-        settings.insecureSkipVerify = try boolean("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", value("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")) ?? false
-        settings.http2 = try boolean("PREFECT_API_ENABLE_HTTP2", value("PREFECT_API_ENABLE_HTTP2")) ?? false
-        settings.proxies = ProxySettings(environment: environment)
-        return settings
-    }
-
-    private static func boolean(_ name: String, _ raw: String?) throws -> Bool? {
-        guard let raw else { return nil }
-        guard let value = JSONBoolean.parse(raw) else { throw UsageError("\(name): '\(raw)' is not true or false") }
-        return value
+        return draft.settings.client
     }
 
     /// A JSON object of string values; protected headers are dropped with a warning, as Prefect does.

@@ -1,8 +1,8 @@
 import Foundation
 
-/// The `PREFECT_*` settings prefect-worker reads, with the kind of value each takes. A profile or `prefect.toml`
-/// may set any other `PREFECT_*` key (Prefect has hundreds; jobs inherit them); a bad value of one of these is
-/// an error naming the file and the key. Add a key here when the worker starts reading it.
+/// The check of a `PREFECT_*` value from a profile or `prefect.toml`, by the kind of value the setting takes in
+/// `SettingTable`. A file may set any other `PREFECT_*` key (Prefect has hundreds; jobs inherit them); a bad
+/// value of one the worker reads is an error naming the file and the key.
 enum SettingKeys {
     enum Kind: Equatable, Sendable {
         case string, url, boolean, number, integer, logLevel
@@ -13,49 +13,11 @@ enum SettingKeys {
         case choice([String])
     }
 
-    static let used: [String: Kind] = [
-        // Connection and client.
-        "PREFECT_API_URL": .url,
-        "PREFECT_API_KEY": .string,
-        "PREFECT_API_AUTH_STRING": .string,
-        "PREFECT_CLOUD_API_URL": .url,
-        "PREFECT_CLOUD_MAX_LOG_SIZE": .integer,
-        "PREFECT_API_REQUEST_TIMEOUT": .number,
-        "PREFECT_CLIENT_MAX_RETRIES": .integer,
-        "PREFECT_CLIENT_RETRY_JITTER_FACTOR": .number,
-        "PREFECT_CLIENT_RETRY_EXTRA_CODES": .statusCodes,
-        "PREFECT_CLIENT_CUSTOM_HEADERS": .jsonObject,
-        "PREFECT_API_SSL_CERT_FILE": .string,
-        "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": .boolean,
-        "PREFECT_API_ENABLE_HTTP2": .boolean,
-        // The worker.
-        "PREFECT_WORKER_POOL": .string,
-        "PREFECT_WORKER_NAME": .string,
-        "PREFECT_WORKER_WORK_QUEUES": .string,
-        "PREFECT_WORKER_LIMIT": .integer,
-        "PREFECT_WORKER_PREFETCH_SECONDS": .number,
-        "PREFECT_WORKER_HEARTBEAT_SECONDS": .number,
-        "PREFECT_WORKER_QUERY_SECONDS": .number,
-        "PREFECT_WORKER_KILL_GRACE_SECONDS": .number,
-        "PREFECT_WORKER_DRAIN_TIMEOUT": .number,
-        "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": .number,
-        "PREFECT_WORKER_ENABLE_CANCELLATION": .boolean,
-        "PREFECT_WORKER_STATE_DIR": .string,
-        "PREFECT_WORKER_WITH_HEALTHCHECK": .boolean,
-        "PREFECT_WORKER_WEBSERVER_HOST": .string,
-        "PREFECT_WORKER_WEBSERVER_PORT": .integer,
-        "PREFECT_WORKER_LOG_FORMAT": .choice(["text", "json"]),
-        "PREFECT_WORKER_DEBUG_MODE": .boolean,
-        // Logging.
-        "PREFECT_LOGGING_LEVEL": .logLevel,
-        "PREFECT_LOGGING_TO_API_ENABLED": .boolean,
-        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": .number,
-        "PREFECT_LOGGING_TO_API_BATCH_SIZE": .integer,
-        "PREFECT_LOGGING_TO_API_MAX_LOG_SIZE": .integer,
-        // Events and the API URL check.
-        "PREFECT_EVENTS_WORKER_MAX_QUEUE_SIZE": .integer,
-        "PREFECT_SILENCE_API_URL_MISCONFIGURATION": .boolean,
-    ]
+    /// The `PREFECT_*` variables of `SettingTable`, with their kinds.
+    static let used: [String: Kind] = Dictionary(
+        SettingTable.all.flatMap { setting in
+            setting.variables.filter { $0.hasPrefix("PREFECT_") }.map { ($0, setting.kind) }
+        }, uniquingKeysWith: { first, _ in first })
 
     /// What is wrong with `value` for `key`, or nil when it is a value of the key's kind (or the key is not ours).
     /// Bounds (">= 1", ports) are the parser's to check; this is about the kind of value.

@@ -25,7 +25,7 @@ public struct SettingSources: Sendable, Equatable {
         var profilesPathFromToml: String?
         if let text = try readFile(tomlPath) {
             let root = try parse(text, path: tomlPath)
-            if case .string(let path)? = root["profiles_path"] { profilesPathFromToml = path }
+            if case .string(let path)? = root[profilesPathKey] { profilesPathFromToml = path }
             tomlSettings = try flatten(root, prefix: ["PREFECT"], path: tomlPath)
             try check(tomlSettings, origin: tomlPath)
             result.summary.append("read \(tomlPath)" + names(tomlSettings, environment))
@@ -117,12 +117,22 @@ public struct SettingSources: Sendable, Equatable {
         }
     }
 
-    /// `[a.b] c = v` becomes `PREFECT_A_B_C = v`. A table given for a setting that takes a JSON object
-    /// (`[client.custom_headers]`) becomes that object.
+    /// `prefect.toml`'s key for the profiles file (`PREFECT_PROFILES_PATH` in `SettingTable`).
+    static let profilesPathKey = SettingTable.named("PREFECT_PROFILES_PATH")?.toml ?? "profiles_path"
+
+    /// The variables of `SettingTable`'s settings by their `prefect.toml` keys (`worker.heartbeat_seconds`).
+    static let variablesByTOMLKey: [String: String] = Dictionary(
+        SettingTable.all.compactMap { setting in setting.toml.flatMap { key in setting.variable.map { (key, $0) } } },
+        uniquingKeysWith: { first, _ in first })
+
+    /// `[a.b] c = v` sets the setting whose `prefect.toml` key is `a.b.c`; any other key becomes `PREFECT_A_B_C`, as
+    /// Prefect names its settings. A table given for a setting that takes a JSON object (`[client.custom_headers]`)
+    /// becomes that object.
     static func flatten(_ table: [String: TOMLValue], prefix: [String], path: String) throws -> [String: String] {
         var out: [String: String] = [:]
         for (key, value) in table {
-            let name = (prefix + [key]).joined(separator: "_").uppercased()
+            let dotted = (prefix.dropFirst() + [key]).joined(separator: ".")
+            let name = variablesByTOMLKey[dotted] ?? (prefix + [key]).joined(separator: "_").uppercased()
             if let text = value.environmentText {
                 out[name] = text
             } else if let text = jsonText(of: name, value) {

@@ -26,6 +26,9 @@ public struct Settings: Sendable, Equatable {
     /// How often to look for CANCELLING among this worker's runs while the events socket is down (only while
     /// it has runs in flight); Prefect's runner falls back to 10 s.
     var cancellationPollSeconds: Double = 10
+    /// Whether `cancellationPollSeconds` was set (flag, environment, profile): a proxy refusing WebSockets
+    /// then keeps it instead of the 0.5 s default cadence for that case.
+    var cancellationPollIsSet = false
     /// Where the journal of launched runs lives (see `StateDirectory`).
     var stateDirectory: String = "/tmp/prefect-worker"
     /// The lowest level written to the worker's log.

@@ -34,6 +34,10 @@ final class APIShipper: Service {
     }
 
     private let client: PrefectClient
+    /// Counts dropped records (`countDropped`).
+    private let metrics: Metrics
+    /// The shipper's own lines: the worker's, never shipped to a run's logs (no feedback through itself).
+    private let log: Logger
     private let path: String
     private let what: String
     private let capacity: Int
@@ -48,12 +52,14 @@ final class APIShipper: Service {
     private let deliver: (@Sendable (JSON) async throws -> Void)?
 
     /// A batch holds at most `batchSize` records and, past its first record, at most `maxBatchBytes` of them.
-    init(client: PrefectClient, path: String, what: String, capacity: Int, batchSize: Int = 200,
-         maxBatchBytes: Int = .max, interval: Double = 1,
+    init(client: PrefectClient, metrics: Metrics = Metrics(), log: Logger = .console, path: String, what: String,
+         capacity: Int, batchSize: Int = 200, maxBatchBytes: Int = .max, interval: Double = 1,
          droppedRecord: @escaping @Sendable (String, Int) -> Record? = { _, _ in nil },
          countDropped: @escaping @Sendable (Metrics, Int) -> Void = { $0.logLinesDropped($1) },
          deliver: (@Sendable (JSON) async throws -> Void)? = nil) {
         self.client = client
+        self.metrics = metrics
+        self.log = log
         self.path = path
         self.what = what
         self.capacity = capacity
@@ -81,7 +87,7 @@ final class APIShipper: Service {
             state.buffer.removeFirst(extra)
             return extra
         }
-        if overflow > 0 { countDropped(client.metrics, overflow) }
+        if overflow > 0 { countDropped(metrics, overflow) }
     }
 
     var pending: Int { state.withLock { $0.buffer.count } }
@@ -128,7 +134,7 @@ final class APIShipper: Service {
                     state.evictedInFlight = [:]
                     state.inFlightThrough = nil
                 }
-                client.log.debug("\(what): \(error); \(pending) record(s) kept for the next attempt")
+                log.debug("\(what): \(error); \(pending) record(s) kept for the next attempt")
                 return false
             }
             state.withLock { state in

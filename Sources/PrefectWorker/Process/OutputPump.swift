@@ -2,7 +2,6 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// Copies a job's output pipe to the worker's own stdout or stderr, line by line, each line prefixed with
 /// the flow run id, so output of concurrent jobs does not interleave mid-line. Secrets in the output are
@@ -11,7 +10,8 @@ final class OutputPump: Sendable {
     private static let maxLineBytes = 64 * 1024
 
     private let watch: FDPoller.Watch
-    private let done = Completion()
+    /// Opened once the pipe is closed.
+    private let done = Latch()
 
     /// Starts pumping `fd` (which the pump then owns and closes) to `destination` (or nowhere, if nil), giving
     /// each line also to `onLine`, in order, both with secrets redacted.
@@ -36,7 +36,7 @@ final class OutputPump: Sendable {
                     // End of file (every writer closed it) or an error: flush what is left and stop.
                     Self.emitLines(&buffer.bytes, prefix: prefix, destination: destination, redactor: redactor, onLine: onLine, flush: true)
                     close(fd)
-                    done.complete()
+                    done.open()
                     return false
                 }
             }
@@ -53,11 +53,11 @@ final class OutputPump: Sendable {
             if !Task.isCancelled {
                 FDPoller.shared.remove(watch) {
                     close(watch.fd)
-                    done.complete()
+                    done.open()
                 }
             }
         }
-        await done.wait()
+        await done.waitThroughCancellation()
         timer.cancel()
     }
 
@@ -85,30 +85,6 @@ final class OutputPump: Sendable {
         }
         bytes.removeFirst(start)
         if let destination, !out.isEmpty { Log.writeAll(destination, out) }
-    }
-
-    /// Set once the pipe is closed; wakes whoever waits for it.
-    private final class Completion: Sendable {
-        private let state = Mutex<(finished: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-        func complete() {
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.finished = true
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-
-        func wait() async {
-            await withCheckedContinuation { continuation in
-                let finished = state.withLock { state in
-                    if !state.finished { state.waiters.append(continuation) }
-                    return state.finished
-                }
-                if finished { continuation.resume() }
-            }
-        }
     }
 
     private final class Box: @unchecked Sendable { // confined to the FDPoller thread

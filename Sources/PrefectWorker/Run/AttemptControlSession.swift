@@ -34,6 +34,9 @@ final class AttemptControlSession: Sendable {
     private let log: Logger
     private let poller: FDPoller
     private let state = Mutex(State())
+    /// Set once nothing more can be acknowledged: the engine concluded its attempt, or the connection is gone.
+    /// `signal` waits on it. Set while `state` is locked; its waiters' test reads only its own value.
+    private let settled = Condition(false)
 
     private struct State {
         var listener: (fd: Int32, watch: FDPoller.Watch)?
@@ -43,8 +46,6 @@ final class AttemptControlSession: Sendable {
         var rules = ControlConnection()
         var everConnected = false
         var conclusion: AttemptControl.Conclusion?
-        /// Waiting for the acknowledgement of the intent in `rules.pendingIntent`.
-        var acknowledgement: CheckedContinuation<Void, Never>?
         var rejections = 0
         var closed = false
     }
@@ -103,17 +104,8 @@ final class AttemptControlSession: Sendable {
             return .wait
         }
         if case .status(let status) = start { return status }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { state -> Bool in
-                if state.conclusion != nil || state.connection == nil { return true }
-                state.acknowledgement = continuation
-                return false
-            }
-            if now { return continuation.resume() }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [self] in
-                state.withLock { state in defer { state.acknowledgement = nil }; return state.acknowledgement }?.resume()
-            }
-        }
+        // A real wait (the teardown's deadlines do not end with a cancelled task), at most `timeout`.
+        await settled.wait(until: { $0 }, timeout: timeout, cancellation: .ignored)
         let outcome = state.withLock { state -> SignalStatus in
             switch state.conclusion {
             case .delegated(intent): return .acknowledged
@@ -134,9 +126,8 @@ final class AttemptControlSession: Sendable {
                 state.listener = nil
                 state.unauthenticated = []
                 state.connection = nil
-                state.acknowledgement = nil
             }
-            state.acknowledgement?.resume()
+            settled.update { $0 = true }
             return (state.listener, state.unauthenticated.map { ($0.fd, $0.watch) } + (state.connection.map { [$0] } ?? []))
         }
         for (fd, watch) in (listener.map { [$0] } ?? []) + connections {
@@ -259,8 +250,7 @@ final class AttemptControlSession: Sendable {
 
     private func disconnect(_ state: inout State) -> Bool {
         state.connection = nil
-        state.acknowledgement?.resume()
-        state.acknowledgement = nil
+        settled.update { $0 = true }
         return false
     }
 
@@ -268,6 +258,7 @@ final class AttemptControlSession: Sendable {
     private func dropConnection() {
         let dropped = state.withLock { state -> (Int32, FDPoller.Watch)? in
             defer { state.connection = nil }
+            settled.update { $0 = true }
             return state.connection
         }
         if let (fd, watch) = dropped { poller.remove(watch) { _ = Glibc.close(fd) } }

@@ -77,6 +77,11 @@ extension FinalState {
         }
     }
 
+    /// The message of the CANCELLED that takes the place of another final state on a run being cancelled.
+    static func cancelledInstead(of message: String?) -> String {
+        "Flow run was cancelled. \(message ?? "")"
+    }
+
     /// What to do with a final state about to be delivered, given the run's state on the server now.
     enum Delivery: Sendable, Equatable {
         /// Report nothing: the run already has the state it should end with (`already`), or ended on its own.

@@ -2,52 +2,48 @@ import Foundation
 
 /// `prefect.flow-run.heartbeat` events for a worker-owned run while its job runs: the engine sends them for
 /// its own runs, and Prefect's zombie-run automation relies on them, so a plain command gets them from the
-/// worker: one as the job starts (as the engine does), then one per interval until `stop`.
+/// worker: one as the job starts (as the engine does), then one per interval until the job ends.
+///
+/// It runs as a child task of the run's task group (beside the job's watch) and ends when that task is
+/// cancelled: the run races it against the job's exit (`FlowRunSupervisor.exited`).
 struct FlowRunHeartbeat: Sendable {
-    private let task: Task<Void, Never>
+    let events: WorkerEvents
+    /// Seconds between heartbeats (`seconds(_:log:)`).
+    let every: Double
 
-    init(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) {
+    /// Beats for `run`: one at once, then one per interval until the task is cancelled.
+    func beat(_ run: FlowRun, flowName: String?, pool: WorkPool?) async {
         events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
-        task = Task { await Self.beat(run: run, flowName: flowName, pool: pool, events: events, every: seconds) }
-    }
-
-    /// For a job adopted after a worker restart: the run (and its flow's name) is read from the server first,
-    /// in the heartbeat's own task, so a slow or absent server holds up neither the watch nor `stop`. Until
-    /// the run can be read it is read again every interval; then it beats as a launched job's heartbeat does.
-    init(adopting runID: String, context: WorkerContext, log: Logger, every seconds: Double) {
-        task = Task {
-            var run: FlowRun?
-            while run == nil {
-                do {
-                    run = try await context.client.readFlowRun(runID)
-                } catch is CancellationError {
-                    return  // the job ended (or the worker stops) while the run was read
-                } catch let error as APIError where !error.isRetryable {
-                    log.warning("cannot read the adopted run for its heartbeat: \(error); it gets no heartbeats from this worker")
-                    return
-                } catch {
-                    if Task.isCancelled { return }
-                    log.warning("cannot read the adopted run for its heartbeat: \(error); trying again in \(String(format: "%g", seconds)) s")
-                    do { try await Task.sleep(seconds: seconds) } catch { return }
-                }
-            }
-            guard let run else { return }
-            let flowName = await context.flowName(run.flowID), pool = context.pool
-            if Task.isCancelled { return }
-            context.events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
-            await Self.beat(run: run, flowName: flowName, pool: pool, events: context.events, every: seconds)
-        }
-    }
-
-    /// One heartbeat per interval until cancelled.
-    private static func beat(run: FlowRun, flowName: String?, pool: WorkPool?, events: WorkerEvents, every seconds: Double) async {
         while true {
-            do { try await Task.sleep(seconds: seconds) } catch { return }
+            do { try await Task.sleep(seconds: every) } catch { return }
             events.flowRunHeartbeat(run: run, flowName: flowName, pool: pool)
         }
     }
 
-    func stop() { task.cancel() }
+    /// For a job adopted after a worker restart: the run (and its flow's name) is read from the server first,
+    /// so a slow or absent server holds up neither the watch nor the end. Until the run can be read it is read
+    /// again every interval; then it beats as a launched job's heartbeat does, until the task is cancelled.
+    func beat(adopting runID: String, client: PrefectClient, lookups: RunLookups, log: Logger) async {
+        var run: FlowRun?
+        while run == nil {
+            do {
+                run = try await client.readFlowRun(runID)
+            } catch is CancellationError {
+                return  // the job ended (or the worker stops) while the run was read
+            } catch let error as APIError where !error.isRetryable {
+                log.warning("cannot read the adopted run for its heartbeat: \(error); it gets no heartbeats from this worker")
+                return
+            } catch {
+                if Task.isCancelled { return }
+                log.warning("cannot read the adopted run for its heartbeat: \(error); trying again in \(String(format: "%g", every)) s")
+                do { try await Task.sleep(seconds: every) } catch { return }
+            }
+        }
+        guard let run else { return }
+        let flowName = await lookups.flowName(run.flowID), pool = lookups.pool
+        if Task.isCancelled { return }
+        await beat(run, flowName: flowName, pool: pool)
+    }
 
     /// The longest interval taken from the setting (a year): a larger one means "practically never", and the
     /// warning says what is used instead. (The sleep itself cannot overflow: `Task.sleep(seconds:)` saturates.)

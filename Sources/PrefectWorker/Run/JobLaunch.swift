@@ -12,17 +12,17 @@ extension FlowRunSupervisor {
         // The job's own secrets (its `env`, the blocks it uses) are kept out of everything the worker writes
         // while it runs, from its first line on (a working directory named after a secret included).
         let runSecrets = Redactor.secretValues(environment: job.environment, patterns: settings.redactedVariablePatterns) + job.secrets
-        context.secrets.add(runSecrets)
-        defer { context.secrets.remove(runSecrets) }
+        dependencies.secrets.add(runSecrets)
+        defer { dependencies.secrets.remove(runSecrets) }
         // Read once per flow (and cached): the job's environment and the run's events name the flow.
-        let flowName = await context.flowName(run.flowID)
+        let flowName = await dependencies.lookups.flowName(run.flowID)
         let prepared: PreparedJob
         do {
             prepared = try PreparedJob.prepare(run: run, job: job, deployment: deployment, flowName: flowName, settings: settings,
-                                               workerID: context.workerID, cgroups: context.cgroups, log: log)
+                                               workerID: dependencies.lookups.workerID, cgroups: dependencies.lookups.cgroups, log: log)
         } catch {
             log.error("cannot \(error.stage) the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
         defer { prepared.remove() }
@@ -31,18 +31,18 @@ extension FlowRunSupervisor {
 
         // Last look before starting: a run cancelled or a worker stopping since the claim does not start.
         // Then PENDING/Submitting, as Prefect's worker proposes it before the job (and before our RUNNING).
-        guard await startAllowed(id), await proposeSubmitting(id) else { return }
+        guard await startAllowed(), await proposeSubmitting() else { return }
         if job.stateOwner == .worker {
-            guard await proposeRunning(id) else { return }
+            guard await proposeRunning() else { return }
             // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
             if cancelRequested {
                 log.info("cancelled while RUNNING was being proposed; not starting it")
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
                 return
             }
         }
 
-        let submitted = context.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
+        let submitted = dependencies.events.emit("prefect.worker.submitted-flow-run", related: WorkerEvents.runRelated(
             run: run, deployment: deployment, flowName: flowName, pool: pool))
         // Output is captured when it is streamed, or when the worker ships it to the run's logs.
         let shipOutput = job.stateOwner == .worker && settings.logsToAPI.enabled
@@ -52,17 +52,17 @@ extension FlowRunSupervisor {
                 executable: executable, arguments: arguments, environment: env,
                 workingDirectory: workspace.workingDirectory, captureOutput: job.streamOutput || shipOutput)
             request.cgroupFD = cgroup?.fd
-            process = try context.spawner.spawn(request)
+            process = try dependencies.spawner.spawn(request)
         } catch {
             log.error("cannot start the job: \(error.message); reporting CRASHED")
-            await report(id, FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
+            await report(FinalState(type: .crashed, message: "Flow run could not start: \(error.message)"))
             return
         }
-        await context.journal.record(JournalEntry(
+        await dependencies.journal.record(JournalEntry(
             runID: id, pid: process.pid, processStart: ProcFS.startTime(of: process.pid), owner: job.stateOwner.rawValue,
-            workerName: settings.workerName, pool: settings.pool, workerPID: context.identity.pid, workerStart: context.identity.start))
-        context.metrics.runStarted()
-        let logs = context.logs
+            workerName: settings.workerName, pool: settings.pool, workerPID: dependencies.identity.pid, workerStart: dependencies.identity.start))
+        dependencies.metrics.runStarted()
+        let logs = dependencies.logs
         let maxLogSize = settings.logsToAPI.maxLogSize
         func shipper(_ level: Log.Level) -> (@Sendable (String) -> Void)? {
             guard shipOutput else { return nil }
@@ -70,7 +70,7 @@ extension FlowRunSupervisor {
                 logs.add(FlowRunLog.shippable(runID: id, level: level, message: line, name: "prefect.flow_runs.job", maxSize: maxLogSize))
             }
         }
-        let redactor = context.secrets.redactor
+        let redactor = dependencies.secrets.redactor
         let pumps = [
             process.stdout.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDOUT_FILENO : nil, redactor: redactor, onLine: shipper(.info)) },
             process.stderr.map { OutputPump(fd: $0, prefix: "\(id) | ", destination: job.streamOutput ? STDERR_FILENO : nil, redactor: redactor, onLine: shipper(.warning)) },
@@ -79,30 +79,32 @@ extension FlowRunSupervisor {
 
         // Queued here, before the job can end, so it reaches the server before the final state (per-run
         // order); delivered in the background, so a slow server does not hold up the watch.
-        let outbox = context.outbox
+        let outbox = dependencies.outbox
         await outbox.enqueue(id, .infrastructurePID(pid: process.pid))
 
-        let events = context.events
-        // The engine heartbeats for its own runs; for a plain command the worker does.
-        let heartbeat = job.stateOwner == .worker
-            ? FlowRunHeartbeat(run: run, flowName: flowName, pool: pool, events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
+        let events = dependencies.events
+        // The engine heartbeats for its own runs; for a plain command the worker does, until the job exits.
+        let heartbeat = job.stateOwner == .worker ? FlowRunHeartbeat(events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
+        let exited = self.exited
         await withDiscardingTaskGroup { group in
             group.addTask { await outbox.deliver(id, policy: .quick) }
+            if let heartbeat {
+                group.addTask { await firstOf({ await heartbeat.beat(run, flowName: flowName, pool: pool) }, { await exited.wait() }) }
+            }
             await watchJob(run, process: process, job: job, prepared: prepared, flowName: flowName, deployment: deployment,
-                           pool: pool, submitted: submitted, heartbeat: heartbeat, pumps: pumps)
+                           pool: pool, submitted: submitted, pumps: pumps)
         }
     }
 
-    /// `watch` for a job this supervisor started: its exit comes with its output read and its heartbeat stopped,
+    /// `watch` for a job this supervisor started: its exit comes with its output read,
     /// and its `executed-flow-run` event follows `submitted`.
     private func watchJob(_ run: FlowRun, process: SpawnedProcess, job: JobConfiguration, prepared: PreparedJob, flowName: String?,
-                          deployment: Deployment?, pool: WorkPool, submitted: (id: String, at: Date), heartbeat: FlowRunHeartbeat?,
+                          deployment: Deployment?, pool: WorkPool, submitted: (id: String, at: Date),
                           pumps: [OutputPump]) async {
-        let id = run.id, events = context.events, spawner = context.spawner
-        await watch(id, pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: prepared.cgroup,
+        let events = dependencies.events, spawner = dependencies.spawner
+        await watch(pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: prepared.cgroup,
                     control: prepared.control, exitStatus: {
             let end = await spawner.waitForEnd(process.pid)
-            heartbeat?.stop()
             for pump in pumps { await pump.finish(timeout: 2) }
             return end
         }, executed: { status, usage in

@@ -75,14 +75,28 @@ struct StateReporter: Sendable {
                     ours.insert(proposal.transitionID)
                 }
             case .proposeCancelled where options.cancelledWhenCancelling:
-                let message = "Flow run was cancelled. \(proposal.message ?? "")"
-                proposal = StateProposal(.cancelled, message: message, force: true)
+                proposal = StateProposal(.cancelled, message: FinalState.cancelledInstead(of: proposal.message), force: true)
                 ours.insert(proposal.transitionID)
             case .proposeCancelled:
                 return .refused(state: .cancelling, reason: result.details?.reason ?? result.status.rawValue, result)
             case .refused(let state, let reason):
                 return .refused(state: state, reason: reason, result)
             }
+        }
+    }
+
+    /// Gives a claimed run that has not started back to its pool (SCHEDULED), so another worker can take it;
+    /// a WAIT answer is not waited out.
+    func handBack(because message: String) async {
+        do {
+            switch try await propose(StateProposal(.scheduled, message: message), Options(maxWaits: 0)) {
+            case .accepted(_, let result), .refused(_, _, let result):
+                log.info("handed back to the pool (\(result.status.rawValue))")
+            case .waitedTooLong, .stopped:
+                log.info("handed back to the pool (WAIT)")
+            }
+        } catch {
+            log.error("could not hand the run back: \(error)")
         }
     }
 

@@ -17,20 +17,21 @@ extension FlowRunSupervisor {
     /// - WAIT: proposed again after the delay; a drain meanwhile hands the run back.
     /// - No answer after the ordinary retries: the job starts, as under Prefect's worker (the state is
     ///   informative; the claim made the run ours).
-    func proposeSubmitting(_ id: String) async -> Bool {
+    func proposeSubmitting() async -> Bool {
+        let id = runID
         let outcome: StateReporter.Outcome
         do {
             outcome = try await reporter.propose(StateProposal(.pending, name: "Submitting"), .init(matchTransition: true))
         } catch {
             log.warning("could not propose PENDING/Submitting (\(error)); starting the job anyway, as the run is claimed")
-            return await startAllowed(id)
+            return await startAllowed()
         }
         switch outcome {
         case .accepted:
             // The round trip may have taken a while: a cancel or a drain that came meanwhile wins.
-            return await startAllowed(id)
+            return await startAllowed()
         case .stopped, .waitedTooLong:
-            await handBack(id)
+            await handBack()
             return false
         case .refused(var state, let reason, _):
             // An ABORT names no state: the run is read to tell a cancel from anything else.
@@ -38,7 +39,7 @@ extension FlowRunSupervisor {
             let now = state.map { " (run is \($0.rawValue))" } ?? ""
             log.warning("server refused PENDING/Submitting: \(reason)\(now); not starting the job")
             if cancelRequested || state == .cancelling || state == .cancelled {
-                await report(id, FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
             }
             return false
         }

@@ -4,18 +4,33 @@ import Foundation
 ///
 /// While the events socket is up, cancellations arrive by push (`EventWatch`) and this loop asks the server
 /// only when told to: once after every (re)connect, to catch up on what happened while it was down. While the
-/// socket is down it asks every `PREFECT_WORKER_CANCELLATION_POLL_SECONDS`, Prefect's fallback setting.
+/// socket is down it asks every `pollSeconds(socket:settings:)`.
 struct CancellationWatch: Service {
     let context: WorkerContext
     var client: PrefectClient { context.client }
     var settings: Settings { context.settings }
+
+    /// The cadence before push, kept while a proxy refuses WebSockets so cancelling is no slower there.
+    static let refusedPollSeconds = 0.5
+
+    /// How often to ask while the events socket is in `socket` (nil: only when rung). Lost (the server
+    /// restarting or away): `PREFECT_WORKER_CANCELLATION_POLL_SECONDS`, 10 s as Prefect's fallback, since the
+    /// socket will soon be back. Refused: 0.5 s, as before push, since it may never come up; unless the user
+    /// set the setting, which then holds in both cases.
+    static func pollSeconds(socket: SocketLoop.State, settings: Settings) -> Double? {
+        switch socket {
+        case .up: nil
+        case .lost: settings.cancellationPollSeconds
+        case .refused: settings.cancellationPollIsSet ? settings.cancellationPollSeconds : refusedPollSeconds
+        }
+    }
 
     func run() async {
         var answered = true
         while !Task.isCancelled {
             let push = context.push
             // With the socket up, a check that failed (the catch-up after a reconnect) is asked again within 2 s.
-            let wait = push.isSocketUp ? (answered ? nil : min(settings.cancellationPollSeconds, 2)) : settings.cancellationPollSeconds
+            let wait = Self.pollSeconds(socket: push.socketState, settings: settings) ?? (answered ? nil : min(settings.cancellationPollSeconds, 2))
             await push.checkCancellations.wait(timeout: wait)
             if Task.isCancelled { return }
             answered = await check()

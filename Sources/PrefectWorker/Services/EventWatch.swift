@@ -1,12 +1,14 @@
 import Foundation
+import Synchronization
 
 /// The pool's flow-run events, pushed over Prefect's events WebSocket (`/api/events/out`), so the worker need
 /// not poll to learn of them: a run of ours CANCELLING (or CANCELLED) is stopped at once, and a run of the
 /// pool becoming due is polled for at once. Prefetch, `--limit` and claiming stay with `PollService`.
 ///
 /// Nothing is missed while the socket is down: it reconnects with backoff and jitter, every (re)connect rings
-/// a catch-up poll of cancellations and due runs, and meanwhile `CancellationWatch` polls at
-/// `PREFECT_WORKER_CANCELLATION_POLL_SECONDS`. State changes are logged once each; a healthy stream is quiet.
+/// a catch-up poll of cancellations and due runs, and meanwhile `CancellationWatch` polls at its fallback
+/// cadence (`CancellationWatch.pollSeconds`: slow while the socket is lost, as before push while a proxy refuses
+/// it). State changes are logged once each; a healthy stream is quiet.
 struct EventWatch: Service {
     let context: WorkerContext
     var settings: Settings { context.settings }
@@ -16,70 +18,80 @@ struct EventWatch: Service {
     static let eventNames = ["Cancelling", "Cancelled", "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming"]
         .map { "prefect.flow-run." + $0 }
 
-    /// Reconnects: 1, 2, 4 … 30 s apart, ±30 %.
-    static let reconnectPolicy = RetryPolicy(maxAttempts: .max, baseDelay: 1, maxDelay: 30, jitter: 0.3)
-
     func run() async {
         let seen = EventIDs()
-        var backfillSince: Date?
-        var failures = 0
-        var outage = OutageLog()
-        var everUp = false
-        while !Task.isCancelled {
-            guard let poolID = context.pool?.id else {
-                try? await Task.sleep(seconds: 1)
-                continue
-            }
-            let since = backfillSince ?? Date().addingTimeInterval(-60)
-            backfillSince = since
-            let problem: String
-            do {
-                let subscription = try await EventSubscription.open(
-                    client: context.client, token: settings.isCloud ? settings.apiKey : settings.authString,
-                    filter: EventSubscription.filter(names: Self.eventNames, anyResource: ["prefect.work-pool.\(poolID)"], since: since),
-                    timeout: min(settings.client.requestTimeout, 30), seen: seen)
-                failures = 0
-                context.metrics.eventSocket(up: true)
-                context.push.socketChanged(up: true)
-                let downFor = outage.recovered()
-                if !everUp {
-                    context.log.info("subscribed to work pool '\(settings.pool)' events at \(subscription.socket.url): cancellations and new runs arrive by push")
-                } else if let downFor {
-                    context.log.info(String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", downFor))
-                }
-                everUp = true
-                do {
-                    while let event = try await subscription.next() {
-                        context.metrics.eventReceived(event.name)
-                        if let occurred = event.occurred {
-                            backfillSince = max(backfillSince ?? .distantPast, occurred.addingTimeInterval(-60))
-                        }
-                        await handle(event)
-                    }
-                    problem = "the server closed the stream"
-                } catch {
-                    problem = "\(error)"
-                }
-                await subscription.close()
-            } catch {
-                problem = "\(error)"
-            }
-            if Task.isCancelled { return }
-            context.metrics.eventSocket(up: false)
-            context.push.socketChanged(up: false)
-            context.metrics.eventSocketReconnecting()
-            failures += 1
-            let delay = Self.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
-            // Quiet when healthy: a moment's loss (a busy server closing the socket) is INFO; a WARNING once the
-            // stream has been down longer than the API client's quiet period.
-            switch outage.failed() {
-            case .debug:
-                context.log.debug("events stream still down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
-            case let level:
-                context.log.log(level, "events stream \(everUp ? "lost" : "unavailable")\(level == .warning ? " for over \(Int(PrefectClient.quietFailureSeconds)) s" : ""): \(problem); polling for cancellations every \(String(format: "%g", settings.cancellationPollSeconds)) s (PREFECT_WORKER_CANCELLATION_POLL_SECONDS) and reconnecting with backoff")
-            }
-            try? await Task.sleep(seconds: delay)
+        let backfill = Backfill()
+        let settings = settings, context = context
+        await loop.run {
+            guard let poolID = context.pool?.id else { throw WebSocketError(url: "/events/out", reason: "the work pool is not known yet") }
+            let since = backfill.since ?? Date().addingTimeInterval(-60)
+            backfill.since = since
+            let subscription = try await EventSubscription.open(
+                client: context.client, token: settings.isCloud ? settings.apiKey : settings.authString,
+                filter: EventSubscription.filter(names: Self.eventNames, anyResource: ["prefect.work-pool.\(poolID)"], since: since),
+                timeout: min(settings.client.requestTimeout, 30), seen: seen)
+            return Session(subscription: subscription, watch: self, backfill: backfill)
         }
+    }
+
+    /// The reconnect loop, in the events stream's words.
+    var loop: SocketLoop {
+        let context = context, settings = settings
+        return SocketLoop(
+            messages: Self.messages(settings: settings),
+            isReady: { context.pool?.id != nil },
+            onChange: { state in
+                context.metrics.eventSocket(up: state == .up)
+                context.push.socketChanged(state)
+                if state != .up { context.metrics.eventSocketReconnecting() }
+            },
+            emit: { context.log.log($0, $1) },
+            apiAnswers: { context.client.failingSeconds == 0 })
+    }
+
+    /// The loop's lines; while the socket is down they say how often cancellations are polled.
+    static func messages(settings: Settings) -> SocketLoop.Messages {
+        let pool = settings.pool
+        return SocketLoop.Messages(
+            opened: { "subscribed to work pool '\(pool)' events at \($0): cancellations and new runs arrive by push" },
+            reconnected: { String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", $0) },
+            name: "events stream",
+            closedByServer: "the server closed the stream",
+            stillDown: "events stream still down",
+            meanwhile: { state in
+                let seconds = CancellationWatch.pollSeconds(socket: state, settings: settings) ?? settings.cancellationPollSeconds
+                return "polling for cancellations every \(String(format: "%g", seconds)) s (PREFECT_WORKER_CANCELLATION_POLL_SECONDS) and reconnecting with backoff"
+            },
+            refused: { problem in
+                let seconds = CancellationWatch.pollSeconds(socket: .refused, settings: settings) ?? settings.cancellationPollSeconds
+                let how = settings.cancellationPollIsSet
+                    ? "as PREFECT_WORKER_CANCELLATION_POLL_SECONDS says"
+                    : "the cadence before push; set PREFECT_WORKER_CANCELLATION_POLL_SECONDS (Prefect's fallback is 10) to ask less often"
+                return "WebSockets are refused on the way to the server (\(problem)): a proxy or load balancer in between may not pass them. "
+                    + "Cancellations are polled every \(String(format: "%g", seconds)) s meanwhile (about \(String(format: "%.3g", 60 / seconds)) requests/min while runs are in flight; \(how)); "
+                    + "new runs wait for the next poll (--query-seconds); retrying the stream with backoff"
+            })
+    }
+
+    /// One subscription, served: each event is handed to `handle`, and the backfill of the next connect
+    /// starts a minute before the newest one seen.
+    private struct Session: SocketSession {
+        let subscription: EventSubscription
+        let watch: EventWatch
+        let backfill: Backfill
+        var url: String { subscription.socket.url }
+
+        func serve() async throws {
+            while let event = try await subscription.next() {
+                watch.context.metrics.eventReceived(event.name)
+                if let occurred = event.occurred {
+                    backfill.since = max(backfill.since ?? .distantPast, occurred.addingTimeInterval(-60))
+                }
+                await watch.handle(event)
+            }
+        }
+
+        func close() async { await subscription.close() }
     }
 
     /// Acts on one event: a run of ours cancelled is stopped, a run of our queues due is polled for.
@@ -108,5 +120,14 @@ struct EventWatch: Service {
         case "prefect.flow-run.Cancelled": "CANCELLED"
         default: eventNames.contains(name) ? "SCHEDULED" : nil
         }
+    }
+}
+
+/// Where the next subscription's replay starts, kept across reconnects.
+private final class Backfill: Sendable {
+    private let value = Mutex<Date?>(nil)
+    var since: Date? {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
     }
 }

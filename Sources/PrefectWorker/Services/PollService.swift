@@ -1,24 +1,31 @@
 import Foundation
 
-/// Polls the pool for scheduled runs and hands each one it can take (a free slot, not handled or claimed
-/// before) to `launcher`, which runs its supervisor. Polls every `--query-seconds`, and at once when the events
+/// Polls the pool for scheduled runs and offers each to `runs`, the owner of their lifecycle, which takes
+/// those it can (a free slot, not handled or claimed before). Polls every `--query-seconds`, and at once when the events
 /// stream reports a run of the pool becoming due (`EventWatch`).
 struct PollService: Service {
-    let context: WorkerContext
-    let launcher: RunLauncher
-    var settings: Settings { context.settings }
-    var client: PrefectClient { context.client }
+    let settings: Settings
+    let client: PrefectClient
+    /// The owner of the runs' lifecycle, and the registry's free slots.
+    let runs: RunLifecycle
+    /// The pool as last read: no poll before it is known.
+    let lookups: RunLookups
+    let status: WorkerStatus
+    let metrics: Metrics
+    /// Rung when the events stream reports a run of the pool becoming due.
+    let pollNow: Doorbell
+    let log: Logger
 
-    /// Polls for scheduled runs and hands each new one to a supervisor, within `--limit`.
+    /// Polls for scheduled runs and offers each new one, within `--limit`.
     func run() async {
         var lastCount: Date?
         while !Task.isCancelled {
-            context.status.pollLoopTicked()
-            let free = await context.registry.freeSlots
+            status.pollLoopTicked()
+            let free = await runs.registry.freeSlots
             if free == 0 {
                 // No poll while every slot is busy: the backlog is counted instead (the autoscaling signal).
                 await countDueRuns(&lastCount)
-                let registry = context.registry
+                let registry = runs.registry
                 await firstOf({ await registry.waitForRelease() },
                               { try? await Task.sleep(seconds: self.settings.querySeconds) })
                 continue
@@ -27,33 +34,31 @@ struct PollService: Service {
             var runs: [FlowRun] = []
             var polled = false
             let limit = settings.limit == nil ? nil : batchLimit
-            if context.pool != nil {
+            if lookups.pool != nil {
                 do {
                     let horizon = settings.runOnce ? 0 : settings.prefetchSeconds
                     runs = try await client.scheduledFlowRuns(pool: settings.pool, queues: settings.workQueues,
                                                               before: Date().addingTimeInterval(horizon),
                                                               limit: limit)
-                    context.status.pollSucceeded()
+                    status.pollSucceeded()
                     polled = true
                 } catch is CancellationError {
                     return
                 } catch {
-                    context.log.warning("polling for flow runs failed: \(error); next poll in \(settings.querySeconds) s")
+                    log.warning("polling for flow runs failed: \(error); next poll in \(settings.querySeconds) s")
                 }
             }
             var taken = 0, takenDue = 0
             let now = Date()
             for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
                 if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
-                let supervisor = FlowRunSupervisor(context: context, runID: run.id)
-                guard await context.registry.reserve(run, for: supervisor) else { continue }
+                guard await self.runs.offer(run) else { continue }
                 taken += 1
                 if DueRuns.isDue(run, now: now) { takenDue += 1 }
-                launcher.submit(run, to: supervisor)
             }
             if polled {
                 if let due = DueRuns.fromPoll(runs, limit: limit, takenDue: takenDue, now: now) {
-                    context.metrics.setRunsDue(due)
+                    metrics.setRunsDue(due)
                 } else {
                     await countDueRuns(&lastCount)
                 }
@@ -62,19 +67,19 @@ struct PollService: Service {
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
             // Until the next poll, or sooner when the events stream says a run of the pool became due.
-            await context.push.pollNow.wait(timeout: settings.querySeconds)
+            await pollNow.wait(timeout: settings.querySeconds)
         }
     }
 
     /// One `POST /flow_runs/count` for the gauge of due runs, unless one was sent within the poll interval.
     private func countDueRuns(_ lastCount: inout Date?) async {
-        guard context.pool != nil, DueRuns.mayCount(lastCount: lastCount, interval: settings.querySeconds, now: Date()) else { return }
+        guard lookups.pool != nil, DueRuns.mayCount(lastCount: lastCount, interval: settings.querySeconds, now: Date()) else { return }
         lastCount = Date()
         do {
             let due = try await client.countDueFlowRuns(pool: settings.pool, queues: settings.workQueues, before: Date())
-            context.metrics.setRunsDue(due)
+            metrics.setRunsDue(due)
         } catch {
-            context.log.debug("counting the due flow runs of work pool '\(settings.pool)' failed: \(error); the gauge keeps its last value until the next poll")
+            log.debug("counting the due flow runs of work pool '\(settings.pool)' failed: \(error); the gauge keeps its last value until the next poll")
         }
     }
 }

@@ -3,9 +3,16 @@ import Foundation
 /// Keeps the work pool in sync and the worker ONLINE: at start-up reads (or creates) the pool and its queues
 /// and sends the first heartbeat; then, every heartbeat interval, re-reads the pool and heartbeats.
 struct PoolService: Service {
-    let context: WorkerContext
-    var settings: Settings { context.settings }
-    var client: PrefectClient { context.client }
+    let settings: Settings
+    let client: PrefectClient
+    /// Where the pool and the worker id go, for the runs and the poll.
+    let lookups: RunLookups
+    let status: WorkerStatus
+    let metrics: Metrics
+    /// Whether the worker channel is up (it heartbeats and pushes the pool then).
+    let push: PushSignals
+    let notifier: SystemdNotifier
+    let log: Logger
 
     /// Reads (or creates) the pool until the server answers, then sends the first heartbeat.
     func startUp() async throws {
@@ -14,7 +21,7 @@ struct PoolService: Service {
             attempt += 1
             do {
                 try await syncPool()
-                if context.pool != nil { break }
+                if lookups.pool != nil { break }
             } catch let error as APIError where !error.isRetryable && error.status != 404 {
                 if error.status == 401 || error.status == 403 {
                     throw WorkerError(message: "the Prefect API at \(redactedURL(settings.apiURL)) refused our credentials (\(error)); check PREFECT_API_KEY / PREFECT_API_AUTH_STRING")
@@ -22,7 +29,7 @@ struct PoolService: Service {
                 throw WorkerError(message: "cannot set up work pool '\(settings.pool)': \(error)")
             } catch let error as APIError {
                 let delay = RetryPolicy(maxAttempts: .max, maxDelay: 30).delay(afterAttempt: attempt, retryAfter: error.retryAfter)
-                context.log.warning("cannot reach the Prefect API at \(redactedURL(settings.apiURL)): \(error); retrying in \(String(format: "%.1f", delay)) s")
+                log.warning("cannot reach the Prefect API at \(redactedURL(settings.apiURL)): \(error); retrying in \(String(format: "%.1f", delay)) s")
                 try await Task.sleep(seconds: delay)
                 continue
             }
@@ -31,7 +38,7 @@ struct PoolService: Service {
         }
         try await ensureQueues()
         await sendHeartbeat()
-        context.log.info("serving work pool '\(settings.pool)'" + (settings.workQueues.isEmpty ? "" : " queues \(settings.workQueues)")
+        log.info("serving work pool '\(settings.pool)'" + (settings.workQueues.isEmpty ? "" : " queues \(settings.workQueues)")
                  + "; polling every \(settings.querySeconds) s, heartbeat every \(settings.heartbeatSeconds) s")
     }
 
@@ -42,14 +49,14 @@ struct PoolService: Service {
         var created = false
         if pool == nil {
             guard settings.createPoolIfNotFound else {
-                context.log.warning("work pool '\(settings.pool)' not found; waiting for it to be created")
-                context.pool = nil
+                log.warning("work pool '\(settings.pool)' not found; waiting for it to be created")
+                lookups.pool = nil
                 return
             }
             do {
                 pool = try await client.createWorkPool(name: settings.pool, type: "process",
                                                        baseJobTemplate: settings.baseJobTemplate ?? JobTemplate.defaultProcessTemplate)
-                context.log.info("created work pool '\(settings.pool)' of type 'process'"
+                log.info("created work pool '\(settings.pool)' of type 'process'"
                          + (settings.baseJobTemplatePath.map { " with the base job template in \($0)" } ?? ""))
                 created = true
             } catch let error as APIError where error.status == 409 {
@@ -57,8 +64,8 @@ struct PoolService: Service {
             }
         }
         guard var pool else { return }
-        if context.pool == nil, !created, let path = settings.baseJobTemplatePath {
-            context.log.warning("ignoring the base job template in \(path) because work pool '\(pool.name)' already exists")
+        if lookups.pool == nil, !created, let path = settings.baseJobTemplatePath {
+            log.warning("ignoring the base job template in \(path) because work pool '\(pool.name)' already exists")
         }
         guard pool.type == "process" else {
             throw WorkerError(message: "work pool '\(pool.name)' has type '\(pool.type)', but prefect-worker runs only 'process' pools; use a process pool, or Prefect's own worker for '\(pool.type)'")
@@ -66,12 +73,12 @@ struct PoolService: Service {
         if pool.hasEmptyTemplate {
             try await client.updateWorkPoolTemplate(name: pool.name, baseJobTemplate: JobTemplate.defaultProcessTemplate)
             pool.baseJobTemplate = JobTemplate.defaultProcessTemplate
-            context.log.info("installed the default process job template on work pool '\(pool.name)'")
+            log.info("installed the default process job template on work pool '\(pool.name)'")
         }
-        if context.pool == nil, pool.isPaused == true {
-            context.log.warning("work pool '\(pool.name)' is paused; no runs will be claimed until it is resumed")
+        if lookups.pool == nil, pool.isPaused == true {
+            log.warning("work pool '\(pool.name)' is paused; no runs will be claimed until it is resumed")
         }
-        context.pool = pool
+        lookups.pool = pool
     }
 
     /// Creates the `--work-queue`s that do not exist yet, so polling them does not fail.
@@ -79,7 +86,7 @@ struct PoolService: Service {
         for queue in settings.workQueues where try await client.readWorkQueue(pool: settings.pool, name: queue) == nil {
             do {
                 try await client.createWorkQueue(pool: settings.pool, name: queue)
-                context.log.info("created work queue '\(queue)' in work pool '\(settings.pool)'")
+                log.info("created work queue '\(queue)' in work pool '\(settings.pool)'")
             } catch let error as APIError where error.status == 409 {
                 continue
             }
@@ -90,7 +97,7 @@ struct PoolService: Service {
         do {
             let interval = max(1, Int(settings.heartbeatSeconds.rounded()))
             // Like Prefect's worker, ask Prefect Cloud for our id until it has told us.
-            if settings.isCloud, context.workerID == nil {
+            if settings.isCloud, lookups.workerID == nil {
                 let id: String?
                 do {
                     id = try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval, returnID: true)
@@ -98,24 +105,24 @@ struct PoolService: Service {
                     id = try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval)
                 }
                 if let id {
-                    context.workerID = id
+                    lookups.workerID = id
                     client.setHeader("X-Prefect-Worker-Id", id)
-                    context.log.info("Prefect Cloud knows this worker as \(id)")
+                    log.info("Prefect Cloud knows this worker as \(id)")
                 } else {
-                    context.log.warning("failed to retrieve the worker id from the Prefect API; sending requests without X-Prefect-Worker-Id")
+                    log.warning("failed to retrieve the worker id from the Prefect API; sending requests without X-Prefect-Worker-Id")
                 }
             } else {
                 try await client.heartbeat(pool: settings.pool, worker: settings.workerName, intervalSeconds: interval)
             }
-            let first = context.status.lastHeartbeat == nil
-            context.status.heartbeatSucceeded()
-            let status = "STATUS=pool \(settings.pool): \(context.metrics.inFlight) run(s) in flight"
-            context.notifier.notify(first ? "READY=1\n" + status : status)
+            let first = status.lastHeartbeat == nil
+            status.heartbeatSucceeded()
+            let status = "STATUS=pool \(settings.pool): \(metrics.inFlight) run(s) in flight"
+            notifier.notify(first ? "READY=1\n" + status : status)
         } catch is CancellationError {
             return  // the worker is stopping
         } catch {
-            let last = context.status.lastHeartbeat.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
-            context.log.warning("heartbeat failed: \(error); retrying in \(String(format: "%.0f", settings.heartbeatSeconds)) s\(last)")
+            let last = status.lastHeartbeat.map { String(format: "; last success %.0f s ago", Date().timeIntervalSince($0)) } ?? ""
+            log.warning("heartbeat failed: \(error); retrying in \(String(format: "%.0f", settings.heartbeatSeconds)) s\(last)")
         }
     }
 
@@ -123,17 +130,17 @@ struct PoolService: Service {
     /// then heartbeat. Runs until cancelled, through the drain, so the worker stays ONLINE while runs finish.
     func run() async {
         while !Task.isCancelled {
-            context.status.heartbeatLoopTicked()
+            status.heartbeatLoopTicked()
             try? await Task.sleep(seconds: settings.heartbeatSeconds)
             if Task.isCancelled { return }
-            if context.push.isChannelUp { continue }  // the worker channel heartbeats and pushes the pool
+            if push.isChannelUp { continue }  // the worker channel heartbeats and pushes the pool
             do {
                 try await syncPool()
             } catch let error as WorkerError {
-                context.log.error("\(error.message); not claiming new runs")
-                context.pool = nil
+                log.error("\(error.message); not claiming new runs")
+                lookups.pool = nil
             } catch {
-                context.log.warning("cannot read work pool '\(settings.pool)': \(error); using the last known copy")
+                log.warning("cannot read work pool '\(settings.pool)': \(error); using the last known copy")
             }
             await sendHeartbeat()
         }

@@ -2,14 +2,15 @@ import Foundation
 import Synchronization
 
 /// What the events subscription tells the loops that would otherwise poll: whether the socket is up (the
-/// cancellation poll then rests), and two doorbells, "poll for runs now" and "check cancellations now".
+/// cancellation poll then rests) or down (lost or refused: the poll's cadence differs), and two doorbells,
+/// "poll for runs now" and "check cancellations now".
 final class PushSignals: Sendable {
     /// Rung when a run of the pool becomes due, and after every (re)connect (the catch-up poll).
     let pollNow = Doorbell()
-    /// Rung after every (re)connect and every loss of the socket, so the cancellation watch catches up and
-    /// changes its cadence.
+    /// Rung after every (re)connect and every change of the socket's state, so the cancellation watch
+    /// catches up and changes its cadence.
     let checkCancellations = Doorbell()
-    private let up = Atomic<Bool>(false)
+    private let socket = Atomic<UInt8>(PushSignals.code(.lost))
 
     init() {}
 
@@ -20,66 +21,75 @@ final class PushSignals: Sendable {
     func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
 
     /// Whether the events socket is subscribed now.
-    var isSocketUp: Bool { up.load(ordering: .relaxed) }
+    var isSocketUp: Bool { socketState == .up }
 
-    /// After every connect: catch up on cancellations and due runs. After a loss: the cancellation watch
-    /// changes to its fallback cadence (a failed reconnect while already down changes nothing).
-    func socketChanged(up isUp: Bool) {
-        let was = up.exchange(isUp, ordering: .relaxed)
-        guard isUp || was else { return }
+    /// The events socket's state after its loop's last attempt (`.lost` before the first).
+    var socketState: SocketLoop.State { Self.state(socket.load(ordering: .relaxed)) }
+
+    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
+
+    /// After every connect: catch up on cancellations and due runs. After a loss, or a loss found to be a
+    /// refusal: the cancellation watch changes its cadence (a failed reconnect that changes nothing rings nothing).
+    func socketChanged(_ state: SocketLoop.State) {
+        let was = Self.state(socket.exchange(Self.code(state), ordering: .relaxed))
+        guard state == .up || was != state else { return }
         checkCancellations.ring()
-        if isUp { pollNow.ring() }
+        if state == .up { pollNow.ring() }
+    }
+
+    private static func code(_ state: SocketLoop.State) -> UInt8 {
+        switch state {
+        case .up: 0
+        case .lost: 1
+        case .refused: 2
+        }
+    }
+
+    private static func state(_ code: UInt8) -> SocketLoop.State {
+        switch code {
+        case 0: .up
+        case 2: .refused
+        default: .lost
+        }
     }
 }
 
-/// A wake-up that is kept until taken: `ring()` wakes the waiter, or else the next `wait` returns at once.
+/// A wake-up that is kept until taken: `ring()` wakes every waiter, or else the next `wait` returns at once.
 /// Rings while nobody waits coalesce into one.
 final class Doorbell: Sendable {
-    private struct State {
-        var rung = false
-        var next = 0
-        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    /// `rings` counts every ring, so a waiter wakes on any ring after it began to wait; `kept` is a ring
+    /// nobody has taken yet (each woken waiter takes it).
+    private struct Bell {
+        var rings = 0
+        var kept = false
     }
-    private let state = Mutex(State())
+    private let bell = Condition(Bell())
 
     init() {}
 
     func ring() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            if state.waiters.isEmpty { state.rung = true }
-            defer { state.waiters = [:] }
-            return Array(state.waiters.values)
+        bell.update { bell in
+            bell.rings += 1
+            bell.kept = true
         }
-        for waiter in waiters { waiter.resume() }
     }
 
     /// Returns when rung (or at once if rung since the last wait), after `timeout` seconds (nil: no limit), or
     /// when the task is cancelled.
     func wait(timeout: Double?) async {
-        guard let timeout else { return await waitForRing() }
-        await firstOf({ await self.waitForRing() }, { try? await Task.sleep(seconds: timeout) })
-    }
-
-    private func waitForRing() async {
-        let id = state.withLock { state in
-            state.next += 1
-            return state.next
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { state -> Bool in
-                    if Task.isCancelled { return true }
-                    if state.rung {
-                        state.rung = false
-                        return true
-                    }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
+        if Task.isCancelled { return }
+        let seen = bell.update { bell -> Int? in
+            if bell.kept {
+                bell.kept = false
+                return nil
             }
-        } onCancel: {
-            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+            return bell.rings
         }
+        guard let seen else { return }
+        await bell.wait(until: { bell in
+            guard bell.rings != seen else { return false }
+            bell.kept = false
+            return true
+        }, timeout: timeout)
     }
 }

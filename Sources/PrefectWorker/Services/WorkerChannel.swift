@@ -11,56 +11,52 @@ struct WorkerChannel: Service {
 
     func run() async {
         let consumerID = UUID().uuidString.lowercased()
-        var failures = 0
-        var everUp = false
-        var outage = OutageLog()
-        while !Task.isCancelled {
-            guard context.pool != nil else {
-                try? await Task.sleep(seconds: 1)
-                continue
-            }
-            let problem: String
+        await loop.run {
+            let socket: WebSocket
             do {
-                let socket = try await context.client.webSocket(
+                socket = try await context.client.webSocket(
                     path: "/work_pools/\(PrefectClient.pathComponent(settings.pool))/workers/connect", subprotocol: "prefect")
-                do {
-                    let interval = try await setUp(socket, consumerID: consumerID)
-                    failures = 0
-                    context.push.channelChanged(up: true)
-                    let downFor = outage.recovered()
-                    if !everUp {
-                        context.log.info("worker channel open at \(socket.url): heartbeats and pool updates go over it, REST only as the fallback")
-                    } else if let downFor {
-                        context.log.info(String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", downFor))
-                    }
-                    everUp = true
-                    try await serve(socket, consumerID: consumerID, interval: interval)
-                    problem = "the server closed the channel"
-                } catch {
-                    problem = "\(error)"
-                }
-                await socket.close()
             } catch let error as WebSocketError where error.status == 404 {
                 // A server without the channel (an older Prefect): REST for good, as Prefect's worker does.
-                context.log.info("the server has no worker channel (\(error)); heartbeating over REST")
-                return
+                throw SocketLoop.GiveUp(message: "the server has no worker channel (\(error)); heartbeating over REST")
+            }
+            do {
+                let interval = try await setUp(socket, consumerID: consumerID)
+                return Session(channel: self, socket: socket, consumerID: consumerID, interval: interval)
             } catch {
-                problem = "\(error)"
+                await socket.close()
+                throw error
             }
-            if Task.isCancelled { return }
-            context.push.channelChanged(up: false)
-            failures += 1
-            let delay = EventWatch.reconnectPolicy.delay(afterAttempt: failures, retryAfter: nil)
-            // Quiet when healthy: a moment's loss (the server's SQLite busy: 1011) is INFO; a WARNING once the
-            // channel has been down longer than the API client's quiet period.
-            switch outage.failed() {
-            case .debug:
-                context.log.debug("worker channel down: \(problem); retrying in \(String(format: "%.1f", delay)) s")
-            case let level:
-                context.log.log(level, "worker channel \(everUp ? "lost" : "unavailable")\(level == .warning ? " for over \(Int(PrefectClient.quietFailureSeconds)) s" : ""): \(problem); heartbeating over REST meanwhile and reconnecting with backoff")
-            }
-            try? await Task.sleep(seconds: delay)
         }
+    }
+
+    /// The reconnect loop, in the worker channel's words.
+    var loop: SocketLoop {
+        let context = context
+        return SocketLoop(
+            messages: SocketLoop.Messages(
+                opened: { "worker channel open at \($0): heartbeats and pool updates go over it, REST only as the fallback" },
+                reconnected: { String(format: "worker channel reconnected after %.0f s; heartbeats go over it again", $0) },
+                name: "worker channel",
+                closedByServer: "the server closed the channel",
+                stillDown: "worker channel down",
+                meanwhile: { _ in "heartbeating over REST meanwhile and reconnecting with backoff" },
+                refused: nil),
+            isReady: { context.pool != nil },
+            onChange: { context.push.channelChanged(up: $0 == .up) },
+            emit: { context.log.log($0, $1) },
+            apiAnswers: { context.client.failingSeconds == 0 })
+    }
+
+    /// One open channel, served: heartbeats out, pool snapshots in.
+    private struct Session: SocketSession {
+        let channel: WorkerChannel
+        let socket: WebSocket
+        let consumerID: String
+        let interval: Int
+        var url: String { socket.url }
+        func serve() async throws { try await channel.serve(socket, consumerID: consumerID, interval: interval) }
+        func close() async { await socket.close() }
     }
 
     /// Auth, hello, ready: applies the pool snapshot and worker id the server sends; returns the heartbeat interval.

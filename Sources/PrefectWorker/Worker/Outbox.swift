@@ -20,6 +20,8 @@ actor Outbox: Service {
     private let folder: RecordFolder<[OutboxItem]>
     nonisolated var directory: String { folder.directory }
     private let client: PrefectClient
+    /// Counts the runs it reports finished (or finds finished).
+    private let metrics: Metrics
     /// WAIT answers are waited out unless the worker is terminating; nil in tests that have no shutdown.
     private let shutdown: Shutdown?
     /// Lines about the runs whose reports it carries.
@@ -30,16 +32,15 @@ actor Outbox: Service {
     /// disk that cannot be written loses nothing while the worker runs.
     private var memory: [String: [OutboxItem]] = [:]
     private var loaded = false
-    private var delivering: Set<String> = []
+    /// Runs being delivered now: one delivery per run at a time, so items stay in order.
+    private let delivering = Condition(Set<String>())
     /// Each run's file writes and removals go through a serial queue of the run's (in order), off the threads
     /// async code runs on; different runs are written concurrently. A queue lives while it has work.
     private var disks: [String: (queue: DispatchQueue, pending: Int)] = [:]
-    /// Callers waiting for their turn to deliver a run, by run and waiter id.
-    private var waiting: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
-    private var nextWaiterID = 0
 
-    init(stateDirectory: String, client: PrefectClient, shutdown: Shutdown? = nil, log: Logger) {
+    init(stateDirectory: String, client: PrefectClient, metrics: Metrics = Metrics(), shutdown: Shutdown? = nil, log: Logger) {
         self.log = log
+        self.metrics = metrics
         self.folder = RecordFolder(directory: stateDirectory + "/outbox")
         self.client = client
         self.shutdown = shutdown
@@ -127,37 +128,13 @@ actor Outbox: Service {
         return memory.keys.sorted()
     }
 
-    /// Returns when the run's current delivery ends, or when the calling task is cancelled.
-    private func waitForTurn(_ runID: String) async {
-        nextWaiterID += 1
-        let id = nextWaiterID
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                if Task.isCancelled { continuation.resume() } else { waiting[runID, default: [:]][id] = continuation }
-            }
-        } onCancel: {
-            Task { await self.endWait(runID, id) }
-        }
-    }
-
-    private func endWait(_ runID: String, _ id: Int) {
-        waiting[runID]?.removeValue(forKey: id)?.resume()
-    }
-
     /// Delivers the run's items in order; stops at the first one that cannot be delivered now.
     @discardableResult
     func deliver(_ runID: String, policy: RetryPolicy = .standard) async -> Bool {
         // One delivery per run at a time, so items stay in order; a second caller waits its turn.
         // The wait ends when the worker stops the outbox's loop (a cancelled task), so the stop is never held up.
-        while delivering.contains(runID) {
-            if Task.isCancelled { return false }
-            await waitForTurn(runID)
-        }
-        delivering.insert(runID)
-        defer {
-            delivering.remove(runID)
-            for waiter in (waiting.removeValue(forKey: runID) ?? [:]).values { waiter.resume() }
-        }
+        guard await delivering.wait(until: { $0.insert(runID).inserted }) else { return false }
+        defer { delivering.update { $0.remove(runID) } }
         while let item = items(runID).first {
             do {
                 guard try await deliverItem(runID, item, policy: policy) else { return false }
@@ -199,10 +176,10 @@ actor Outbox: Service {
             switch FinalState.delivery(proposing: type, name: name, force: force, current: current) {
             case .skip:
                 log.info("not reporting \(type.rawValue): the run is already \(current?.rawValue ?? "gone")", run: runID)
-                if let current { client.metrics.runFinished(current) }
+                if let current { metrics.runFinished(current) }
                 return true
             case .propose(let proposed, let forced, let copyDetails, let cancelledInstead):
-                if cancelledInstead { message = "Flow run was cancelled. \(message)" }
+                if cancelledInstead { message = FinalState.cancelledInstead(of: message) }
                 type = proposed
                 force = forced
                 proposal = StateProposal(type, name: type.rawValue == rawType ? name : nil, message: message, force: force)
@@ -216,7 +193,7 @@ actor Outbox: Service {
             case .accepted(let landed, let result):
                 let type = landed.type, message = landed.message ?? ""
                 log.info(result.status == .accept ? "reported \(type.rawValue): \(message)" : "reported \(type.rawValue) (already recorded)", run: runID)
-                client.metrics.runFinished(type)
+                metrics.runFinished(type)
                 return true
             case .waitedTooLong:
                 log.warning("the server asked \(Self.waitsPerAttempt + 1) times in a row to wait before \(type.rawValue); kept in the outbox, will propose it again later", run: runID)

@@ -14,9 +14,8 @@ actor RunRegistry {
     private var claimed: [String: Date] = [:]
     /// The `run id + state id` each reserved run was polled in, recorded in `claimed` once it is claimed.
     private var polledKeys: [String: String] = [:]
-    private var emptyWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
-    private var slotWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
-    private var nextWaiterID = 0
+    /// Releases so far, and those that left the registry empty: a wait notes the count and waits for a change.
+    private let released = Condition((runs: 0, emptied: 0))
 
     init(limit: Int?, metrics: Metrics) {
         self.limit = limit
@@ -35,17 +34,18 @@ actor RunRegistry {
 
     private static func key(_ run: FlowRun) -> String { run.id + "/" + (run.stateID ?? "") }
 
-    /// Takes a slot for `run`, handled by `supervisor`, unless it is already being handled, was claimed by
-    /// this worker in this scheduled state before, or no slot is free.
-    func reserve(_ run: FlowRun, for supervisor: FlowRunSupervisor) -> Bool {
-        if supervisorsByID[run.id] != nil { return false }
-        if let limit, supervisorsByID.count >= limit { return false }
+    /// Takes a slot for `run`, handled by the supervisor `make` builds then, unless it is already being
+    /// handled, was claimed by this worker in this scheduled state before, or no slot is free (nil).
+    func reserve(_ run: FlowRun, make: @Sendable () -> FlowRunSupervisor) -> FlowRunSupervisor? {
+        if supervisorsByID[run.id] != nil { return nil }
+        if let limit, supervisorsByID.count >= limit { return nil }
         let key = Self.key(run)
-        if claimed[key] != nil { return false }
+        if claimed[key] != nil { return nil }
+        let supervisor = make()
         supervisorsByID[run.id] = supervisor
         polledKeys[run.id] = key
         metrics.setInFlight(supervisorsByID.count)
-        return true
+        return supervisor
     }
 
     /// Records that this worker claimed the reserved run (PENDING is ours): it is never taken again in the
@@ -71,45 +71,23 @@ actor RunRegistry {
         supervisorsByID[runID] = nil
         polledKeys[runID] = nil
         metrics.setInFlight(supervisorsByID.count)
-        let slots = slotWaiters.values
-        slotWaiters = [:]
-        for waiter in slots { waiter.resume() }
-        if supervisorsByID.isEmpty {
-            let waiters = emptyWaiters.values
-            emptyWaiters = [:]
-            for waiter in waiters { waiter.resume() }
+        let empty = supervisorsByID.isEmpty
+        released.update { released in
+            released.runs += 1
+            if empty { released.emptied += 1 }
         }
     }
 
     /// Returns when no run is in flight, or when the calling task is cancelled.
     func waitUntilEmpty() async {
         if supervisorsByID.isEmpty { return }
-        nextWaiterID += 1
-        let id = nextWaiterID
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                if Task.isCancelled || supervisorsByID.isEmpty { continuation.resume() } else { emptyWaiters[id] = continuation }
-            }
-        } onCancel: {
-            Task { await self.cancelWaiter(id) }
-        }
+        let seen = released.value.emptied
+        await released.wait(until: { $0.emptied != seen })
     }
 
     /// Returns when a run is released (a slot may have freed), or when the calling task is cancelled.
     func waitForRelease() async {
-        nextWaiterID += 1
-        let id = nextWaiterID
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                if Task.isCancelled { continuation.resume() } else { slotWaiters[id] = continuation }
-            }
-        } onCancel: {
-            Task { await self.cancelWaiter(id) }
-        }
-    }
-
-    private func cancelWaiter(_ id: Int) {
-        slotWaiters.removeValue(forKey: id)?.resume()
-        emptyWaiters.removeValue(forKey: id)?.resume()
+        let seen = released.value.runs
+        await released.wait(until: { $0.runs != seen })
     }
 }

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Graceful shutdown as a first-class signal that the worker's loops observe.
 /// First SIGTERM/SIGINT: `draining` (stop claiming, let runs finish). Second: `terminating` (stop runs now).
 final class Shutdown: Sendable {
@@ -8,52 +6,25 @@ final class Shutdown: Sendable {
         static func < (a: Phase, b: Phase) -> Bool { a.rawValue < b.rawValue }
     }
 
-    private struct State {
-        var phase = Phase.running
-        var nextID = 0
-        var waiters: [Int: (Phase, CheckedContinuation<Void, Never>)] = [:]
-    }
-
-    private let state = Mutex(State())
+    private let current = Condition(Phase.running)
 
     init() {}
 
-    var phase: Phase { state.withLock { $0.phase } }
+    var phase: Phase { current.value }
 
     /// Moves to the next phase (or to `target`, if later) and wakes whoever waits for it. Returns the new phase.
     @discardableResult
     func advance(to target: Phase? = nil) -> Phase {
-        let (phase, ready) = state.withLock { state -> (Phase, [CheckedContinuation<Void, Never>]) in
-            let next = target ?? Phase(rawValue: min(state.phase.rawValue + 1, Phase.terminating.rawValue))!
-            if next > state.phase { state.phase = next }
-            let current = state.phase
-            let ready = state.waiters.filter { $0.value.0 <= current }
-            for id in ready.keys { state.waiters[id] = nil }
-            return (current, ready.values.map(\.1))
+        current.update { phase in
+            let next = target ?? Phase(rawValue: min(phase.rawValue + 1, Phase.terminating.rawValue))!
+            if next > phase { phase = next }
+            return phase
         }
-        for continuation in ready { continuation.resume() }
-        return phase
     }
 
     /// Returns once the shutdown has reached `phase`, or when the calling task is cancelled.
     func wait(for phase: Phase) async {
-        let id = state.withLock { state in
-            state.nextID += 1
-            return state.nextID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let resumeNow = state.withLock { state in
-                    if state.phase >= phase || Task.isCancelled { return true }
-                    state.waiters[id] = (phase, continuation)
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLock { state in state.waiters.removeValue(forKey: id) }
-            waiter?.1.resume()
-        }
+        await current.wait(until: { $0 >= phase })
     }
 
     /// Sleeps `seconds`, or less if the shutdown reaches `phase` first. Returns false if it did.

@@ -23,10 +23,15 @@ public final class Worker: Sendable {
                                            fallbacks: StateDirectory.fallbacks(environment: settings.environment, uid: getuid()))
         if let warning = state.warning { Log.warning(warning) }
         settings.stateDirectory = state.path
-        let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString, settings: settings.client)
+        // The client is made with the worker's counters and a logger with its redaction (retries quote the
+        // server's error detail); the context gets the same ones.
+        let secrets = KnownSecrets(settings.secretValues), metrics = Metrics()
+        let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: settings.authString,
+                                   settings: settings.client, metrics: metrics,
+                                   log: Logger(output: Logger.Output(redact: { secrets.redact($0) }, runLine: nil)))
         // Prefect's worker sends its name with every request it makes (`get_attribution_headers`), Cloud or not.
         client.setHeader("X-Prefect-Worker-Name", settings.workerName)
-        self.context = WorkerContext(settings: settings, client: client)
+        self.context = WorkerContext(settings: settings, client: client, secrets: secrets, metrics: metrics)
     }
 
     /// A worker on a context made elsewhere (the unit tests': a fake API and a fake spawner).
@@ -60,7 +65,7 @@ public final class Worker: Sendable {
         do {
             try context.journal.prepare()
             try await context.outbox.prepare()
-            health = settings.withHealthcheck ? try HealthService(context: context) : nil
+            health = settings.withHealthcheck ? try HealthService(context.healthSources, log: log) : nil
         } catch {
             log.error("\(error)")
             return 1
@@ -88,14 +93,15 @@ public final class Worker: Sendable {
             for shipper in [context.outbox, context.logs, context.events.shipper] as [any Service] {
                 shippers.start(shipper, in: &group)
             }
-            loops.start(Watchdog(context: context), in: &group)
+            loops.start(Watchdog(settings: settings, notifier: context.notifier, status: context.status, log: log), in: &group)
             if let health { loops.start(health, in: &group) }
             func stopBeforeServing() async {
                 await loops.stop()
                 await shippers.stop()
             }
 
-            let pool = PoolService(context: context)
+            let pool = PoolService(settings: settings, client: context.client, lookups: context.lookups, status: context.status,
+                                   metrics: context.metrics, push: context.push, notifier: context.notifier, log: log)
             switch await startUp(pool) {
             case .failure(let error):
                 log.error(error.message)
@@ -109,15 +115,18 @@ public final class Worker: Sendable {
                 break
             }
 
-            let launcher = RunLauncher(context: context)
-            group.addTask { await launcher.run() }
-            await Recovery(context: context, launcher: launcher).run()
+            let runs = RunLifecycle(registry: context.registry, dependencies: context.runDependencies)
+            group.addTask { await runs.run() }
+            await Recovery(runs: runs, journal: context.journal, identity: context.identity, settings: settings,
+                           client: context.client, outbox: context.outbox, secrets: context.secrets, log: log).run()
             let startedEvent = context.events.started(pool: context.pool)
             loops.start(pool, in: &group)
             loops.start(CancellationWatch(context: context), in: &group)
             loops.start(EventWatch(context: context), in: &group)
             loops.start(WorkerChannel(context: context), in: &group)
-            claiming.start(PollService(context: context, launcher: launcher), in: &group)
+            claiming.start(PollService(settings: settings, client: context.client, runs: runs, lookups: context.lookups,
+                                       status: context.status, metrics: context.metrics, pollNow: context.push.pollNow, log: log),
+                           in: &group)
             if settings.runOnce {
                 // One poll, then the runs it claimed run to the end (a signal still drains or stops them).
                 await claiming.finished()
@@ -131,9 +140,9 @@ public final class Worker: Sendable {
 
             // The declared stop order.
             await claiming.stop()
-            launcher.finish()
+            runs.finish()
             await drain()
-            await launcher.finished()
+            await runs.finished()
             context.events.stopped(pool: context.pool, follows: startedEvent)
             await loops.stop()
             await shippers.stop()
@@ -179,30 +188,45 @@ public final class Worker: Sendable {
             log.info("draining: \(inFlight) run(s) in flight: \(ids)"
                      + (settings.drainTimeout.map { "; stopping them in \($0) s" } ?? "; waiting for them to finish"))
             let timeout = settings.drainTimeout
-            let progress = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(seconds: 15)
-                    let ids = await registry.runIDs
-                    if Task.isCancelled || ids.isEmpty { return }
-                    log.info("still draining: \(ids.count) run(s) in flight: \(ids.joined(separator: ", ")); "
-                             + (timeout == nil ? "waiting for them (signal again to stop them now)" : "they will be stopped when the drain timeout passes"))
+            // Whichever comes first: the runs end, or the drain timeout (or a second signal); meanwhile a line
+            // every 15 s says who is still running. The progress lines are a child task, ended with the wait.
+            let shutdown = context.shutdown, log = self.log
+            let finished = await withTaskGroup(of: Bool?.self) { group -> Bool in
+                group.addTask {
+                    await registry.waitUntilEmpty()
+                    return true
                 }
+                group.addTask {
+                    if let timeout {
+                        _ = await shutdown.sleep(timeout, unless: .terminating)
+                    } else {
+                        await shutdown.wait(for: .terminating)
+                    }
+                    return false
+                }
+                group.addTask {
+                    while (try? await Task.sleep(seconds: 15)) != nil {
+                        let ids = await registry.runIDs
+                        if Task.isCancelled || ids.isEmpty { break }
+                        log.info("still draining: \(ids.count) run(s) in flight: \(ids.joined(separator: ", ")); "
+                                 + (timeout == nil ? "waiting for them (signal again to stop them now)" : "they will be stopped when the drain timeout passes"))
+                    }
+                    return nil
+                }
+                var finished = false
+                for await outcome in group {
+                    guard let outcome else { continue }
+                    finished = outcome
+                    break
+                }
+                group.cancelAll()
+                return finished
             }
-            defer { progress.cancel() }
-            let finished = await firstOf({ await registry.waitUntilEmpty(); return true }, {
-                if let timeout {
-                    _ = await self.context.shutdown.sleep(timeout, unless: .terminating)
-                } else {
-                    await self.context.shutdown.wait(for: .terminating)
-                }
-                return false
-            })
             if !finished {
                 inFlight = await registry.count
                 let reason = context.shutdown.phase == .terminating
                     ? "Worker '\(settings.workerName)' shut down (stopped a second time before its runs finished)"
                     : "Worker '\(settings.workerName)' shut down and the drain timeout passed"
-                progress.cancel()
                 log.info("stopping \(inFlight) run(s) in flight")
                 for supervisor in await registry.supervisors { await supervisor.requestStop(reason: reason) }
                 await registry.waitUntilEmpty()

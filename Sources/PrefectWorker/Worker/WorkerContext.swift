@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
 
-/// What the worker's loops and run supervisors share.
+/// The worker's parts, made once and held by `Worker`, which hands each service and each run's owner the
+/// parts it uses (no type takes the whole context; the unit tests build parts from one).
 final class WorkerContext: Sendable {
     let settings: Settings
     let client: PrefectClient
@@ -18,12 +19,8 @@ final class WorkerContext: Sendable {
     let push = PushSignals()
     /// This worker process, as recorded in journal entries.
     let identity = JournalEntry.Identity.current
-    private let poolSnapshot = Mutex<WorkPool?>(nil)
-    private let flowNames = Mutex<[String: String]>([:])
-    private let deployments = Mutex<[String: (read: Task<Deployment?, Error>, at: Date)]>([:])
-    /// How long a deployment read is reused: a burst of runs from one deployment costs one read, and an
-    /// edit to its job variables applies to runs submitted after this.
-    static let deploymentCacheSeconds = 10.0
+    /// The pool, the worker id, cgroups, deployments and flow names, as runs read them.
+    let lookups: RunLookups
     /// Job output of worker-owned runs and the worker's own lines about runs, shipped to `POST /logs/`.
     let logs: APIShipper
     let events: WorkerEvents
@@ -32,26 +29,32 @@ final class WorkerContext: Sendable {
     let notifier: SystemdNotifier
     /// The secrets to keep out of job output, the worker's log lines and its events.
     let secrets: KnownSecrets
-    /// The worker's delegated cgroup v2 subtree, found at start-up, or why there is none.
-    private let cgroupDetection = Mutex<CgroupHost.Detection>(.unusable(reason: "cgroups were not set up"))
 
-    init(settings: Settings, client: PrefectClient, shutdown: Shutdown = Shutdown(), spawner: any ProcessSpawner = ChildProcesses.shared) {
+    /// `secrets` and `metrics` are the ones the client was made with (`Worker.init`); by default (the unit
+    /// tests' contexts) the settings' secrets and the client's counters.
+    init(settings: Settings, client: PrefectClient, secrets: KnownSecrets? = nil, metrics: Metrics? = nil,
+         shutdown: Shutdown = Shutdown(), spawner: any ProcessSpawner = ChildProcesses.shared) {
         self.settings = settings
         self.spawner = spawner
         self.client = client
-        self.metrics = client.metrics
-        self.registry = RunRegistry(limit: settings.limit, metrics: client.metrics)
+        let metrics = metrics ?? client.metrics
+        self.metrics = metrics
+        self.lookups = RunLookups(client: client)
+        self.registry = RunRegistry(limit: settings.limit, metrics: metrics)
         self.shutdown = shutdown
         self.status = WorkerStatus()
         let logSettings = settings.logsToAPI
-        self.logs = APIShipper(client: client, path: "/logs/", what: "shipping flow run logs", capacity: 20_000, batchSize: 500,
+        let secrets = secrets ?? KnownSecrets(settings.secretValues)
+        self.secrets = secrets
+        // The shippers' own lines (a batch kept for the next attempt) are the worker's, never a run's.
+        let shipperLog = Logger(output: Logger.Output(redact: { secrets.redact($0) }, runLine: nil))
+        self.logs = APIShipper(client: client, metrics: metrics, log: shipperLog, path: "/logs/", what: "shipping flow run logs",
+                               capacity: 20_000, batchSize: 500,
                                maxBatchBytes: logSettings.maxBatchBytes, interval: logSettings.batchInterval) { runID, count in
             FlowRunLog.shippable(runID: runID, level: .warning,
                                  message: "\(count) line(s) of output were dropped: the Prefect API was unreachable for too long.",
                                  maxSize: logSettings.maxLogSize)
         }
-        let secrets = KnownSecrets(settings.secretValues)
-        self.secrets = secrets
         let logs = self.logs
         var runLine: (@Sendable (Log.Level, String, String) -> Void)?
         if logSettings.enabled {
@@ -61,63 +64,45 @@ final class WorkerContext: Sendable {
         }
         let log = Logger(output: Logger.Output(redact: { secrets.redact($0) }, runLine: runLine))
         self.log = log
-        client.log = log
         self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
-        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, shutdown: shutdown, log: log)
+        self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, metrics: metrics, shutdown: shutdown, log: log)
         let eventsSocket = EventsSocket(client: client, settings: settings)
         self.events = WorkerEvents(settings: settings,
-                                   shipper: APIShipper(client: client, path: "/events", what: "emitting worker events",
+                                   shipper: APIShipper(client: client, metrics: metrics, log: shipperLog, path: "/events",
+                                                       what: "emitting worker events",
                                                        capacity: settings.eventsQueueCapacity, interval: 1,
                                                        countDropped: { $0.eventsDropped($1) }, deliver: { try await eventsSocket.deliver($0) }),
                                    secrets: secrets, socket: eventsSocket)
         self.notifier = SystemdNotifier(environment: settings.environment)
     }
 
-    /// The deployment, read at most once per `deploymentCacheSeconds` (concurrent callers share one read);
-    /// nil if it no longer exists.
-    func deployment(_ id: String) async throws -> Deployment? {
-        let now = Date()
-        let client = self.client
-        let read = deployments.withLock { cache -> Task<Deployment?, Error> in
-            if let cached = cache[id], now.timeIntervalSince(cached.at) < Self.deploymentCacheSeconds { return cached.read }
-            if cache.count > 1000 { cache = cache.filter { now.timeIntervalSince($0.value.at) < Self.deploymentCacheSeconds } }
-            let read = Task { try await client.readDeployment(id) }
-            cache[id] = (read, now)
-            return read
-        }
-        do {
-            return try await read.value
-        } catch {
-            deployments.withLock { cache in if cache[id]?.at == now { cache[id] = nil } } // do not cache failures
-            throw error
-        }
+    /// What a run's supervisor uses (`RunDependencies`).
+    var runDependencies: RunDependencies {
+        RunDependencies(settings: settings, client: client, shutdown: shutdown, log: log, metrics: metrics, spawner: spawner,
+                        journal: journal, identity: identity, outbox: outbox, logs: logs, events: events, secrets: secrets,
+                        lookups: lookups)
     }
 
-    /// A flow's name, read once per flow (events name the flow).
-    func flowName(_ id: String?) async -> String? {
-        guard let id else { return nil }
-        if let name = flowNames.withLock({ $0[id] }) { return name }
-        guard let name = try? await client.readFlowName(id) else { return nil }
-        flowNames.withLock { $0[id] = name }
-        return name
+    /// What `/health` and `/metrics` read.
+    var healthSources: HealthService.Sources {
+        HealthService.Sources(settings: settings, status: status, metrics: metrics, client: client, shutdown: shutdown)
     }
 
-    /// The worker's id, once Prefect Cloud has told us (a heartbeat with `return_id`); jobs get it as `PREFECT__WORKER_ID`.
-    var workerID: String? {
-        get { workerIDValue.withLock { $0 } }
-        set { workerIDValue.withLock { $0 = newValue } }
-    }
-    private let workerIDValue = Mutex<String?>(nil)
-
-    /// Per-job cgroups: set once at start-up by `CgroupHost.setUp`.
-    var cgroups: CgroupHost.Detection {
-        get { cgroupDetection.withLock { $0 } }
-        set { cgroupDetection.withLock { $0 = newValue } }
-    }
-
-    /// The work pool as last read; each run freezes a copy when it is submitted.
+    /// The work pool as last read (`RunLookups`).
     var pool: WorkPool? {
-        get { poolSnapshot.withLock { $0 } }
-        set { poolSnapshot.withLock { $0 = newValue } }
+        get { lookups.pool }
+        set { lookups.pool = newValue }
+    }
+
+    /// The worker's id, once Prefect Cloud has told us (`RunLookups`).
+    var workerID: String? {
+        get { lookups.workerID }
+        set { lookups.workerID = newValue }
+    }
+
+    /// Per-job cgroups, set once at start-up (`RunLookups`).
+    var cgroups: CgroupHost.Detection {
+        get { lookups.cgroups }
+        set { lookups.cgroups = newValue }
     }
 }

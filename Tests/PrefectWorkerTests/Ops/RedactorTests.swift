@@ -143,14 +143,14 @@ final class RedactorTests: XCTestCase {
     }
 
     /// Regression: with the static redaction gone, the client's own lines (retries quote the server's error
-    /// detail) were written unredacted. The worker's context gives the client its redacting logger.
+    /// detail) were written unredacted. The worker makes its client with its redacting logger.
     func testTheClientsLinesGoThroughTheWorkersRedaction() {
         var settings = Settings(apiURL: URL(string: "http://127.0.0.1:9/api")!, pool: "p", workerName: "w")
         settings.environment = ["DEPLOY_TOKEN": "tok-secret-77"]
         settings.apiKey = "pnu_key_secret_88"
         let client = PrefectClient(baseURL: settings.apiURL, apiKey: settings.apiKey, authString: nil)
         XCTAssertEqual(client.log.output.redact("tok-secret-77"), "tok-secret-77", "a bare client has no secrets to hide")
-        let context = WorkerContext(settings: settings, client: client)
+        let context = Worker(settings: settings).context
         XCTAssertEqual(context.client.log.output.redact("retry: detail tok-secret-77 with pnu_key_secret_88"),
                        "retry: detail [REDACTED] with [REDACTED]")
     }

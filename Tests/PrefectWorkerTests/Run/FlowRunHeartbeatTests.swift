@@ -24,9 +24,9 @@ final class FlowRunHeartbeatTests: XCTestCase {
         let context = WorkerContext(settings: settings, client: fake.client())
         let run = try JSONTreeDecoder.decode(FlowRun.self, from: Data(fakeFlowRunJSON(id: "r1", stateType: "RUNNING").utf8))
         let seconds = FlowRunHeartbeat.seconds(["PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "99999999999"], log: .console)
-        let heartbeat = FlowRunHeartbeat(run: run, flowName: "f", pool: nil, events: context.events, every: seconds)
+        let heartbeat = Task { await FlowRunHeartbeat(events: context.events, every: seconds).beat(run, flowName: "f", pool: nil) }
         try await Task.sleep(nanoseconds: 200_000_000)  // the heartbeat's task is asleep (or has trapped) by now
-        heartbeat.stop()
+        heartbeat.cancel()
         XCTAssertEqual(context.events.shipper.pending, 1, "the first heartbeat, at once")
     }
 
@@ -39,9 +39,12 @@ final class FlowRunHeartbeatTests: XCTestCase {
         fake.inject([.delay(5)], method: "GET", path: "/api/flow_runs/*")
         let context = WorkerContext(settings: Settings(apiURL: fake.apiURL, pool: "p", workerName: "w"), client: fake.client())
         let output = await capturingStderr {
-            let heartbeat = FlowRunHeartbeat(adopting: "r1", context: context, log: context.log, every: 30)
+            let heartbeat = Task {
+                await FlowRunHeartbeat(events: context.events, every: 30)
+                    .beat(adopting: "r1", client: context.client, lookups: context.lookups, log: context.log)
+            }
             for _ in 0..<100 where fake.requests("GET", "/api/flow_runs/r1").isEmpty { try? await Task.sleep(nanoseconds: 20_000_000) }
-            heartbeat.stop()
+            heartbeat.cancel()
             try? await Task.sleep(nanoseconds: 300_000_000)
         }
         XCTAssertEqual(fake.requests("GET", "/api/flow_runs/r1").count, 1)
@@ -56,9 +59,12 @@ final class FlowRunHeartbeatTests: XCTestCase {
         fake.route("GET", "/api/flow_runs/*") { _, _, _ in .json(404, #"{"detail":"Flow run not found"}"#) }
         let context = WorkerContext(settings: Settings(apiURL: fake.apiURL, pool: "p", workerName: "w"), client: fake.client())
         let output = await capturingStderr {
-            let heartbeat = FlowRunHeartbeat(adopting: "r1", context: context, log: context.log, every: 0.1)
+            let heartbeat = Task {
+                await FlowRunHeartbeat(events: context.events, every: 0.1)
+                    .beat(adopting: "r1", client: context.client, lookups: context.lookups, log: context.log)
+            }
             try? await Task.sleep(nanoseconds: 600_000_000)
-            heartbeat.stop()
+            heartbeat.cancel()
         }
         XCTAssertEqual(fake.requests("GET", "/api/flow_runs/r1").count, 1, output)
         XCTAssertEqual(output.components(separatedBy: "cannot read the adopted run").count - 1, 1, output)

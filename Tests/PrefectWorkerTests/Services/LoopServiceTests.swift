@@ -44,7 +44,7 @@ final class LoopServiceTests: XCTestCase {
         let answer = JSON.array(["r-1", "r-2", "r-3"].map { .object(["flow_run": scheduled($0)]) }).encoded()
         fake.route("POST", "/api/work_pools/pool/get_scheduled_flow_runs") { _, _, _ in .json(200, answer) }
         // The launcher's own loop is not running: submitted runs wait there, holding their slots.
-        let stopped = await run(PollService(context: context, launcher: RunLauncher(context: context)), for: 0.5)
+        let stopped = await run(PollService(context: context, runs: RunLifecycle(context: context)), for: 0.5)
         XCTAssertTrue(stopped, "the poll ends when its task is cancelled")
         let ids = await context.registry.runIDs
         XCTAssertEqual(ids, ["r-1", "r-2"], "two slots, two runs, in the order the poll gave them")

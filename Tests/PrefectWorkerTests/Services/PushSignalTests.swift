@@ -52,6 +52,29 @@ final class PushSignalTests: XCTestCase {
         XCTAssertLessThan(woken, 2)
     }
 
+    func testARingWakesEveryWaiterAndIsNotKeptThen() async throws {
+        let bell = Doorbell()
+        let first = Task { await bell.wait(timeout: nil) }
+        let second = Task { await bell.wait(timeout: nil) }
+        try await Task.sleep(seconds: 0.2)
+        bell.ring()
+        let woken = await finishes(within: 2) {
+            _ = await first.value
+            _ = await second.value
+        }
+        XCTAssertTrue(woken, "one ring wakes both waiters")
+        let quiet = await Self.elapsed { await bell.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(quiet, 0.25, "a ring that woke a waiter is taken")
+        let cancelled = Task { () -> Double in
+            withUnsafeCurrentTask { $0?.cancel() }
+            let start = Date()
+            await bell.wait(timeout: nil)
+            return Date().timeIntervalSince(start)
+        }
+        let cancelledWait = await cancelled.value
+        XCTAssertLessThan(cancelledWait, 0.5, "a cancelled task does not wait")
+    }
+
     func testWhileTheSocketIsUpTheCancellationWatchAsksOnlyAfterAConnect() async throws {
         let context = context { $0.cancellationPollSeconds = 0.1 }
         fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }

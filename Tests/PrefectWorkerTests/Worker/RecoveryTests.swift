@@ -56,7 +56,7 @@ final class RecoveryTests: XCTestCase {
         let context = WorkerContext(settings: settings, client: fake.client())
         try context.journal.prepare()
         try await context.outbox.prepare()
-        let launcher = RunLauncher(context: context)
+        let launcher = RunLifecycle(context: context)
         let launched = Task { await launcher.run() }
 
         func job(_ runID: String) throws -> pid_t {
@@ -65,7 +65,7 @@ final class RecoveryTests: XCTestCase {
             ])).pid
         }
         let command = try job("run-command"), engine = try job("run-engine")
-        let recovery = Recovery(context: context, launcher: launcher)
+        let recovery = Recovery(context: context, runs: launcher)
         await recovery.adopt(runID: "run-command", pid: command, processStart: ProcFS.startTime(of: command), owner: .worker)
         await recovery.adopt(runID: "run-engine", pid: engine, processStart: ProcFS.startTime(of: engine), owner: .engine)
 

@@ -1,0 +1,102 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one owner of each run's life in this worker: reserve (a slot in the registry; no run twice, `--limit`)
+/// → claim (the supervisor's PENDING, recorded in the registry so the run is not claimed again in that
+/// scheduled state) → launch (the supervisor, a child task of one task group) → release. The poll offers the
+/// runs it finds and the recovery hands over the jobs it adopts; neither builds a supervisor.
+///
+/// `finish()` says no more runs come; `run()` returns once the last one is done. It is not a stage's service:
+/// stopping loops never cancels a run; runs end through their supervisors (cancel, drain, stop).
+final class RunLifecycle: Sendable {
+    typealias Work = @Sendable () async -> Void
+    let registry: RunRegistry
+    private let dependencies: RunDependencies
+    private let work: AsyncStream<Work>
+    private let continuation: AsyncStream<Work>.Continuation
+    private let done = Latch()
+
+    init(registry: RunRegistry, dependencies: RunDependencies) {
+        self.registry = registry
+        self.dependencies = dependencies
+        (work, continuation) = AsyncStream.makeStream(of: Work.self)
+    }
+
+    /// Takes `run` if the registry has a slot for it and it is not handled or claimed already: its supervisor
+    /// claims and runs it beside the other runs, and its slot is released when it is done. False if not taken.
+    func offer(_ run: FlowRun) async -> Bool {
+        let registry = self.registry
+        guard let supervisor = await registry.reserve(run, make: { self.supervisor(run.id) }) else { return false }
+        submit {
+            await supervisor.run(run)
+            await registry.release(run.id)
+        }
+        return true
+    }
+
+    /// Watches a job a previous worker left running, keeping it cancellable, until it exits; the run's slot is
+    /// held meanwhile. A worker-owned run still gets its heartbeats, at the interval its job was started with
+    /// (its environment is still there to read); the engine sends an engine run's own.
+    func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async {
+        let registry = self.registry, dependencies = self.dependencies
+        let supervisor = self.supervisor(runID)
+        await registry.adopt(supervisor)
+        submit {
+            // Per-job cgroups: the run's cgroup, if the previous worker made one, still holds the whole tree.
+            let cgroup = RunCgroup.existing(host: dependencies.lookups.cgroups.host, runID: runID)
+            let heartbeat = owner == .worker
+                ? FlowRunHeartbeat(events: dependencies.events, every: FlowRunHeartbeat.seconds(ProcFS.environment(of: pid) ?? [:], log: supervisor.log))
+                : nil
+            let exited = supervisor.exited
+            await withDiscardingTaskGroup { group in
+                if let heartbeat {
+                    group.addTask {
+                        await firstOf({ await heartbeat.beat(adopting: runID, client: dependencies.client, lookups: dependencies.lookups,
+                                                             log: supervisor.log) },
+                                      { await exited.wait() })
+                    }
+                }
+                await supervisor.watch(pid: pid, owner: owner, cgroup: cgroup) {
+                    await ProcFS.waitForExit(of: pid, startTime: processStart)
+                    return nil
+                }
+            }
+            await registry.release(runID)
+        }
+    }
+
+    /// A supervisor for the run: its claim is recorded in the registry.
+    private func supervisor(_ runID: String) -> FlowRunSupervisor {
+        let registry = self.registry
+        return FlowRunSupervisor(runID: runID, dependencies: dependencies) { await registry.markClaimed($0) }
+    }
+
+    /// Runs `work` beside the runs. After `finish()` it runs at once in its own task, so it is never lost.
+    private func submit(_ work: @escaping Work) {
+        if case .terminated = continuation.yield(work) {
+            Task { await work() }
+        }
+    }
+
+    /// No more runs are offered; `run()` returns once the ones in flight are done.
+    func finish() {
+        continuation.finish()
+    }
+
+    /// Returns once `run()` has returned.
+    func finished() async {
+        await done.wait()
+    }
+
+    /// Where the runs' supervisors run: a child task each, in one task group.
+    func run() async {
+        await withDiscardingTaskGroup { group in
+            for await work in self.work {
+                group.addTask { await work() }
+            }
+        }
+        done.open()
+    }
+}
