@@ -2,8 +2,8 @@ import Foundation
 
 /// How the worker's code writes its lines: each is redacted (the secrets the worker knows) and written to
 /// the worker's log (`Log`); a line about a flow run also goes to that run's logs in Prefect. The run id is
-/// metadata: a logger made with `forRun` carries it, and `run:` names another. Loggers reach code through
-/// `WorkerContext.log`.
+/// metadata: a logger made with `forRun` carries it, and `run:` names another. The worker hands its logger to
+/// each part that writes lines (a service's `log`, `RunDependencies.log`).
 struct Logger: Sendable {
     /// What every logger made from one shares: the redaction and where lines about runs go.
     final class Output: Sendable {

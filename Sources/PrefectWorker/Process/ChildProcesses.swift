@@ -47,7 +47,7 @@ struct SpawnError: Error, CustomStringConvertible, Sendable {
 /// before it is registered.
 final class ChildProcesses: Sendable {
     /// The one per process: its thread reaps every child (`wait4(-1)`), so a second one would steal reaps.
-    /// Code reaches it through `WorkerContext.spawner`.
+    /// Runs reach it through `RunDependencies.spawner`.
     static let shared = ChildProcesses()
 
     private enum Entry {

@@ -3,8 +3,8 @@ import Foundation
 import Glibc
 #endif
 
-/// Starts jobs, signals their process groups and tells how each ended. The worker reaches it through
-/// `WorkerContext.spawner`: `ChildProcesses.shared` in the worker, a fake in the supervisor's unit tests.
+/// Starts jobs, signals their process groups and tells how each ended. Runs get it as
+/// `RunDependencies.spawner`: `ChildProcesses.shared` in the worker, a fake in the supervisor's unit tests.
 protocol ProcessSpawner: Sendable {
     /// Starts a job as the leader of a new process group.
     func spawn(_ request: SpawnRequest) throws(SpawnError) -> SpawnedProcess

@@ -6,9 +6,12 @@ import Foundation
 /// only when told to: once after every (re)connect, to catch up on what happened while it was down. While the
 /// socket is down it asks every `pollSeconds(socket:settings:)`.
 struct CancellationWatch: Service {
-    let context: WorkerContext
-    var client: PrefectClient { context.client }
-    var settings: Settings { context.settings }
+    let settings: Settings
+    let client: PrefectClient
+    /// The runs in flight, whose supervisors are told to cancel.
+    let registry: RunRegistry
+    let push: PushSignals
+    let log: Logger
 
     /// The cadence before push, kept while a proxy refuses WebSockets so cancelling is no slower there.
     static let refusedPollSeconds = 0.5
@@ -28,7 +31,7 @@ struct CancellationWatch: Service {
     func run() async {
         var answered = true
         while !Task.isCancelled {
-            let push = context.push
+            let push = self.push
             // With the socket up, a check that failed (the catch-up after a reconnect) is asked again within 2 s.
             let wait = Self.pollSeconds(socket: push.socketState, settings: settings) ?? (answered ? nil : min(settings.cancellationPollSeconds, 2))
             await push.checkCancellations.wait(timeout: wait)
@@ -42,7 +45,7 @@ struct CancellationWatch: Service {
     @discardableResult
     func check() async -> Bool {
         var answered = true
-        let ids = await context.registry.runIDs
+        let ids = await self.registry.runIDs
         for start in stride(from: 0, to: ids.count, by: 200) {
             let chunk = Array(ids[start..<min(start + 200, ids.count)])
             let filter = JSON.object([
@@ -56,8 +59,8 @@ struct CancellationWatch: Service {
                 answered = false
                 continue
             }
-            for run in runs where await context.registry.supervisor(run.id)?.requestCancel() == true {
-                context.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
+            for run in runs where await self.registry.supervisor(run.id)?.requestCancel() == true {
+                self.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
             }
         }
         return answered

@@ -10,8 +10,15 @@ import Synchronization
 /// cadence (`CancellationWatch.pollSeconds`: slow while the socket is lost, as before push while a proxy refuses
 /// it). State changes are logged once each; a healthy stream is quiet.
 struct EventWatch: Service {
-    let context: WorkerContext
-    var settings: Settings { context.settings }
+    let settings: Settings
+    let client: PrefectClient
+    /// The pool's id names the events to subscribe to.
+    let lookups: RunLookups
+    /// The runs in flight, for a pushed cancellation.
+    let registry: RunRegistry
+    let push: PushSignals
+    let metrics: Metrics
+    let log: Logger
 
     /// The state-change events the worker acts on: cancellation, and the SCHEDULED-type names that make a
     /// run due (new, retried, late, resumed, released by a concurrency limit).
@@ -21,13 +28,13 @@ struct EventWatch: Service {
     func run() async {
         let seen = EventIDs()
         let backfill = Backfill()
-        let settings = settings, context = context
+        let settings = settings
         await loop.run {
-            guard let poolID = context.pool?.id else { throw WebSocketError(url: "/events/out", reason: "the work pool is not known yet") }
+            guard let poolID = self.lookups.pool?.id else { throw WebSocketError(url: "/events/out", reason: "the work pool is not known yet") }
             let since = backfill.since ?? Date().addingTimeInterval(-60)
             backfill.since = since
             let subscription = try await EventSubscription.open(
-                client: context.client, token: settings.isCloud ? settings.apiKey : settings.authString,
+                client: self.client, token: settings.isCloud ? settings.apiKey : settings.authString,
                 filter: EventSubscription.filter(names: Self.eventNames, anyResource: ["prefect.work-pool.\(poolID)"], since: since),
                 timeout: min(settings.client.requestTimeout, 30), seen: seen)
             return Session(subscription: subscription, watch: self, backfill: backfill)
@@ -36,17 +43,17 @@ struct EventWatch: Service {
 
     /// The reconnect loop, in the events stream's words.
     var loop: SocketLoop {
-        let context = context, settings = settings
+        let settings = settings
         return SocketLoop(
             messages: Self.messages(settings: settings),
-            isReady: { context.pool?.id != nil },
+            isReady: { self.lookups.pool?.id != nil },
             onChange: { state in
-                context.metrics.eventSocket(up: state == .up)
-                context.push.socketChanged(state)
-                if state != .up { context.metrics.eventSocketReconnecting() }
+                self.metrics.eventSocket(up: state == .up)
+                self.push.socketChanged(state)
+                if state != .up { self.metrics.eventSocketReconnecting() }
             },
-            emit: { context.log.log($0, $1) },
-            apiAnswers: { context.client.failingSeconds == 0 })
+            emit: { self.log.log($0, $1) },
+            apiAnswers: { self.client.failingSeconds == 0 })
     }
 
     /// The loop's lines; while the socket is down they say how often cancellations are polled.
@@ -83,7 +90,7 @@ struct EventWatch: Service {
 
         func serve() async throws {
             while let event = try await subscription.next() {
-                watch.context.metrics.eventReceived(event.name)
+                watch.metrics.eventReceived(event.name)
                 if let occurred = event.occurred {
                     backfill.since = max(backfill.since ?? .distantPast, occurred.addingTimeInterval(-60))
                 }
@@ -98,17 +105,17 @@ struct EventWatch: Service {
     func handle(_ event: EventSubscription.Event) async {
         let type = event.stateType ?? Self.stateType(ofName: event.name)
         let lag = event.occurred.map { String(format: ", %.3f s after it occurred", Date().timeIntervalSince($0)) } ?? ""
-        context.log.debug("event \(event.name) for \(event.resourceID)\(lag)")
+        self.log.debug("event \(event.name) for \(event.resourceID)\(lag)")
         switch type {
         case "CANCELLING", "CANCELLED":
             guard let id = event.flowRunID else { return }
-            if await context.registry.supervisor(id)?.requestCancel() == true {
-                context.log.info("run is \(type ?? "being cancelled") (pushed by the events stream); cancelling it", run: id)
+            if await self.registry.supervisor(id)?.requestCancel() == true {
+                self.log.info("run is \(type ?? "being cancelled") (pushed by the events stream); cancelling it", run: id)
             }
         case "SCHEDULED":
             // A worker serving some queues of the pool ignores runs of the others.
             if !settings.workQueues.isEmpty, let queue = event.relatedNames["work-queue"], !settings.workQueues.contains(queue) { return }
-            context.push.pollNow.ring()
+            self.push.pollNow.ring()
         default:
             return
         }

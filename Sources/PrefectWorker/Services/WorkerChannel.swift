@@ -5,8 +5,13 @@ import Foundation
 /// REST heartbeat and pool read every heartbeat interval are not needed while it is up. `PoolService` skips
 /// them then, and does them again (Prefect's REST fallback) while the channel is down.
 struct WorkerChannel: Service {
-    let context: WorkerContext
-    var settings: Settings { context.settings }
+    let settings: Settings
+    let client: PrefectClient
+    /// Where the pushed pool and the worker id go.
+    let lookups: RunLookups
+    let status: WorkerStatus
+    let push: PushSignals
+    let log: Logger
     static let version = "work_pool_worker_channel.v1"
 
     func run() async {
@@ -14,7 +19,7 @@ struct WorkerChannel: Service {
         await loop.run {
             let socket: WebSocket
             do {
-                socket = try await context.client.webSocket(
+                socket = try await self.client.webSocket(
                     path: "/work_pools/\(PrefectClient.pathComponent(settings.pool))/workers/connect", subprotocol: "prefect")
             } catch let error as WebSocketError where error.status == 404 {
                 // A server without the channel (an older Prefect): REST for good, as Prefect's worker does.
@@ -32,7 +37,6 @@ struct WorkerChannel: Service {
 
     /// The reconnect loop, in the worker channel's words.
     var loop: SocketLoop {
-        let context = context
         return SocketLoop(
             messages: SocketLoop.Messages(
                 opened: { "worker channel open at \($0): heartbeats and pool updates go over it, REST only as the fallback" },
@@ -42,10 +46,10 @@ struct WorkerChannel: Service {
                 stillDown: "worker channel down",
                 meanwhile: { _ in "heartbeating over REST meanwhile and reconnecting with backoff" },
                 refused: nil),
-            isReady: { context.pool != nil },
-            onChange: { context.push.channelChanged(up: $0 == .up) },
-            emit: { context.log.log($0, $1) },
-            apiAnswers: { context.client.failingSeconds == 0 })
+            isReady: { self.lookups.pool != nil },
+            onChange: { self.push.channelChanged(up: $0 == .up) },
+            emit: { self.log.log($0, $1) },
+            apiAnswers: { self.client.failingSeconds == 0 })
     }
 
     /// One open channel, served: heartbeats out, pool snapshots in.
@@ -73,12 +77,12 @@ struct WorkerChannel: Service {
               payload["consumer_id"]?.stringValue?.lowercased() == consumerID else {
             throw WebSocketError(url: socket.url, reason: "the worker channel did not answer our hello with worker.ready.v1")
         }
-        if let id = payload["worker_id"]?.stringValue, context.workerID == nil, settings.isCloud {
-            context.workerID = id
-            context.client.setHeader("X-Prefect-Worker-Id", id)
+        if let id = payload["worker_id"]?.stringValue, self.lookups.workerID == nil, settings.isCloud {
+            self.lookups.workerID = id
+            self.client.setHeader("X-Prefect-Worker-Id", id)
         }
         try apply(snapshot: payload["initial_snapshot"], socket: socket)
-        context.status.heartbeatSucceeded()  // the server recorded one with the ready frame
+        self.status.heartbeatSucceeded()  // the server recorded one with the ready frame
         guard case .int(let interval)? = payload["effective_heartbeat_interval_seconds"], interval > 0 else { return Self.interval(settings) }
         return interval
     }
@@ -90,7 +94,7 @@ struct WorkerChannel: Service {
                 while true {
                     try await Task.sleep(seconds: Double(interval))
                     try await socket.send(text: Self.heartbeat(consumerID: consumerID, settings: settings, interval: interval).encoded())
-                    context.status.heartbeatSucceeded()
+                    self.status.heartbeatSucceeded()
                 }
             }
             group.addTask {
@@ -114,7 +118,7 @@ struct WorkerChannel: Service {
               pool.type == "process", !pool.hasEmptyTemplate else {
             throw WebSocketError(url: socket.url, reason: "the worker channel sent a pool snapshot this worker cannot use; reading the pool over REST")
         }
-        context.pool = pool
+        self.lookups.pool = pool
     }
 
     static func interval(_ settings: Settings) -> Int { max(1, Int(settings.heartbeatSeconds.rounded())) }

@@ -121,9 +121,12 @@ public final class Worker: Sendable {
                            client: context.client, outbox: context.outbox, secrets: context.secrets, log: log).run()
             let startedEvent = context.events.started(pool: context.pool)
             loops.start(pool, in: &group)
-            loops.start(CancellationWatch(context: context), in: &group)
-            loops.start(EventWatch(context: context), in: &group)
-            loops.start(WorkerChannel(context: context), in: &group)
+            loops.start(CancellationWatch(settings: settings, client: context.client, registry: context.registry, push: context.push,
+                                          log: log), in: &group)
+            loops.start(EventWatch(settings: settings, client: context.client, lookups: context.lookups, registry: context.registry,
+                                   push: context.push, metrics: context.metrics, log: log), in: &group)
+            loops.start(WorkerChannel(settings: settings, client: context.client, lookups: context.lookups, status: context.status,
+                                      push: context.push, log: log), in: &group)
             claiming.start(PollService(settings: settings, client: context.client, runs: runs, lookups: context.lookups,
                                        status: context.status, metrics: context.metrics, pollNow: context.push.pollNow, log: log),
                            in: &group)

@@ -116,6 +116,9 @@ final class FakePrefectAPI: @unchecked Sendable {
     }
 
     init() throws {
+        // The worker ignores SIGPIPE process-wide (SignalListener), so a write to a socket its peer closed is an
+        // EPIPE it handles; the test process does the same, or such a write (the client's, or this server's) kills it.
+        signal(SIGPIPE, SIG_IGN)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw StartError(description: "socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1

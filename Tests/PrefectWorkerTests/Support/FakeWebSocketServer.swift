@@ -19,6 +19,9 @@ final class FakeWebSocketServer: @unchecked Sendable { // the listening fd is se
     var url: URL { URL(string: "ws://127.0.0.1:\(port)/api/events/out")! }
 
     init(script: @escaping Script) throws {
+        // The worker ignores SIGPIPE process-wide (SignalListener), so a write to a socket its peer closed is an
+        // EPIPE it handles; the test process does the same, or such a write (the client's, or this server's) kills it.
+        signal(SIGPIPE, SIG_IGN)
         self.script = script
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1

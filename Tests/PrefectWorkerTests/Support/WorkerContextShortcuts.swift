@@ -55,3 +55,23 @@ extension HealthService {
         response(context.healthSources, method: method, path: path)
     }
 }
+
+extension CancellationWatch {
+    init(context: WorkerContext) {
+        self.init(settings: context.settings, client: context.client, registry: context.registry, push: context.push, log: context.log)
+    }
+}
+
+extension EventWatch {
+    init(context: WorkerContext) {
+        self.init(settings: context.settings, client: context.client, lookups: context.lookups, registry: context.registry,
+                  push: context.push, metrics: context.metrics, log: context.log)
+    }
+}
+
+extension WorkerChannel {
+    init(context: WorkerContext) {
+        self.init(settings: context.settings, client: context.client, lookups: context.lookups, status: context.status,
+                  push: context.push, log: context.log)
+    }
+}
