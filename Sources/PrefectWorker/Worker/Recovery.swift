@@ -39,7 +39,9 @@ struct Recovery: Sendable {
     /// Watches a job a previous worker left running, keeping it cancellable, until it exits (`RunLifecycle.adopt`).
     func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async {
         log.info("adopting job pid \(pid) left running by a previous worker; watching it until it exits", run: runID)
-        await runs.adopt(runID: runID, pid: pid, processStart: processStart, owner: owner)
+        if await !runs.adopt(runID: runID, pid: pid, processStart: processStart, owner: owner) {
+            log.info("the worker is stopping before it could watch job pid \(pid); its journal entry stays for the next worker", run: runID)
+        }
     }
 
     /// Should the journal be lost: runs in this pool, PENDING or RUNNING, labelled with this worker's name.

@@ -29,21 +29,23 @@ final class RunLifecycle: Sendable {
     func offer(_ run: FlowRun) async -> Bool {
         let registry = self.registry
         guard let supervisor = await registry.reserve(run, make: { self.supervisor(run.id) }) else { return false }
-        submit {
+        let submitted = submit {
             await supervisor.run(run)
             await registry.release(run.id)
         }
-        return true
+        if !submitted { await registry.release(run.id) }
+        return submitted
     }
 
     /// Watches a job a previous worker left running, keeping it cancellable, until it exits; the run's slot is
     /// held meanwhile. A worker-owned run still gets its heartbeats, at the interval its job was started with
     /// (its environment is still there to read); the engine sends an engine run's own.
-    func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async {
+    @discardableResult
+    func adopt(runID: String, pid: pid_t, processStart: UInt64?, owner: StateOwner) async -> Bool {
         let registry = self.registry, dependencies = self.dependencies
         let supervisor = self.supervisor(runID)
         await registry.adopt(supervisor)
-        submit {
+        let submitted = submit {
             // Per-job cgroups: the run's cgroup, if the previous worker made one, still holds the whole tree.
             let cgroup = RunCgroup.existing(host: dependencies.lookups.cgroups.host, runID: runID)
             let heartbeat = owner == .worker
@@ -65,6 +67,8 @@ final class RunLifecycle: Sendable {
             }
             await registry.release(runID)
         }
+        if !submitted { await registry.release(runID) }
+        return submitted
     }
 
     /// A supervisor for the run: its claim is recorded in the registry.
@@ -73,14 +77,13 @@ final class RunLifecycle: Sendable {
         return FlowRunSupervisor(runID: runID, dependencies: dependencies) { await registry.markClaimed($0) }
     }
 
-    /// Runs `work` beside the runs. After `finish()` it runs at once in its own task, so it is never lost.
-    private func submit(_ work: @escaping Work) {
-        if case .terminated = continuation.yield(work) {
-            Task { await work() }
-        }
+    /// Runs `work` beside the runs; false after `finish()` (nothing is started then, so nothing outlives `run()`).
+    private func submit(_ work: @escaping Work) -> Bool {
+        if case .terminated = continuation.yield(work) { return false }
+        return true
     }
 
-    /// No more runs are offered; `run()` returns once the ones in flight are done.
+    /// No more runs are taken (`offer` and `adopt` return false); `run()` returns once the ones in flight are done.
     func finish() {
         continuation.finish()
     }
