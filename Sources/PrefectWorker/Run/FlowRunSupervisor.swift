@@ -26,9 +26,9 @@ actor FlowRunSupervisor {
     private(set) var timedOut = false
     /// The engine took our shutdown intent (`PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR`): the run was handed
     /// back to its pool (reschedule) or left to the infrastructure (relinquish), and is not reported CRASHED.
-    var handedOver: AttemptControl.Intent?
+    private(set) var handedOver: AttemptControl.Intent?
     /// Opened by the first cancel, stop or timeout request.
-    let stopRequested = Latch()
+    private let stopRequested = Latch()
     /// Opened once the job has exited and been reaped (and its output read).
     let exited = Latch()
     nonisolated var client: PrefectClient { dependencies.client }
@@ -184,8 +184,33 @@ actor FlowRunSupervisor {
         stopRequested.open()
     }
 
-    /// The job's process while it runs: `watch` sets it, and clears it once the job has exited.
-    func setJobPID(_ pid: pid_t?) {
-        self.pid = pid
+    // MARK: - The running job
+
+    /// Watches the run's job (`RunningJob`) until it exits, stopping it when the run is cancelled, runs past its
+    /// `timeout_seconds` or the worker shuts down, then reports how the run ended (`finish`). `control` is the
+    /// job's attempt control session (an engine is told why before its SIGTERM). `executed` gets the job's exit
+    /// status and usage once the job and everything it left behind are gone.
+    func watch(_ job: RunningJob, owner: StateOwner, control: AttemptControlSession? = nil,
+               executed: @Sendable (ExitStatus?, JobUsage) -> Void = { _, _ in }) async {
+        pid = job.pid
+        let limit = job.timeout.map { "Flow run exceeded timeout of \(String(format: "%g", $0)) second(s) (job variable timeout_seconds)" }
+        let ending = await job.watch(stopRequested: stopRequested, exited: exited, hooks: RunningJob.Hooks(
+            exited: { await self.jobExited() },
+            timedOut: { await self.requestTimeout(reason: limit ?? "Flow run timed out") },
+            stopping: { await self.prepareTeardown(control: control, timeout: job.timeout) }))
+        await finish(job, ending, owner: owner, control: control, limit: limit, executed: executed)
+    }
+
+    private func jobExited() {
+        pid = nil
+    }
+
+    /// Before the teardown: an engine is told why (`tellEngine`; a hand-back it acknowledged is remembered).
+    /// Returns why the job is stopped, for the log line.
+    private func prepareTeardown(control: AttemptControlSession?, timeout: Double?) async -> String {
+        if let control { handedOver = await tellEngine(control, grace: settings.killGraceSeconds) }
+        return cancelRequested ? "the run is being cancelled"
+            : timedOut ? "it ran longer than timeout_seconds=\(String(format: "%g", timeout ?? 0))"
+            : "the worker is shutting down"
     }
 }

@@ -84,33 +84,22 @@ extension FlowRunSupervisor {
 
         let events = dependencies.events
         // The engine heartbeats for its own runs; for a plain command the worker does, until the job exits.
-        let heartbeat = job.stateOwner == .worker ? FlowRunHeartbeat(events: events, every: FlowRunHeartbeat.seconds(env, log: log)) : nil
-        let exited = self.exited
+        var beat: (@Sendable () async -> Void)?
+        if job.stateOwner == .worker {
+            let heartbeat = FlowRunHeartbeat(events: events, every: FlowRunHeartbeat.seconds(env, log: log))
+            beat = { await heartbeat.beat(run, flowName: flowName, pool: pool) }
+        }
+        let running = RunningJob(
+            process: .spawned(process, pumps: pumps), runID: id, timeout: job.timeoutSeconds, cgroup: cgroup, heartbeat: beat,
+            spawner: dependencies.spawner, killGrace: settings.killGraceSeconds, log: log)
         await withDiscardingTaskGroup { group in
             group.addTask { await outbox.deliver(id, policy: .quick) }
-            if let heartbeat {
-                group.addTask { await firstOf({ await heartbeat.beat(run, flowName: flowName, pool: pool) }, { await exited.wait() }) }
+            // Its `executed-flow-run` event follows `submitted`.
+            await watch(running, owner: job.stateOwner, control: prepared.control) { status, usage in
+                events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
+                    run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: status?.code),
+                    payload: usage.payload, follows: submitted)
             }
-            await watchJob(run, process: process, job: job, prepared: prepared, flowName: flowName, deployment: deployment,
-                           pool: pool, submitted: submitted, pumps: pumps)
         }
-    }
-
-    /// `watch` for a job this supervisor started: its exit comes with its output read,
-    /// and its `executed-flow-run` event follows `submitted`.
-    private func watchJob(_ run: FlowRun, process: SpawnedProcess, job: JobConfiguration, prepared: PreparedJob, flowName: String?,
-                          deployment: Deployment?, pool: WorkPool, submitted: (id: String, at: Date),
-                          pumps: [OutputPump]) async {
-        let events = dependencies.events, spawner = dependencies.spawner
-        await watch(pid: process.pid, owner: job.stateOwner, timeout: job.timeoutSeconds, cgroup: prepared.cgroup,
-                    control: prepared.control, exitStatus: {
-            let end = await spawner.waitForEnd(process.pid)
-            for pump in pumps { await pump.finish(timeout: 2) }
-            return end
-        }, executed: { status, usage in
-            events.emit("prefect.worker.executed-flow-run", related: WorkerEvents.runRelated(
-                run: run, deployment: deployment, flowName: flowName, pool: pool, pid: process.pid, exitCode: status?.code),
-                payload: usage.payload, follows: submitted)
-        })
     }
 }

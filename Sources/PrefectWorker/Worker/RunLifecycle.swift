@@ -48,23 +48,16 @@ final class RunLifecycle: Sendable {
         let submitted = submit {
             // Per-job cgroups: the run's cgroup, if the previous worker made one, still holds the whole tree.
             let cgroup = RunCgroup.existing(host: dependencies.lookups.cgroups.host, runID: runID)
-            let heartbeat = owner == .worker
-                ? FlowRunHeartbeat(events: dependencies.events, every: FlowRunHeartbeat.seconds(ProcFS.environment(of: pid) ?? [:], log: supervisor.log))
-                : nil
-            let exited = supervisor.exited
-            await withDiscardingTaskGroup { group in
-                if let heartbeat {
-                    group.addTask {
-                        await firstOf({ await heartbeat.beat(adopting: runID, client: dependencies.client, lookups: dependencies.lookups,
-                                                             log: supervisor.log) },
-                                      { await exited.wait() })
-                    }
-                }
-                await supervisor.watch(pid: pid, owner: owner, cgroup: cgroup) {
-                    await ProcFS.waitForExit(of: pid, startTime: processStart)
-                    return nil
-                }
+            var beat: (@Sendable () async -> Void)?
+            if owner == .worker {
+                let log = supervisor.log
+                let heartbeat = FlowRunHeartbeat(events: dependencies.events, every: FlowRunHeartbeat.seconds(ProcFS.environment(of: pid) ?? [:], log: log))
+                beat = { await heartbeat.beat(adopting: runID, client: dependencies.client, lookups: dependencies.lookups, log: log) }
             }
+            let job = RunningJob(
+                process: .adopted(pid: pid, startTime: processStart), runID: runID, timeout: nil, cgroup: cgroup, heartbeat: beat,
+                spawner: dependencies.spawner, killGrace: dependencies.settings.killGraceSeconds, log: supervisor.log)
+            await supervisor.watch(job, owner: owner)
             await registry.release(runID)
         }
         if !submitted { await registry.release(runID) }
