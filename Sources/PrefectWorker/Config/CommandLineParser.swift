@@ -111,15 +111,15 @@ public enum CommandLineParser {
         return json
     }
 
-    /// `--state-dir`, else `PREFECT_WORKER_STATE_DIR`, else systemd's `$STATE_DIRECTORY` (first entry),
-    /// else `$XDG_STATE_HOME/prefect-worker`, else `$HOME/.local/state/prefect-worker`, else `/tmp/prefect-worker-<uid>`.
-    static func stateDirectory(flag: String?, environment: [String: String]) throws -> String {
+    /// `given` (`--state-dir`, else `PREFECT_WORKER_STATE_DIR`: its `SettingTable` entry's input), else systemd's
+    /// `$STATE_DIRECTORY` (first entry), else `$XDG_STATE_HOME/prefect-worker`, else
+    /// `$HOME/.local/state/prefect-worker`, else `/tmp/prefect-worker-<uid>`.
+    static func stateDirectory(_ given: Setting.Input?, environment: [String: String]) throws -> String {
         func nonEmpty(_ key: String) -> String? { environment[key].flatMap { $0.isEmpty ? nil : $0 } }
-        if let flag {
-            guard !flag.isEmpty else { throw UsageError("option '--state-dir' must not be empty") }
-            return flag
+        if let given {
+            guard !given.value.isEmpty else { throw UsageError("option '--state-dir' must not be empty") }
+            return given.value
         }
-        if let dir = nonEmpty("PREFECT_WORKER_STATE_DIR") { return dir }
         if let dirs = nonEmpty("STATE_DIRECTORY"), let first = dirs.split(separator: ":").first { return String(first) }
         if let xdg = nonEmpty("XDG_STATE_HOME") { return xdg + "/prefect-worker" }
         if let home = nonEmpty("HOME"), home != "/" { return home + "/.local/state/prefect-worker" }

@@ -84,8 +84,7 @@ enum SettingTable {
               --state-dir DIR          journal of launched runs [PREFECT_WORKER_STATE_DIR, else $STATE_DIRECTORY,
                                        else $XDG_STATE_HOME/prefect-worker, else ~/.local/state/prefect-worker]
         """)) { input, draft in
-            let flag = input?.fromFlag == true ? input?.value : nil
-            draft.settings.stateDirectory = try CommandLineParser.stateDirectory(flag: flag, environment: draft.environment)
+            draft.settings.stateDirectory = try CommandLineParser.stateDirectory(input, environment: draft.environment)
         },
         .flagSwitch("--create-pool-if-not-found", negation: "--no-create-pool-if-not-found", default: true, help: .option("""
               --no-create-pool-if-not-found
