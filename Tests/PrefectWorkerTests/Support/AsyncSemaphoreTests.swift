@@ -18,7 +18,13 @@ final class AsyncSemaphoreTests: XCTestCase {
             try await Task.sleep(nanoseconds: 50_000_000)  // each waits before the next starts
         }
         XCTAssertEqual(order.list, [], "no permit is free")
-        for _ in 0..<3 { semaphore.release() }
+        // One permit at a time, each taken before the next is released: three at once wake three tasks whose
+        // appends then race (a fresh-clone run saw [1, 0, 2]), which says nothing about who got a permit first.
+        for granted in 1...3 {
+            semaphore.release()
+            for _ in 0..<200 where order.list.count < granted { try await Task.sleep(nanoseconds: 10_000_000) }
+            XCTAssertEqual(order.list.count, granted, "one release, one waiter through")
+        }
         for task in tasks { try await task.value }
         XCTAssertEqual(order.list, [0, 1, 2])
     }
