@@ -146,13 +146,35 @@ final class PushSignalTests: XCTestCase {
 
     func testMetricsShowTheSocket() {
         let metrics = Metrics()
-        metrics.eventSocket(up: true)
+        metrics.eventSocket(.up)
         metrics.eventReceived("prefect.flow-run.Cancelling")
         metrics.eventSocketReconnecting()
         let text = metrics.render(lastHeartbeat: nil, lastPoll: nil)
         XCTAssertTrue(text.contains("prefect_worker_event_socket_up 1\n"), text)
         XCTAssertTrue(text.contains("prefect_worker_events_received_total{event=\"prefect.flow-run.Cancelling\"} 1\n"), text)
         XCTAssertTrue(text.contains("prefect_worker_event_socket_reconnects_total 1\n"), text)
+    }
+
+    /// `/metrics` tells refused (a proxy that may never pass WebSockets) from lost: one series per state, the
+    /// current one 1; none before the first attempt. The up gauge stays as it was.
+    func testMetricsShowTheSocketsState() {
+        let metrics = Metrics()
+        func series() -> [String] {
+            metrics.render(lastHeartbeat: nil, lastPoll: nil).split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("prefect_worker_event_socket_state") || $0.hasPrefix("prefect_worker_event_socket_up") }
+        }
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.refused)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 1", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.lost)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 1",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.up)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 1", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 1"])
+        XCTAssertTrue(metrics.render(lastHeartbeat: nil, lastPoll: nil).contains("# TYPE prefect_worker_event_socket_state gauge\n"))
     }
 }
 

@@ -156,6 +156,9 @@ extension SocketLoopTests {
         XCTAssertEqual(upgrades.withLock { $0 }, 2, "refused at the second answer")
         XCTAssertLessThan(refusedAt, 3, "the first backoff is about a second")
         XCTAssertEqual(CancellationWatch.pollSeconds(socket: context.push.socketState, settings: context.settings), 0.5)
+        let refusedMetrics = context.metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(refusedMetrics.contains("prefect_worker_event_socket_state{state=\"refused\"} 1\n"), "/metrics tells refused from lost: \(refusedMetrics)")
+        XCTAssertTrue(refusedMetrics.contains("prefect_worker_event_socket_state{state=\"lost\"} 0\n"), refusedMetrics)
 
         let dropping = try FakeWebSocketServer { peer in try peer.readRequest() }  // closes without an answer
         defer { dropping.stop() }
@@ -165,6 +168,9 @@ extension SocketLoopTests {
         await lostWatch.value
         XCTAssertEqual(lostContext.push.socketState, .lost, "a connection that drops is a loss, however often")
         XCTAssertEqual(CancellationWatch.pollSeconds(socket: lostContext.push.socketState, settings: lostContext.settings), 10)
+        let lostMetrics = lostContext.metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(lostMetrics.contains("prefect_worker_event_socket_state{state=\"lost\"} 1\n"), lostMetrics)
+        XCTAssertTrue(lostMetrics.contains("prefect_worker_event_socket_state{state=\"refused\"} 0\n"), lostMetrics)
     }
 
     /// Polls `condition` every 50 ms; returns the seconds it took, or fails after `timeout`.
