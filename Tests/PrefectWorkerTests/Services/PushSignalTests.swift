@@ -196,4 +196,35 @@ extension PushSignalTests {
         try await Task.sleep(seconds: 0.5)
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 2, "then, caught up, the watch rests while the socket is up")
     }
+
+    /// A check that failed says so, once and quietly: INFO when the catch-up after a (re)connect failed (push alone
+    /// cannot find a cancellation made while the socket was down), DEBUG for its retries and for the polls while
+    /// the socket is down; a check that went through says nothing.
+    func testAFailedCheckIsLoggedWithWhenItIsAskedAgain() async throws {
+        let context = context()
+        fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }
+        fake.inject([.status(503, "{}"), .status(503, "{}"), .status(503, "{}"), .status(503, "{}")], method: "POST", path: "/api/flow_runs/filter")
+        _ = try await reserve("run-a", in: context)
+        Log.configure(level: .debug, format: .text)
+        defer { Log.configure(level: .info, format: .text) }
+        func asked() -> Int { fake.requests("POST", "/api/flow_runs/filter").count }
+        let output = try await capturingStderr {
+            context.push.socketChanged(up: true)
+            let watch = Task { await CancellationWatch(context: context).run() }
+            defer { watch.cancel() }
+            let deadline = Date().addingTimeInterval(8)
+            while asked() < 2, Date() < deadline { try await Task.sleep(seconds: 0.05) }  // the catch-up and its retry 2 s later fail
+            context.push.socketChanged(.refused)  // then polled every 0.5 s: two more fail, then they pass
+            while asked() < 6, Date() < deadline { try await Task.sleep(seconds: 0.05) }
+            try await Task.sleep(seconds: 0.2)
+            watch.cancel()
+            await watch.value
+        }
+        let lines = output.split(separator: "\n").map(String.init).filter { $0.contains("for cancellation") }
+        XCTAssertEqual(lines.count, 4, "one line per failed check, none for the ones that went through: \(output)")
+        XCTAssertTrue(lines.first?.contains("INFO could not check 1 run(s) in flight for cancellation (") == true, "\(lines)")
+        XCTAssertTrue(lines.first?.hasSuffix("asking again in 2 s") == true, "\(lines)")
+        XCTAssertTrue(lines.dropFirst().allSatisfy { $0.contains(" DEBUG could not check 1 run(s)") }, "\(lines)")
+        XCTAssertTrue(lines.last?.hasSuffix("asking again in 0.5 s") == true, "\(lines)")
+    }
 }
