@@ -88,21 +88,12 @@ final class EventSubscription: Sendable {
     }
 
     private static func firstMessage(of socket: WebSocket, within timeout: Double) async throws -> String? {
-        let waiting = Task {
+        try await withTimeout(seconds: timeout, error: {
+            WebSocketError(url: socket.url, reason: String(format: "no answer to the auth message within %g s", timeout))
+        }) {
             var iterator = socket.messages.makeAsyncIterator()
-            if case .text(let text)? = try await iterator.next() { return text as String? }
+            if case .text(let text)? = try await iterator.next() { return text }
             return nil
-        }
-        let timer = Task {
-            try await Task.sleep(seconds: timeout)
-            waiting.cancel()
-        }
-        defer { timer.cancel() }
-        do {
-            return try await withTaskCancellationHandler { try await waiting.value } onCancel: { waiting.cancel() }
-        } catch is CancellationError {
-            if Task.isCancelled { throw CancellationError() }
-            throw WebSocketError(url: socket.url, reason: String(format: "no answer to the auth message within %g s", timeout))
         }
     }
 

@@ -43,7 +43,7 @@ final class WebSocket: Sendable {
     private struct Outgoing {
         var frames: [([UInt8], CheckedContinuation<Void, Error>)] = []
         /// Callers of `ping()` waiting for their ping to be sent.
-        var pings: [CheckedContinuation<Void, Error>] = []
+        var pings: [PingWaiter] = []
         var closeCode: UInt16?
         var done = false
     }
@@ -101,20 +101,29 @@ final class WebSocket: Sendable {
     }
 
     /// Sends a ping and returns when the server has answered it: everything sent before has reached the
-    /// server (how Prefect's events client confirms the events it sent). No answer within `Limits.pingTimeout`
-    /// ends the connection, and this throws.
+    /// server (how Prefect's events client confirms the events it sent). Throws when the connection ends first.
+    /// Not bounded by itself: the keep-alive fails the connection only when nothing at all arrives for
+    /// `Limits.pingTimeout` after a ping (any frame shows the line alive), so a server that sends frames but
+    /// never this pong keeps it waiting. A caller that needs the answer in time bounds it (`withTimeout`):
+    /// cancelling the caller ends the wait with `CancellationError` (the ping itself stays sent).
     func ping() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-            let accepted = outgoing.withLock { state -> Bool in
-                guard !state.done, state.closeCode == nil else { return false }
-                state.pings.append(continuation)
-                return true
+        let waiter = PingWaiter()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+                guard waiter.wait(continuation) else { return }
+                let accepted = outgoing.withLock { state -> Bool in
+                    guard !state.done, state.closeCode == nil else { return false }
+                    state.pings.append(waiter)
+                    return true
+                }
+                guard accepted else {
+                    waiter.resume(throwing: WebSocketError(url: url, reason: "cannot ping: the connection is closed"))
+                    return
+                }
+                connection.wake()
             }
-            guard accepted else {
-                continuation.resume(throwing: WebSocketError(url: url, reason: "cannot ping: the connection is closed"))
-                return
-            }
-            connection.wake()
+        } onCancel: {
+            waiter.resume(throwing: CancellationError())
         }
     }
 
@@ -136,7 +145,7 @@ final class WebSocket: Sendable {
         var pingSentAt: Double?
         // Callers' pings carry a sequence number, so the keep-alive's pong (empty) answers none of them.
         var pingSeq: UInt64 = 0
-        var pongWaiters: [(seq: UInt64, continuation: CheckedContinuation<Void, Error>)] = []
+        var pongWaiters: [(seq: UInt64, waiter: PingWaiter)] = []
         var closeSentAt: Double?
         var failure: WebSocketError?
         var failureAfterEvents: WebSocketError?  // a read failed after frames arrived: deliver those first
@@ -180,7 +189,7 @@ final class WebSocket: Sendable {
                     let answered = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                     while let first = pongWaiters.first, first.seq <= answered {
                         pongWaiters.removeFirst()
-                        first.continuation.resume()
+                        first.waiter.resume()
                     }
                 case .close(let code, let reason):
                     if closeSentAt == nil {
@@ -250,16 +259,47 @@ final class WebSocket: Sendable {
             c.wait(writable: written < pending.count, seconds: deadline - now)
         }
 
-        let leftovers = outgoing.withLock { state in
+        let (leftFrames, leftPings) = outgoing.withLock { state in
             state.done = true
             defer { state.frames = []; state.pings = [] }
-            return state.frames.map(\.1) + state.pings
+            return (state.frames.map(\.1), state.pings)
         }
         let error = failure ?? WebSocketError(url: url, reason: "the connection is closed")
-        for waiter in waiters.map(\.continuation) + pongWaiters.map(\.continuation) + leftovers { waiter.resume(throwing: error) }
+        for waiter in waiters.map(\.continuation) + leftFrames { waiter.resume(throwing: error) }
+        for waiter in pongWaiters.map(\.waiter) + leftPings { waiter.resume(throwing: error) }
         c.close()
         if let failure { c.continuation.finish(throwing: failure) } else { c.continuation.finish() }
         ended.open()
+    }
+}
+
+/// One caller of `ping()` waiting for its pong: resumed once, by the connection's thread (the pong, or the
+/// connection ending) or by the caller's cancellation, whichever comes first.
+private final class PingWaiter: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<Void, Error>?, early: Error?, done: Bool)>((nil, nil, false))
+
+    /// Holds `continuation` until `resume`; false when it was resumed at once (the caller was cancelled already).
+    func wait(_ continuation: CheckedContinuation<Void, Error>) -> Bool {
+        let early = state.withLock { state -> Error? in
+            guard !state.done else { return state.early ?? CancellationError() }
+            state.continuation = continuation
+            return nil
+        }
+        guard let early else { return true }
+        continuation.resume(throwing: early)
+        return false
+    }
+
+    /// Resumes the caller (with `error`, else returning); later calls do nothing.
+    func resume(throwing error: Error? = nil) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Error>? in
+            guard !state.done else { return nil }
+            state.done = true
+            state.early = error
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        if let error { continuation?.resume(throwing: error) } else { continuation?.resume() }
     }
 }
 

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// Delivers the worker's events over Prefect's events WebSocket (`/api/events/in`), as Prefect's own events
 /// client does (`PrefectEventsClient` in `prefect/events/clients.py`): subprotocol `prefect`, the auth message
@@ -21,6 +20,7 @@ actor EventsSocket {
     typealias Connect = @Sendable () async throws -> WebSocket
 
     private let client: PrefectClient
+    private let log: Logger
     private let connect: Connect
     /// The auth message's token (the auth string, or null); nil on Prefect Cloud, which takes the API key header.
     private let authToken: String??
@@ -36,8 +36,9 @@ actor EventsSocket {
     private var idleCloser: Task<Void, Never>?
     private var lastUsed = Date()
 
-    init(client: PrefectClient, connect: Connect? = nil, authToken: String??, idleSeconds: Double = 300, answerTimeout: Double = 10) {
+    init(client: PrefectClient, log: Logger, connect: Connect? = nil, authToken: String??, idleSeconds: Double = 300, answerTimeout: Double = 10) {
         self.client = client
+        self.log = log
         // A socket that cannot be opened within the answer timeout leaves the batch to REST rather than hold it.
         self.connect = connect ?? {
             try await client.webSocket(path: "/events/in", subprotocol: "prefect", limits: WebSocket.Limits(handshakeTimeout: answerTimeout))
@@ -48,8 +49,8 @@ actor EventsSocket {
     }
 
     /// As the worker's settings ask: the auth string (or none) on a server, the API key header on Prefect Cloud.
-    init(client: PrefectClient, settings: Settings) {
-        self.init(client: client, authToken: settings.isCloud ? nil : .some(settings.authString))
+    init(client: PrefectClient, settings: Settings, log: Logger) {
+        self.init(client: client, log: log, authToken: settings.isCloud ? nil : .some(settings.authString))
     }
 
     /// Whether a socket is open now.
@@ -72,7 +73,7 @@ actor EventsSocket {
                     throw CancellationError()
                 } catch {
                     if reused, attempt == 1 {
-                        client.log.debug("events socket closed since its last use (\(error)); opening a new one")
+                        log.debug("events socket closed since its last use (\(error)); opening a new one")
                         await dropSocket()
                         continue
                     }
@@ -96,7 +97,9 @@ actor EventsSocket {
     private func sendOverSocket(_ events: [JSON]) async throws {
         let socket = try await openSocket()
         for event in events { try await socket.send(text: event.encoded()) }
-        try await within(answerTimeout, url: socket.url, "the server did not confirm the events (no pong)") { try await socket.ping() }
+        try await withTimeout(seconds: answerTimeout, error: Self.noAnswer(socket, "the server did not confirm the events (no pong)", answerTimeout)) {
+            try await socket.ping()
+        }
         lastUsed = Date()
         scheduleIdleClose()
     }
@@ -107,7 +110,7 @@ actor EventsSocket {
         do {
             if case .some(let token) = authToken {
                 try await opened.send(text: JSON.object(["type": "auth", "token": token.map(JSON.string) ?? .null]).encoded())
-                let answer = try await within(answerTimeout, url: opened.url, "no answer to the auth message") { () -> String? in
+                let answer = try await withTimeout(seconds: answerTimeout, error: Self.noAnswer(opened, "no answer to the auth message", answerTimeout)) { () -> String? in
                     var iterator = opened.messages.makeAsyncIterator()
                     if case .text(let text)? = try await iterator.next() { return text }
                     return nil
@@ -126,9 +129,9 @@ actor EventsSocket {
         failures = 0
         retryAt = nil
         if let downFor = outage.recovered() {
-            client.log.info(String(format: "worker events go over the events socket %@ again, after %.0f s by POST /events", opened.url, downFor))
+            log.info(String(format: "worker events go over the events socket %@ again, after %.0f s by POST /events", opened.url, downFor))
         } else {
-            client.log.debug("worker events go over the events socket \(opened.url)")
+            log.debug("worker events go over the events socket \(opened.url)")
         }
         return opened
     }
@@ -147,7 +150,7 @@ actor EventsSocket {
         let delay = Self.retryPolicy.delay(afterAttempt: failures, retryAfter: nil)
         retryAt = Date().addingTimeInterval(delay)
         let level = outage.failed()
-        client.log.log(level == .warning ? .info : level, "worker events socket failed: \(error); sending worker events by POST /events, trying the socket again in \(String(format: "%.0f", delay)) s")
+        log.log(level == .warning ? .info : level, "worker events socket failed: \(error); sending worker events by POST /events, trying the socket again in \(String(format: "%.0f", delay)) s")
     }
 
     /// Closes the socket once it has carried nothing for `idleSeconds`.
@@ -169,56 +172,12 @@ actor EventsSocket {
         idleCloser = nil
         guard let open = socket else { return }
         socket = nil
-        client.log.debug("events socket idle for \(String(format: "%g", idleSeconds)) s; closing it until the next event")
+        log.debug("events socket idle for \(String(format: "%g", idleSeconds)) s; closing it until the next event")
         await open.close()
     }
 
-    /// `body`, unless it takes longer than `seconds` (then a `WebSocketError` saying `what`) or the caller is
-    /// cancelled. Raced, not awaited: a ping waits for its pong however it is cancelled, and ends only when the
-    /// socket closes, which the caller does next.
-    private func within<T: Sendable>(_ seconds: Double, url: String, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let outcome = FirstOutcome<T>()
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-                outcome.set(continuation)
-                let timer = Task {
-                    try await Task.sleep(seconds: seconds)
-                    outcome.resume(.failure(WebSocketError(url: url, reason: String(format: "%@ within %g s", what, seconds))))
-                }
-                Task {
-                    do { outcome.resume(.success(try await body())) } catch { outcome.resume(.failure(error)) }
-                    timer.cancel()
-                }
-            }
-        } onCancel: {
-            outcome.resume(.failure(CancellationError()))
-        }
-    }
-}
-
-/// A continuation resumed by whichever outcome comes first; later ones are dropped.
-private final class FirstOutcome<T: Sendable>: Sendable {
-    private let state = Mutex<(continuation: CheckedContinuation<T, Error>?, early: Result<T, Error>?, done: Bool)>((nil, nil, false))
-
-    func set(_ continuation: CheckedContinuation<T, Error>) {
-        let early = state.withLock { state -> Result<T, Error>? in
-            if let early = state.early { return early }
-            state.continuation = continuation
-            return nil
-        }
-        if let early { continuation.resume(with: early) }
-    }
-
-    func resume(_ result: Result<T, Error>) {
-        let continuation = state.withLock { state -> CheckedContinuation<T, Error>? in
-            guard !state.done else { return nil }
-            state.done = true
-            guard let continuation = state.continuation else {
-                state.early = result
-                return nil
-            }
-            return continuation
-        }
-        continuation?.resume(with: result)
+    /// The error of an answer that did not come in time.
+    private static func noAnswer(_ socket: WebSocket, _ what: String, _ seconds: Double) -> @Sendable () -> Error {
+        { WebSocketError(url: socket.url, reason: String(format: "%@ within %g s", what, seconds)) }
     }
 }

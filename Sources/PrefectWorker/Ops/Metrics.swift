@@ -25,6 +25,8 @@ final class Metrics: Sendable {
         var cpuUser = 0.0
         var cpuSystem = 0.0
         var eventSocketUp = false
+        /// The events socket's state after the last attempt; nil before the first.
+        var eventSocketState: SocketLoop.State?
         var eventsReceived: [String: Int] = [:]
         var eventSocketReconnects = 0
     }
@@ -59,7 +61,13 @@ final class Metrics: Sendable {
     }
     func logLinesDropped(_ count: Int) { state.withLock { $0.logLinesDropped += count } }
     func eventsDropped(_ count: Int) { state.withLock { $0.eventsDropped += count } }
-    func eventSocket(up: Bool) { state.withLock { $0.eventSocketUp = up } }
+    /// The events socket's state after an attempt (`prefect_worker_event_socket_up` and `…_state`).
+    func eventSocket(_ socket: SocketLoop.State) {
+        state.withLock {
+            $0.eventSocketUp = socket == .up
+            $0.eventSocketState = socket
+        }
+    }
     func eventReceived(_ name: String) { state.withLock { $0.eventsReceived[name, default: 0] += 1 } }
     func eventSocketReconnecting() { state.withLock { $0.eventSocketReconnects += 1 } }
     func setInFlight(_ count: Int) { state.withLock { $0.inFlight = count } }
@@ -117,6 +125,11 @@ final class Metrics: Sendable {
                [("", "\(s.eventsDropped)")])
         metric("prefect_worker_event_socket_up", "gauge", "1 while the events WebSocket (/api/events/out) is subscribed; 0 while the worker falls back to polling.",
                [("", s.eventSocketUp ? "1" : "0")])
+        // One series per state, the current one 1 (Prometheus' "state set"): refused (a proxy that may never pass
+        // WebSockets) told apart from lost (the server away for a moment). All 0 before the first attempt.
+        metric("prefect_worker_event_socket_state", "gauge",
+               "State of the events WebSocket: up (subscribed), lost (dropped or unreachable; reconnecting), refused (the upgrade answered with an HTTP status twice while the API answers: a proxy that may not pass WebSockets); 1 for the current state.",
+               [SocketLoop.State.lost, .refused, .up].map { (state: SocketLoop.State) in ("{state=\"\(state)\"}", s.eventSocketState == state ? "1" : "0") })
         metric("prefect_worker_events_received_total", "counter", "Events received over the events WebSocket, by event name.",
                s.eventsReceived.keys.sorted().map { ("{event=\"\($0)\"}", "\(s.eventsReceived[$0]!)") })
         metric("prefect_worker_event_socket_reconnects_total", "counter", "Times the events WebSocket was lost or could not be opened, and was retried.",

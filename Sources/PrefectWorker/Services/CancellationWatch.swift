@@ -28,23 +28,46 @@ struct CancellationWatch: Service {
         }
     }
 
+    /// How soon a check that failed is asked again: at the socket's cadence, and with the socket up (the catch-up
+    /// after a reconnect failed) within 2 s.
+    static func retrySeconds(socket: SocketLoop.State, settings: Settings) -> Double {
+        pollSeconds(socket: socket, settings: settings) ?? min(settings.cancellationPollSeconds, 2)
+    }
+
+    /// The runs a check could not ask about, and why.
+    struct Unasked {
+        var runs: Int
+        var error: Error
+    }
+
     func run() async {
         var answered = true
         while !Task.isCancelled {
             let push = self.push
-            // With the socket up, a check that failed (the catch-up after a reconnect) is asked again within 2 s.
-            let wait = Self.pollSeconds(socket: push.socketState, settings: settings) ?? (answered ? nil : min(settings.cancellationPollSeconds, 2))
+            let wait = answered ? Self.pollSeconds(socket: push.socketState, settings: settings) : Self.retrySeconds(socket: push.socketState, settings: settings)
             await push.checkCancellations.wait(timeout: wait)
             if Task.isCancelled { return }
-            answered = await check()
+            let catchUp = answered && push.socketState == .up
+            let failure = await check()
+            if Task.isCancelled { return }
+            guard let unasked = failure else {
+                answered = true
+                continue
+            }
+            answered = false
+            // Quiet when healthy: DEBUG while the socket is down (the next poll is near, and the API client logs a
+            // lasting outage itself); INFO when the catch-up after a (re)connect failed, the one check that finds a
+            // cancellation made while the socket was down. Its retries are DEBUG again.
+            let again = Self.retrySeconds(socket: push.socketState, settings: settings)
+            log.log(catchUp ? .info : .debug, "could not check \(unasked.runs) run(s) in flight for cancellation (\(unasked.error)); asking again in \(String(format: "%g", again)) s")
         }
     }
 
     /// Asks the server which runs in flight are CANCELLING (or were CANCELLED) and has their supervisors stop
-    /// them. An idle worker makes no request. False if the server could not be asked.
+    /// them. An idle worker makes no request. Returns what could not be asked (nil: all of it was).
     @discardableResult
-    func check() async -> Bool {
-        var answered = true
+    func check() async -> Unasked? {
+        var unasked: Unasked?
         let ids = await self.registry.runIDs
         for start in stride(from: 0, to: ids.count, by: 200) {
             let chunk = Array(ids[start..<min(start + 200, ids.count)])
@@ -55,14 +78,17 @@ struct CancellationWatch: Service {
                 ]),
                 "limit": .int(chunk.count),
             ])
-            guard let runs = try? await client.filterFlowRuns(filter, policy: .once) else {
-                answered = false
+            let runs: [FlowRun]
+            do {
+                runs = try await client.filterFlowRuns(filter, policy: .once)
+            } catch {
+                unasked = Unasked(runs: (unasked?.runs ?? 0) + chunk.count, error: error)
                 continue
             }
             for run in runs where await self.registry.supervisor(run.id)?.requestCancel() == true {
                 self.log.info("run is \(run.currentStateType?.rawValue ?? "being cancelled"); cancelling it", run: run.id)
             }
         }
-        return answered
+        return unasked
     }
 }

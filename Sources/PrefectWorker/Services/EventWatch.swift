@@ -48,7 +48,7 @@ struct EventWatch: Service {
             messages: Self.messages(settings: settings),
             isReady: { self.lookups.pool?.id != nil },
             onChange: { state in
-                self.metrics.eventSocket(up: state == .up)
+                self.metrics.eventSocket(state)
                 self.push.socketChanged(state)
                 if state != .up { self.metrics.eventSocketReconnecting() }
             },

@@ -44,6 +44,13 @@ struct SocketLoop: Sendable {
 
     /// Reconnects: 1, 2, 4 … 30 s apart, ±30 %.
     static let reconnectPolicy = RetryPolicy(maxAttempts: .max, baseDelay: 1, maxDelay: 30, jitter: 0.3)
+    /// How long a session must last before the backoff starts over. A server that accepts the upgrade and drops
+    /// it at once (auth then close, a 1011 from a busy server) would otherwise be reconnected every second for
+    /// as long as it does so, and every upgrade is an API request (counted against Prefect Cloud's rate limit):
+    /// a shorter session counts as a failed attempt, so such a server gets the backoff of one that is down
+    /// (up to 30 s apart). 30 s: longer than any setup (auth, filter, the first frames), shorter than a session
+    /// worth having.
+    static let healthySessionSeconds = 30.0
     /// Two answers in a row, not one: a server restarting behind a load balancer may answer 502/503 for a
     /// moment, which is a loss; a second answer about 1 s later (the first backoff) shows a path that refuses
     /// the upgrade itself. It costs one backoff step before the refused cadence starts. An answer while the
@@ -64,6 +71,8 @@ struct SocketLoop: Sendable {
     var readyCheckSeconds = 1.0
     /// The pause between attempts (tests record it instead of waiting).
     var sleep: @Sendable (Double) async -> Void = { try? await Task.sleep(seconds: $0) }
+    /// Monotonic seconds, to time sessions (tests move it by hand).
+    var now: @Sendable () -> Double = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
     /// Connects with `connect` and serves each session until the task is cancelled (or `connect` gives up).
     func run(connect: () async throws -> any SocketSession) async {
@@ -81,7 +90,7 @@ struct SocketLoop: Sendable {
             var refusedUpgrade = false
             do {
                 let session = try await connect()
-                failures = 0
+                let connectedAt = now()
                 refusals = 0
                 state = .up
                 onChange(.up)
@@ -99,6 +108,7 @@ struct SocketLoop: Sendable {
                     problem = "\(error)"
                 }
                 await session.close()
+                if now() - connectedAt >= Self.healthySessionSeconds { failures = 0 }
             } catch let giveUp as GiveUp {
                 emit(.info, giveUp.message)
                 return

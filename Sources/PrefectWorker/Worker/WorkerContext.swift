@@ -66,7 +66,7 @@ final class WorkerContext: Sendable {
         self.log = log
         self.journal = RunJournal(stateDirectory: settings.stateDirectory, log: log)
         self.outbox = Outbox(stateDirectory: settings.stateDirectory, client: client, metrics: metrics, shutdown: shutdown, log: log)
-        let eventsSocket = EventsSocket(client: client, settings: settings)
+        let eventsSocket = EventsSocket(client: client, settings: settings, log: shipperLog)
         self.events = WorkerEvents(settings: settings,
                                    shipper: APIShipper(client: client, metrics: metrics, log: shipperLog, path: "/events",
                                                        what: "emitting worker events",

@@ -421,3 +421,38 @@ extension WebSocketTests {
         }
     }
 }
+
+extension WebSocketTests {
+    /// A server that keeps sending but never answers our ping keeps the line alive (any frame does), so `ping()`
+    /// alone would wait as long as it talks: a caller bounds it with `withTimeout`, which cancels the wait
+    /// at once; the connection stays usable.
+    func testACancelledPingStopsWaitingAndTheConnectionStaysUp() async throws {
+        let server = try FakeWebSocketServer { peer in
+            try peer.accept()
+            while true {
+                let frame = try peer.readFrame()
+                if frame.opcode == 0x8 { try peer.send(0x8, Array(frame.payload.prefix(2))); return }
+                if frame.opcode == 0x1 { try peer.sendText("echo: " + frame.text) }  // pings: never answered
+            }
+        }
+        defer { server.stop() }
+        let socket = try await connect(server)
+        let started = Date()
+        do {
+            try await withTimeout(seconds: 0.3, error: { TimeoutError(seconds: 0.3) }) { try await socket.ping() }
+            XCTFail("the ping was never answered")
+        } catch {
+            XCTAssertTrue(error is TimeoutError, "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2, "not the 20 s ping timeout")
+        try await socket.send(text: "still there")
+        let echo = try await nextMessage(socket)
+        XCTAssertEqual(echo, .text("echo: still there"))
+
+        let cancelled = Task { try await socket.ping() }
+        cancelled.cancel()
+        let result = await cancelled.result
+        XCTAssertThrowsError(try result.get()) { XCTAssertTrue($0 is CancellationError, "\($0)") }
+        await socket.close()
+    }
+}

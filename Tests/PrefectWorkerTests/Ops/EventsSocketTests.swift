@@ -59,7 +59,7 @@ final class EventsSocketTests: XCTestCase {
 
     private func socket(to server: FakeWebSocketServer, authToken: String?? = .some(nil), idleSeconds: Double = 300,
                         connects: Locked<Int> = Locked(0)) -> EventsSocket {
-        EventsSocket(client: rest.client(), connect: {
+        EventsSocket(client: rest.client(), log: .console, connect: {
             connects.withLock { $0 += 1 }
             return try await WebSocket.connect(url: server.url, options: CurlTransport.Options(timeoutSeconds: 5), subprotocol: "prefect")
         }, authToken: authToken, idleSeconds: idleSeconds, answerTimeout: 1)
@@ -164,7 +164,9 @@ final class EventsSocketTests: XCTestCase {
 
     func testASocketThatCannotBeOpenedLeavesEventsToREST() async throws {
         let connects = Locked(0)
-        let events = EventsSocket(client: rest.client(), connect: {
+        let lines = Locked<[String]>([])
+        let log = Logger(output: Logger.Output(redact: { line in lines.withLock { $0.append(line) }; return line }, runLine: nil))
+        let events = EventsSocket(client: rest.client(), log: log, connect: {
             connects.withLock { $0 += 1 }
             throw WebSocketError(url: "ws://127.0.0.1:1/api/events/in", reason: "refused", status: 404)
         }, authToken: .some(nil), answerTimeout: 1)
@@ -172,11 +174,12 @@ final class EventsSocketTests: XCTestCase {
         try await events.deliver(.array([event(2)]))
         XCTAssertEqual(restIDs, [event(1), event(2)].map { $0["id"]!.stringValue! })
         XCTAssertEqual(connects.withLock { $0 }, 1)
+        XCTAssertEqual(lines.withLock { $0.filter { $0.hasPrefix("worker events socket failed") }.count }, 1, "through the logger it was given: \(lines.withLock { $0 })")
     }
 
     func testNeitherWayThrowsSoTheShipperKeepsTheBatch() async throws {
         rest.outage = .status(503)
-        let events = EventsSocket(client: rest.client(), connect: { throw WebSocketError(url: "ws://x/api/events/in", reason: "refused") },
+        let events = EventsSocket(client: rest.client(), log: .console, connect: { throw WebSocketError(url: "ws://x/api/events/in", reason: "refused") },
                                   authToken: .some(nil), answerTimeout: 1)
         do {
             try await events.deliver(.array([event(1)]))

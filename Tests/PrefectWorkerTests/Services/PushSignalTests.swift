@@ -146,13 +146,35 @@ final class PushSignalTests: XCTestCase {
 
     func testMetricsShowTheSocket() {
         let metrics = Metrics()
-        metrics.eventSocket(up: true)
+        metrics.eventSocket(.up)
         metrics.eventReceived("prefect.flow-run.Cancelling")
         metrics.eventSocketReconnecting()
         let text = metrics.render(lastHeartbeat: nil, lastPoll: nil)
         XCTAssertTrue(text.contains("prefect_worker_event_socket_up 1\n"), text)
         XCTAssertTrue(text.contains("prefect_worker_events_received_total{event=\"prefect.flow-run.Cancelling\"} 1\n"), text)
         XCTAssertTrue(text.contains("prefect_worker_event_socket_reconnects_total 1\n"), text)
+    }
+
+    /// `/metrics` tells refused (a proxy that may never pass WebSockets) from lost: one series per state, the
+    /// current one 1; none before the first attempt. The up gauge stays as it was.
+    func testMetricsShowTheSocketsState() {
+        let metrics = Metrics()
+        func series() -> [String] {
+            metrics.render(lastHeartbeat: nil, lastPoll: nil).split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("prefect_worker_event_socket_state") || $0.hasPrefix("prefect_worker_event_socket_up") }
+        }
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.refused)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 1", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.lost)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 0", "prefect_worker_event_socket_state{state=\"lost\"} 1",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 0"])
+        metrics.eventSocket(.up)
+        XCTAssertEqual(series(), ["prefect_worker_event_socket_up 1", "prefect_worker_event_socket_state{state=\"lost\"} 0",
+                                  "prefect_worker_event_socket_state{state=\"refused\"} 0", "prefect_worker_event_socket_state{state=\"up\"} 1"])
+        XCTAssertTrue(metrics.render(lastHeartbeat: nil, lastPoll: nil).contains("# TYPE prefect_worker_event_socket_state gauge\n"))
     }
 }
 
@@ -173,5 +195,36 @@ extension PushSignalTests {
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 2, "the failed catch-up is asked again")
         try await Task.sleep(seconds: 0.5)
         XCTAssertEqual(fake.requests("POST", "/api/flow_runs/filter").count, 2, "then, caught up, the watch rests while the socket is up")
+    }
+
+    /// A check that failed says so, once and quietly: INFO when the catch-up after a (re)connect failed (push alone
+    /// cannot find a cancellation made while the socket was down), DEBUG for its retries and for the polls while
+    /// the socket is down; a check that went through says nothing.
+    func testAFailedCheckIsLoggedWithWhenItIsAskedAgain() async throws {
+        let context = context()
+        fake.route("POST", "/api/flow_runs/filter") { _, _, _ in .json(200, "[]") }
+        fake.inject([.status(503, "{}"), .status(503, "{}"), .status(503, "{}"), .status(503, "{}")], method: "POST", path: "/api/flow_runs/filter")
+        _ = try await reserve("run-a", in: context)
+        Log.configure(level: .debug, format: .text)
+        defer { Log.configure(level: .info, format: .text) }
+        func asked() -> Int { fake.requests("POST", "/api/flow_runs/filter").count }
+        let output = try await capturingStderr {
+            context.push.socketChanged(up: true)
+            let watch = Task { await CancellationWatch(context: context).run() }
+            defer { watch.cancel() }
+            let deadline = Date().addingTimeInterval(8)
+            while asked() < 2, Date() < deadline { try await Task.sleep(seconds: 0.05) }  // the catch-up and its retry 2 s later fail
+            context.push.socketChanged(.refused)  // then polled every 0.5 s: two more fail, then they pass
+            while asked() < 6, Date() < deadline { try await Task.sleep(seconds: 0.05) }
+            try await Task.sleep(seconds: 0.2)
+            watch.cancel()
+            await watch.value
+        }
+        let lines = output.split(separator: "\n").map(String.init).filter { $0.contains("for cancellation") }
+        XCTAssertEqual(lines.count, 4, "one line per failed check, none for the ones that went through: \(output)")
+        XCTAssertTrue(lines.first?.contains("INFO could not check 1 run(s) in flight for cancellation (") == true, "\(lines)")
+        XCTAssertTrue(lines.first?.hasSuffix("asking again in 2 s") == true, "\(lines)")
+        XCTAssertTrue(lines.dropFirst().allSatisfy { $0.contains(" DEBUG could not check 1 run(s)") }, "\(lines)")
+        XCTAssertTrue(lines.last?.hasSuffix("asking again in 0.5 s") == true, "\(lines)")
     }
 }

@@ -8,7 +8,8 @@ final class SocketLoopTests: XCTestCase {
     /// One scripted attempt: it fails with an error, or connects and then ends (normally, or with an error).
     enum Step {
         case fail(Error)
-        case up(endsWith: Error?)
+        /// Connects; the session lasts `lasting` seconds of the loop's clock.
+        case up(endsWith: Error?, lasting: Double = 0)
     }
 
     struct TimedOut: Error { var seconds: Double }
@@ -17,8 +18,13 @@ final class SocketLoopTests: XCTestCase {
 
     private struct FakeSession: SocketSession {
         let error: Error?
+        let lasting: Double
+        let clock: Locked<Double>
         var url: String { "ws://fake/socket" }
-        func serve() async throws { if let error { throw error } }
+        func serve() async throws {
+            clock.withLock { $0 += lasting }
+            if let error { throw error }
+        }
         func close() async {}
     }
 
@@ -43,7 +49,8 @@ final class SocketLoopTests: XCTestCase {
         let record = Locked(Record())
         let script = Locked(steps)
         let checks = Locked(0)
-        let loop = SocketLoop(
+        let clock = Locked(1000.0)
+        var loop = SocketLoop(
             messages: Self.messages,
             isReady: { checks.withLock { $0 += 1; return $0 > readyAfter } },
             onChange: { state in record.withLock { $0.states.append(state) } },
@@ -51,20 +58,22 @@ final class SocketLoopTests: XCTestCase {
             apiAnswers: { apiAnswers },
             quietSeconds: quietSeconds,
             sleep: { seconds in record.withLock { $0.delays.append(seconds) } })
+        loop.now = { clock.withLock { $0 } }
         await loop.run {
             record.withLock { $0.attempts += 1 }
             let step = script.withLock { $0.isEmpty ? nil : $0.removeFirst() }
             switch step {
             case nil: throw SocketLoop.GiveUp(message: "script done")
             case .fail(let error)?: throw error
-            case .up(let ending)?: return FakeSession(error: ending)
+            case .up(let ending, let lasting)?: return FakeSession(error: ending, lasting: lasting, clock: clock)
             }
         }
         return record.withLock { $0 }
     }
 
-    func testBacksOffWithJitterAndStartsOverAfterAConnect() async {
-        let record = await run([.fail(Lost()), .fail(Lost()), .fail(Lost()), .fail(Lost()), .up(endsWith: Lost()), .fail(Lost())], readyAfter: 2)
+    func testBacksOffWithJitterAndStartsOverAfterASessionThatLasted() async {
+        let record = await run([.fail(Lost()), .fail(Lost()), .fail(Lost()), .fail(Lost()),
+                                .up(endsWith: Lost(), lasting: SocketLoop.healthySessionSeconds), .fail(Lost())], readyAfter: 2)
         XCTAssertEqual(record.attempts, 7, "no attempt before the pool is known, then one per step and the last one")
         XCTAssertEqual(Array(record.delays.prefix(2)), [1, 1], "waits for the pool a second at a time")
         let backoff = Array(record.delays.dropFirst(2))
@@ -74,6 +83,24 @@ final class SocketLoopTests: XCTestCase {
             XCTAssertLessThanOrEqual(delay, base * 1.3, "\(backoff)")
         }
         XCTAssertEqual(record.states, [.lost, .lost, .lost, .lost, .up, .lost, .lost], "told after every attempt")
+    }
+
+    /// A server that accepts the upgrade and drops it at once (auth then close, 1011) is not asked every second:
+    /// each upgrade is an API request. A session shorter than `healthySessionSeconds` is a failed attempt.
+    func testShortSessionsBackOffLikeFailedConnects() async {
+        let record = await run([.up(endsWith: nil), .up(endsWith: Lost(), lasting: 5), .up(endsWith: nil, lasting: 29),
+                                .up(endsWith: nil), .fail(Lost()), .up(endsWith: nil),
+                                .up(endsWith: nil, lasting: 31),  // a session worth having: the backoff starts over
+                                .up(endsWith: nil)])
+        XCTAssertEqual(record.delays.count, 8)
+        for (delay, base) in zip(record.delays, [1.0, 2, 4, 8, 16, 30, 1, 2]) {
+            XCTAssertGreaterThanOrEqual(delay, base * 0.7, "\(record.delays)")
+            XCTAssertLessThanOrEqual(delay, base * 1.3, "\(record.delays)")
+        }
+        XCTAssertEqual(record.states, [.up, .lost, .up, .lost, .up, .lost, .up, .lost, .lost, .up, .lost, .up, .lost, .up, .lost],
+                       "still told up and lost after each attempt")
+        let loud = record.lines.filter { $0.0 >= .info }.map(\.1)
+        XCTAssertEqual(loud.filter { $0.hasPrefix("socket reconnected") }.count, 6, "each reconnect logged once, as before")
     }
 
     func testEachStateChangeIsLoggedOnce() async {
@@ -156,6 +183,9 @@ extension SocketLoopTests {
         XCTAssertEqual(upgrades.withLock { $0 }, 2, "refused at the second answer")
         XCTAssertLessThan(refusedAt, 3, "the first backoff is about a second")
         XCTAssertEqual(CancellationWatch.pollSeconds(socket: context.push.socketState, settings: context.settings), 0.5)
+        let refusedMetrics = context.metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(refusedMetrics.contains("prefect_worker_event_socket_state{state=\"refused\"} 1\n"), "/metrics tells refused from lost: \(refusedMetrics)")
+        XCTAssertTrue(refusedMetrics.contains("prefect_worker_event_socket_state{state=\"lost\"} 0\n"), refusedMetrics)
 
         let dropping = try FakeWebSocketServer { peer in try peer.readRequest() }  // closes without an answer
         defer { dropping.stop() }
@@ -165,6 +195,9 @@ extension SocketLoopTests {
         await lostWatch.value
         XCTAssertEqual(lostContext.push.socketState, .lost, "a connection that drops is a loss, however often")
         XCTAssertEqual(CancellationWatch.pollSeconds(socket: lostContext.push.socketState, settings: lostContext.settings), 10)
+        let lostMetrics = lostContext.metrics.render(lastHeartbeat: nil, lastPoll: nil)
+        XCTAssertTrue(lostMetrics.contains("prefect_worker_event_socket_state{state=\"lost\"} 1\n"), lostMetrics)
+        XCTAssertTrue(lostMetrics.contains("prefect_worker_event_socket_state{state=\"refused\"} 0\n"), lostMetrics)
     }
 
     /// Polls `condition` every 50 ms; returns the seconds it took, or fails after `timeout`.

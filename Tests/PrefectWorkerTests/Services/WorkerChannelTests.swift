@@ -52,3 +52,34 @@ extension WorkerChannelTests {
         XCTAssertEqual(fake.requests("GET", "/api/work_pools/pool/workers/connect").count, 1)
     }
 }
+
+extension WorkerChannelTests {
+    /// A proxy or server that passes the upgrade and then says nothing: the auth answer is waited for at most
+    /// `answerTimeout` (the request timeout, here 1 s), then the channel reconnects with backoff instead of
+    /// stalling, and REST keeps the heartbeats meanwhile.
+    func testASilentServerIsLeftAfterTheAnswerTimeoutAndReconnected() async throws {
+        let upgrades = Locked(0)
+        let silent = try FakeWebSocketServer { peer in
+            try peer.accept()
+            upgrades.withLock { $0 += 1 }
+            _ = try peer.expectClose()  // reads the auth message and says nothing until the client closes
+        }
+        defer { silent.stop() }
+        var settings = Settings(apiURL: URL(string: "http://127.0.0.1:\(silent.port)/api")!, pool: "pool", workerName: "worker")
+        settings.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("channel-\(UUID().uuidString)").path
+        settings.client.requestTimeout = 1
+        XCTAssertEqual(WorkerChannel.answerTimeout(settings), 1)
+        let context = WorkerContext(settings: settings, client: PrefectClient(baseURL: settings.apiURL, apiKey: nil, authString: nil, requestTimeout: 5))
+        context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "base_job_template": {}}"#.utf8))
+        let channel = Task { await WorkerChannel(context: context).run() }
+        let deadline = Date().addingTimeInterval(8)
+        while upgrades.withLock({ $0 }) < 2, Date() < deadline { try await Task.sleep(seconds: 0.05) }
+        channel.cancel()
+        await channel.value
+        XCTAssertGreaterThanOrEqual(upgrades.withLock { $0 }, 2, "the silent channel was left and opened again")
+        XCTAssertFalse(context.push.isChannelUp)
+
+        settings.client.requestTimeout = 60
+        XCTAssertEqual(WorkerChannel.answerTimeout(settings), 30, "at most 30 s, however long REST requests may take")
+    }
+}
