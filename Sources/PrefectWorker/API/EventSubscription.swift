@@ -73,11 +73,8 @@ final class EventSubscription: Sendable {
                      limits: WebSocket.Limits = WebSocket.Limits()) async throws -> EventSubscription {
         let socket = try await client.webSocket(path: "/events/out", subprotocol: "prefect", limits: limits)
         do {
-            try await socket.send(text: JSON.object(["type": .string("auth"), "token": token.map(JSON.string) ?? .null]).encoded())
-            let answer = try await firstMessage(of: socket, within: timeout)
-            guard let answer, let json = try? JSON.decode(Data(answer.utf8)), json["type"]?.stringValue == "auth_success" else {
-                let reason = answer.flatMap { try? JSON.decode(Data($0.utf8)) }?["reason"]?.stringValue ?? answer ?? "the connection closed"
-                throw WebSocketError(url: socket.url, reason: "the event stream refused our credentials (\(reason)); check PREFECT_API_KEY / PREFECT_API_AUTH_STRING")
+            try await socket.authenticate(token: token, within: timeout) {
+                "the event stream refused our credentials (\($0)); check PREFECT_API_KEY / PREFECT_API_AUTH_STRING"
             }
             try await socket.send(text: filter.encoded())
         } catch {
@@ -85,16 +82,6 @@ final class EventSubscription: Sendable {
             throw error
         }
         return EventSubscription(socket: socket, seen: seen)
-    }
-
-    private static func firstMessage(of socket: WebSocket, within timeout: Double) async throws -> String? {
-        try await withTimeout(seconds: timeout, error: {
-            WebSocketError(url: socket.url, reason: String(format: "no answer to the auth message within %g s", timeout))
-        }) {
-            var iterator = socket.messages.makeAsyncIterator()
-            if case .text(let text)? = try await iterator.next() { return text }
-            return nil
-        }
     }
 
     /// The next event not seen before; nil when the server closed the stream normally.

@@ -109,16 +109,8 @@ actor EventsSocket {
         let opened = try await connect()
         do {
             if case .some(let token) = authToken {
-                try await opened.send(text: JSON.object(["type": "auth", "token": token.map(JSON.string) ?? .null]).encoded())
-                let answer = try await withTimeout(seconds: answerTimeout, error: Self.noAnswer(opened, "no answer to the auth message", answerTimeout)) { () -> String? in
-                    var iterator = opened.messages.makeAsyncIterator()
-                    if case .text(let text)? = try await iterator.next() { return text }
-                    return nil
-                }
-                let json = answer.flatMap { try? JSON.decode(Data($0.utf8)) }
-                guard json?["type"]?.stringValue == "auth_success" else {
-                    let reason = json?["reason"]?.stringValue ?? answer ?? "the connection closed"
-                    throw WebSocketError(url: opened.url, reason: "the events socket refused our credentials (\(reason)); check PREFECT_API_AUTH_STRING")
+                try await opened.authenticate(token: token, within: answerTimeout) {
+                    "the events socket refused our credentials (\($0)); check PREFECT_API_AUTH_STRING"
                 }
             }
         } catch {

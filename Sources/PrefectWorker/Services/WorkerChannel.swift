@@ -67,13 +67,9 @@ struct WorkerChannel: Service {
     private func setUp(_ socket: WebSocket, consumerID: String) async throws -> Int {
         let token = settings.isCloud ? settings.apiKey : settings.authString
         let timeout = Self.answerTimeout(settings)
-        try await socket.send(text: JSON.object(["type": .string("auth"), "token": token.map(JSON.string) ?? .null]).encoded())
-        guard let auth = try await Self.nextText(socket, within: timeout, "answer to the auth message"),
-              (try? JSON.decode(Data(auth.utf8)))?["type"]?.stringValue == "auth_success" else {
-            throw WebSocketError(url: socket.url, reason: "the worker channel refused our credentials")
-        }
+        try await socket.authenticate(token: token, within: timeout) { "the worker channel refused our credentials (\($0))" }
         try await socket.send(text: Self.hello(consumerID: consumerID, settings: settings).encoded())
-        guard let text = try await Self.nextText(socket, within: timeout, "worker.ready.v1 after our hello"),
+        guard let text = try await socket.nextText(within: timeout, "worker.ready.v1 from the worker channel after our hello"),
               let ready = try? JSON.decode(Data(text.utf8)),
               ready["type"]?.stringValue == "worker.ready.v1", let payload = ready["payload"],
               payload["consumer_id"]?.stringValue?.lowercased() == consumerID else {
@@ -94,17 +90,6 @@ struct WorkerChannel: Service {
     /// for the events stream's auth answer), so a proxy that passes the upgrade and then nothing is left soon
     /// and the loop reconnects with backoff, heartbeating over REST meanwhile.
     static func answerTimeout(_ settings: Settings) -> Double { min(settings.client.requestTimeout, 30) }
-
-    /// The next message if it is text (nil: another kind, or the channel closed), within `seconds`.
-    private static func nextText(_ socket: WebSocket, within seconds: Double, _ what: String) async throws -> String? {
-        try await withTimeout(seconds: seconds, error: {
-            WebSocketError(url: socket.url, reason: String(format: "no %@ from the worker channel within %g s", what, seconds))
-        }) {
-            var messages = socket.messages.makeAsyncIterator()
-            if case .text(let text)? = try await messages.next() { return text }
-            return nil
-        }
-    }
 
     /// Heartbeats every `interval` while applying the snapshots the server pushes; returns when the channel ends.
     private func serve(_ socket: WebSocket, consumerID: String, interval: Int) async throws {
