@@ -6,6 +6,9 @@ struct FinalState: Sendable, Equatable {
     /// The state's name when it is not the type's default (`TimedOut`).
     var name: String? = nil
 
+    /// A run cancelled before its job started: nothing ran, so nothing else can be said.
+    static let cancelledBeforeStart = FinalState(type: .cancelled, message: "Flow run was cancelled before it started.")
+
     /// `nil` means the worker reports nothing (the engine has reported, or will).
     ///
     /// | owner  | exit 0    | exit N                | signal                |

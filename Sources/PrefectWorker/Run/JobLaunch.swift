@@ -37,7 +37,7 @@ extension FlowRunSupervisor {
             // RUNNING may have taken a while (WAIT answers, retries): a cancel that came meanwhile wins.
             if cancelRequested {
                 log.info("cancelled while RUNNING was being proposed; not starting it")
-                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(.cancelledBeforeStart)
                 return
             }
         }

@@ -7,7 +7,7 @@ extension FlowRunSupervisor {
     func startAllowed() async -> Bool {
         if cancelRequested {
             log.info("cancelled before it started; not starting it")
-            await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+            await report(.cancelledBeforeStart)
             return false
         }
         if dependencies.shutdown.phase >= .draining {
@@ -50,7 +50,7 @@ extension FlowRunSupervisor {
         case .refused(let state, _, let result):
             log.warning("server refused RUNNING (\(result.details?.reason ?? "no reason")); not starting the job")
             if state == .cancelling || state == .cancelled {
-                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(.cancelledBeforeStart)
             }
             return false
         }

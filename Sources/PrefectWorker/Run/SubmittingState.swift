@@ -39,7 +39,7 @@ extension FlowRunSupervisor {
             let now = state.map { " (run is \($0.rawValue))" } ?? ""
             log.warning("server refused PENDING/Submitting: \(reason)\(now); not starting the job")
             if cancelRequested || state == .cancelling || state == .cancelled {
-                await report(FinalState(type: .cancelled, message: "Flow run was cancelled before it started."))
+                await report(.cancelledBeforeStart)
             }
             return false
         }
