@@ -39,7 +39,7 @@ extension Recovery {
 extension PollService {
     init(context: WorkerContext, runs: RunLifecycle) {
         self.init(settings: context.settings, client: context.client, runs: runs, lookups: context.lookups, status: context.status,
-                  metrics: context.metrics, pollNow: context.push.pollNow, log: context.log)
+                  metrics: context.metrics, push: context.push, log: context.log)
     }
 }
 
