@@ -22,13 +22,8 @@ final class PushSignals: Sendable {
 
     func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
 
-    /// Whether the events socket is subscribed now.
-    var isSocketUp: Bool { socketState == .up }
-
     /// The events socket's state after its loop's last attempt (`.lost` before the first).
     var socketState: SocketLoop.State { Self.state(socket.load(ordering: .relaxed)) }
-
-    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
 
     /// After every connect: catch up on cancellations and due runs. After a loss, or a loss found to be a
     /// refusal: both polls change their cadence (a failed reconnect that changes nothing rings nothing).

@@ -75,3 +75,10 @@ extension WorkerChannel {
                   push: context.push, log: context.log)
     }
 }
+
+extension PushSignals {
+    /// Whether the events socket is subscribed now.
+    var isSocketUp: Bool { socketState == .up }
+
+    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
+}
