@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import PrefectWorker
 
@@ -50,6 +51,13 @@ final class PollCadenceTests: XCTestCase {
         _ = cadence.polled([try run("later", startsIn: 9)], at: now.addingTimeInterval(16))
         XCTAssertEqual(cadence.wait(resting: true, now: now.addingTimeInterval(16)), PollCadence.restSeconds,
                        "once offered, a run is no longer waited for")
+        _ = cadence.polled([try run("later", startsIn: 25)], at: now)
+        XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now), 10, accuracy: 0.001,
+                       "after a failed poll, again within --query-seconds")
+        XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now.addingTimeInterval(12)), 3, accuracy: 0.001,
+                       "or at the known run's claim, if sooner")
+        XCTAssertEqual(cadence.interval(resting: true), PollCadence.restSeconds,
+                       "the interval of a busy worker's backlog count ignores known runs (it could not take them)")
         _ = cadence.polled([try run("far", startsIn: 3600)], at: now)
         XCTAssertEqual(cadence.wait(resting: true, now: now), PollCadence.restSeconds, "the safety net comes first")
     }
@@ -152,6 +160,32 @@ final class PollCadenceTests: XCTestCase {
         let settled = polls()
         try await Task.sleep(seconds: 1)
         XCTAssertEqual(polls(), settled, "settled: resting again")
+        await stop(task)
+    }
+
+    func testAFailedPollForgetsNoKnownRun() async throws {
+        let context = try context { $0.querySeconds = 3 }
+        let startsAt = Date().addingTimeInterval(1.8)
+        let answer = JSON.array([.object(["flow_run": .object([
+            "id": "r-later", "state_id": "s-later", "run_count": .int(0), "next_scheduled_start_time": .string(Timestamp.format(startsAt)),
+            "state": .object(["id": "s-later", "type": "SCHEDULED", "name": "Scheduled"]),
+        ])])]).encoded()
+        let calls = Mutex(0)
+        fake.route("POST", pollPath) { _, _, _ in
+            let call = calls.withLock { $0 += 1; return $0 }
+            return call == 2 ? .json(422, #"{"detail": "refused, once"}"#) : .json(200, answer)
+        }
+        context.push.socketChanged(.up)
+        _ = await context.push.pollNow.wait(timeout: 0)
+        let task = start(context)
+        try await Task.sleep(seconds: 0.3)
+        XCTAssertEqual(polls(), 1)
+        context.push.pollNow.ring()  // a poll that fails
+        try await Task.sleep(seconds: 0.3)
+        XCTAssertEqual(polls(), 2)
+        try await Task.sleep(seconds: 1.6)
+        let taken = await context.registry.runIDs
+        XCTAssertEqual(taken, ["r-later"], "polled for at its claim (1.8 s), not at --query-seconds after the failure (3.3 s)")
         await stop(task)
     }
 
