@@ -95,6 +95,13 @@ final class PollCadenceTests: XCTestCase {
         return Task { await service.run() }
     }
 
+    /// The poll on its own, the events stream up, every poll answered with no runs.
+    private func startWithStreamUp(_ context: WorkerContext) -> Task<Void, Never> {
+        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
+        context.push.socketChanged(.up)
+        return start(context)
+    }
+
     private func stop(_ task: Task<Void, Never>) async {
         task.cancel()
         let stopped = await finishes(within: 5) { await task.value }
@@ -103,9 +110,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testWhileTheStreamIsUpThePollRestsAndLooksFurtherAhead() async throws {
         let context = try context()
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 0.4)
         let first = polls()
         XCTAssertGreaterThan(first, 0)
@@ -123,9 +128,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testASetQuerySecondsHoldsWhileTheStreamIsUp() async throws {
         let context = try context { $0.querySecondsIsSet = true }
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 1.1)
         await stop(task)
         XCTAssertGreaterThanOrEqual(polls(), 4)
@@ -136,9 +139,7 @@ final class PollCadenceTests: XCTestCase {
     func testAPoolWithAConcurrencyLimitIsPolledAtTheQueryInterval() async throws {
         let context = try context()
         context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "concurrency_limit": 3}"#.utf8))
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 1.1)
         await stop(task)
         XCTAssertGreaterThanOrEqual(polls(), 4, "the server may hold due runs back and pushes nothing when a slot frees")
@@ -146,9 +147,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testAChangeOfThePoolPollsAtOnceAndThenAtTheQueryIntervalForAWhile() async throws {
         let context = try context()
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 0.6)
         let resting = polls()
         context.push.poolChanged()
