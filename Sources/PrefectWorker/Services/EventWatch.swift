@@ -24,15 +24,23 @@ struct EventWatch: Service {
     /// The state-change events the worker acts on: cancellation, and the SCHEDULED-type names that make a
     /// run due (new, retried, late, resumed, released by a concurrency limit).
     static let eventNames = ["Cancelling", "Cancelled", "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming"]
-        .map { "prefect.flow-run." + $0 } + poolChangeNames
+        .map { "prefect.flow-run." + $0 } + poolChangeNames + pauseNames + resumeNames
 
     /// Changes after which the server may hold runs the worker has no event for: a new or changed deployment
     /// (the server's scheduler inserts a schedule's runs without events; a resumed deployment's too), a pool
-    /// or queue given another limit (`updated`), or resumed (its status event: `ready`, or `not-ready` while
-    /// no worker is online or the queue was not polled lately). Status events come only on a transition.
+    /// or queue given another limit (`updated`), or resumed (`resumeNames`).
     static let poolChangeNames = ["prefect.deployment.created", "prefect.deployment.updated",
-                                  "prefect.work-pool.updated", "prefect.work-pool.ready", "prefect.work-pool.not-ready",
-                                  "prefect.work-queue.updated", "prefect.work-queue.ready", "prefect.work-queue.not-ready"]
+                                  "prefect.work-pool.updated", "prefect.work-queue.updated"]
+
+    /// A pool or queue resumed says so only by its status event, `ready` (or `not-ready` while no worker is
+    /// online or the queue was not polled lately), which also comes when a worker's first heartbeat or poll
+    /// makes it ready: so one counts as a change only for a pool or queue seen `paused` before.
+    static let pauseNames = ["prefect.work-pool.paused", "prefect.work-queue.paused"]
+    static let resumeNames = ["prefect.work-pool.ready", "prefect.work-pool.not-ready",
+                              "prefect.work-queue.ready", "prefect.work-queue.not-ready"]
+
+    /// The pools and queues seen paused (`prefect.work-pool.<id>`, `prefect.work-queue.<id>`).
+    let paused = PausedResources()
 
     func run() async {
         let seen = EventIDs()
@@ -40,6 +48,8 @@ struct EventWatch: Service {
         let settings = settings
         await loop.run {
             guard let poolID = self.lookups.pool?.id else { throw WebSocketError(url: "/events/out", reason: "the work pool is not known yet") }
+            // A pool paused before the stream began has sent its `paused` event already.
+            if self.lookups.pool?.isPaused == true { self.paused.insert("prefect.work-pool.\(poolID)") }
             let since = backfill.since ?? Date().addingTimeInterval(-60)
             backfill.since = since
             let subscription = try await EventSubscription.open(
@@ -120,6 +130,14 @@ struct EventWatch: Service {
         let type = event.stateType ?? Self.stateType(ofName: event.name)
         let lag = event.occurred.map { String(format: ", %.3f s after it occurred", Date().timeIntervalSince($0)) } ?? ""
         self.log.debug("event \(event.name) for \(event.resourceID)\(lag)")
+        if Self.pauseNames.contains(event.name) {
+            paused.insert(event.resourceID)
+            return
+        }
+        if Self.resumeNames.contains(event.name) {
+            if paused.remove(event.resourceID) { self.push.poolChanged() }
+            return
+        }
         if Self.poolChangeNames.contains(event.name) {
             if event.name.hasPrefix("prefect.deployment."), !settings.workQueues.isEmpty,
                let queue = event.relatedNames["work-queue"], !settings.workQueues.contains(queue) { return }
@@ -148,6 +166,18 @@ struct EventWatch: Service {
         default: eventNames.contains(name) ? "SCHEDULED" : nil
         }
     }
+}
+
+/// The pools and queues seen paused, kept across reconnects.
+final class PausedResources: Sendable {
+    private let ids = Mutex<Set<String>>([])
+
+    init() {}
+
+    func insert(_ id: String) { ids.withLock { _ = $0.insert(id) } }
+
+    /// Whether `id` was paused (it is not any more).
+    func remove(_ id: String) -> Bool { ids.withLock { $0.remove(id) != nil } }
 }
 
 /// Where the next subscription's replay starts, kept across reconnects.

@@ -145,6 +145,33 @@ final class PushSignalTests: XCTestCase {
         }
     }
 
+    func testAPoolOrQueueBecomingReadyIsAChangeOnlyWhenItWasPaused() async throws {
+        let context = context()
+        let watch = EventWatch(context: context)
+        func event(_ name: String, _ resource: String) -> EventSubscription.Event {
+            EventSubscription.Event(id: UUID().uuidString, name: name, occurred: Date(), resourceID: resource, stateType: nil,
+                                    relatedNames: ["work-pool": "pool"])
+        }
+        // A worker's first heartbeat and first poll make the pool and its queue ready: no change.
+        await watch.handle(event("prefect.work-pool.ready", "prefect.work-pool.p-1"))
+        await watch.handle(event("prefect.work-queue.ready", "prefect.work-queue.q-1"))
+        let quiet = await Self.elapsed { await context.push.pollNow.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(quiet, 0.25, "ready without a pause before: no poll")
+        XCTAssertNil(context.push.lastPoolChange, "and no 10 s polls for a while")
+
+        for resource in ["prefect.work-queue.q-1", "prefect.work-pool.p-1"] {
+            let kind = resource.contains("queue") ? "work-queue" : "work-pool"
+            await watch.handle(event("prefect.\(kind).paused", resource))
+            await watch.handle(event("prefect.\(kind).not-ready", resource))
+            let resumed = await Self.elapsed { await context.push.pollNow.wait(timeout: 5) }
+            XCTAssertLessThan(resumed, 0.5, "\(resource) resumed: the runs it held are polled for")
+            XCTAssertNotNil(context.push.lastPoolChange)
+        }
+        await watch.handle(event("prefect.work-pool.ready", "prefect.work-pool.p-1"))
+        let again = await Self.elapsed { await context.push.pollNow.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(again, 0.25, "once resumed, the next ready is no resume")
+    }
+
     func testALossRingsThePollToo() async {
         let push = PushSignals()
         push.socketChanged(.up)
