@@ -75,6 +75,8 @@ public final class FaultProxy: @unchecked Sendable {
     /// Client and server sockets of the open WebSocket tunnels.
     private var _tunnels: [Int32: Int32] = [:]
     private var _counters = Counters()
+    private var _timedPath = ""
+    private var _requestTimes: [Date] = []
 
     /// `upstream` is the real API URL (`http://host:port/api`); only host and port are used.
     public init(upstream: URL) {
@@ -145,6 +147,16 @@ public final class FaultProxy: @unchecked Sendable {
             shutdown(server, Int32(SHUT_RDWR))
         }
     }
+
+    /// Requests whose "METHOD /path" contains this (none when empty) have their arrival times kept in
+    /// `requestTimes`: when a worker's loop sent them, not only how many.
+    public var timedPath: String {
+        get { locked { _timedPath } }
+        set { locked { _timedPath = newValue } }
+    }
+
+    /// Arrival times of the requests matching `timedPath`, oldest first.
+    public var requestTimes: [Date] { locked { _requestTimes } }
 
     /// A snapshot of the counters.
     public var counters: Counters { locked { _counters } }
@@ -237,6 +249,7 @@ public final class FaultProxy: @unchecked Sendable {
         locked {
             _counters.requests += 1
             _counters.byEndpoint[summary, default: 0] += 1
+            if !_timedPath.isEmpty, summary.contains(_timedPath) { _requestTimes.append(Date()) }
             if let left = _targetedFailures[summary], left > 0 {
                 _targetedFailures[summary] = left - 1
                 _counters.injected503 += 1

@@ -1,0 +1,184 @@
+import FaultProxy
+import Foundation
+@testable import PrefectWorker
+import XCTest
+
+/// The poll for scheduled runs at its defaults (no `--query-seconds`), against the real server. While the events
+/// stream is up the poll rests (a safety net every 30 s), and yet runs start on time: a run created now by push,
+/// a run scheduled ahead at its start (the rest poll looks 30 + prefetch s ahead and wakes for it), a new
+/// schedule's first run (inserted by the server's scheduler without an event) by the polls every 10 s that follow
+/// the deployment's creation. Where push cannot say enough (socket refused, pool concurrency limit, interval set
+/// by the user) the poll keeps every `--query-seconds`.
+final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
+    private var proxies: [FaultProxy] = []
+
+    /// The worker's default `--query-seconds` and `--prefetch-seconds`.
+    private static let querySeconds = 10.0
+    private static let prefetchSeconds = 10.0
+
+    override func tearDownWithError() throws {
+        defer {
+            for proxy in proxies { proxy.stop() }
+            proxies.removeAll()
+        }
+        try super.tearDownWithError()
+    }
+
+    /// A proxy that keeps the arrival time of every poll for scheduled runs.
+    private func startProxy(blockWebSockets: Bool = false) throws -> FaultProxy {
+        let proxy = FaultProxy(upstream: env.apiURL)
+        proxy.timedPath = "/get_scheduled_flow_runs"
+        proxy.blockWebSockets = blockWebSockets
+        try proxy.start()
+        proxies.append(proxy)
+        return proxy
+    }
+
+    /// A worker with the default poll interval: the harness's PREFECT_WORKER_QUERY_SECONDS=0.5 is dropped, or the
+    /// worker would take it as set by the user and never rest.
+    @discardableResult
+    private func startDefaultWorker(pool: String, proxy: FaultProxy? = nil, arguments: [String] = []) throws -> WorkerProcess {
+        try startWorker(pool: pool, arguments: ["--state-dir", try stateDirectory()] + arguments,
+                        unsetting: ["PREFECT_WORKER_QUERY_SECONDS"], apiURL: proxy?.apiURL)
+    }
+
+    private func waitForLog(_ worker: WorkerProcess, _ text: String, what: String) async throws {
+        _ = try await E2E.eventually(timeout: 30, "\(what): \(worker.log.suffix(1500))") {
+            try checkWorkersAlive()
+            return worker.log.contains(text) ? true : nil
+        }
+    }
+
+    private func waitForSubscription(_ worker: WorkerProcess) async throws {
+        try await waitForLog(worker, "subscribed to work pool", what: "worker \(worker.label) to subscribe to the events stream")
+    }
+
+    /// When the run's first job process was seen (the job carries the run's id in its environment).
+    private func jobStart(_ id: String, timeout: Double) async throws -> Date {
+        try await E2E.eventually(timeout: timeout, interval: 0.02, "the job of \(id) to start") {
+            try checkWorkersAlive()
+            return ProcScan.processes(ofRun: id).isEmpty ? nil : Date()
+        }
+    }
+
+    /// The run ended COMPLETED and ran once (`run_count` 1: not handed back and claimed again).
+    private func assertCompletedOnce(_ id: String, _ what: String) async throws {
+        let run = try await waitForFinalState(id, timeout: 30)
+        XCTAssertEqual(run.stateType, "COMPLETED", "\(what) \(id): \(run.stateSummary)")
+        XCTAssertEqual(run["run_count"]?.asInt, 1, "\(what) \(id) ran once: \(run)")
+    }
+
+    private static func gaps(_ times: [Date]) -> String {
+        zip(times.dropFirst(), times).map { String(format: "%.1f", $0.timeIntervalSince($1)) }.joined(separator: ", ")
+    }
+
+    /// Fails if the worker never rests (more than 3 polls in 65 s, with push up), if the safety net is gone (fewer
+    /// than 2), or if it rests where push cannot tell it enough: WebSockets refused, a pool with a concurrency
+    /// limit (a freed slot sends no event), `--query-seconds` set by the user (fewer than 5 polls in 65 s each).
+    func testIdleWorkerRestsWhilePushIsUpAndPollsEveryQuerySecondsOtherwise() async throws {
+        struct Case { var label: String; var proxy: FaultProxy; var worker: WorkerProcess; var ready: String }
+        var cases: [Case] = []
+        for label in ["resting", "socket refused", "pool limit", "interval set"] {
+            let pool = try await makeProcessPool("-" + String(label.split(separator: " ").last!))
+            if label == "pool limit" {
+                _ = try await api.send("PATCH", "/work_pools/\(TestAPI.path(pool))", .object(["concurrency_limit": .int(5)]))
+            }
+            let proxy = try startProxy(blockWebSockets: label == "socket refused")
+            let worker = try startDefaultWorker(pool: pool, proxy: proxy,
+                                                arguments: label == "interval set" ? ["--query-seconds", "10"] : [])
+            let ready = label == "socket refused" ? "WebSockets are refused on the way to the server" : "subscribed to work pool"
+            cases.append(Case(label: label, proxy: proxy, worker: worker, ready: ready))
+        }
+        for c in cases { try await waitForLog(c.worker, c.ready, what: "the \(c.label) worker's events stream to settle") }
+        try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect
+        let start = Date()
+        let window = 65.0
+        try await Task.sleep(seconds: window)
+        var counts: [String: Int] = [:]
+        for c in cases {
+            let polls = c.proxy.requestTimes.filter { $0 >= start && $0.timeIntervalSince(start) <= window }
+            counts[c.label] = polls.count
+            print("RestingPollTests: \(c.label): \(polls.count) polls for scheduled runs in \(Int(window)) s, gaps \(Self.gaps(c.proxy.requestTimes)) s")
+        }
+        XCTAssertLessThanOrEqual(counts["resting"]!, 3, "with push up and --query-seconds unset the poll rests to every 30 s")
+        XCTAssertGreaterThanOrEqual(counts["resting"]!, 2, "resting, the poll still comes every 30 s (the safety net)")
+        XCTAssertGreaterThanOrEqual(counts["socket refused"]!, 5, "without push the poll keeps every 10 s")
+        XCTAssertGreaterThanOrEqual(counts["pool limit"]!, 5, "with a pool concurrency limit the poll keeps every 10 s")
+        XCTAssertGreaterThanOrEqual(counts["interval set"]!, 5, "--query-seconds set by the user holds with push up")
+    }
+
+    /// Fails if a run created now waits for a poll (push broken), if a run scheduled 25 s ahead, seen by a resting
+    /// poll, is not woken for (it would start at the next safety net, 5 s late, or at its Late event, 15 s late),
+    /// or if it is started before its time or run twice.
+    func testRunsCreatedNowAndAheadStartOnTimeWhileThePollRests() async throws {
+        let pool = try await makeProcessPool()
+        let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 1"]))
+        let worker = try startDefaultWorker(pool: pool)
+        try await waitForSubscription(worker)
+        try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect
+
+        let created = Date()
+        let now = try await api.createFlowRun(deployment: deployment)
+        track(now)
+        let latency = try await jobStart(now, timeout: 15).timeIntervalSince(created)
+
+        let due = Date().addingTimeInterval(25)
+        let ahead = try await createScheduledRun(deployment: deployment, at: due)
+        track(ahead)
+        let lateness = try await jobStart(ahead, timeout: 50).timeIntervalSince(due)
+        let pending = try await api.states(ahead).first { $0["type"]?.asString == "PENDING" }?["timestamp"]?.asString.flatMap(Timestamp.parse)
+        let claimedAhead = pending.map { due.timeIntervalSince($0) }
+        print(String(format: "RestingPollTests: run created now → job started in %.3f s; run scheduled 25 s ahead → claimed %@ s ahead, job started %.3f s after its scheduled time",
+                     latency, claimedAhead.map { String(format: "%.1f", $0) } ?? "?", lateness))
+        XCTAssertLessThan(latency, 1.5, "a run created now starts by push, not at the next poll")
+        XCTAssertLessThan(lateness, 2, "a run scheduled ahead starts at its time, not at the next safety-net poll")
+        XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
+        let claimed = try XCTUnwrap(claimedAhead, "no PENDING state in the history of \(ahead)")
+        XCTAssertTrue((5...(Self.prefetchSeconds + 2)).contains(claimed), "claimed about --prefetch-seconds ahead, not \(claimed) s")
+        try await assertCompletedOnce(now, "the run created now")
+        try await assertCompletedOnce(ahead, "the run scheduled ahead")
+    }
+
+    /// The server's scheduler inserts a new schedule's first runs without an event, within ~5 s of the deployment's
+    /// creation (its recent-deployments loop), starting from its own "now": the first run is anchored 20 s after the
+    /// creation, so any insertion within 20 s schedules it there. With the deployment event handled, the polls at
+    /// +0, +10 and +20 s (prefetch 10 s) claim it by +20 s, and its job starts at its time (+1 s on a loaded machine).
+    /// Without, the next poll is the safety net, 30 s after the one just before the creation, so the job starts
+    /// ~9 s late (or at its Late event, 15 s late): the bound of 5 s fails that.
+    func testTheFirstRunOfANewScheduleStartsOnTimeWhileThePollRests() async throws {
+        let pool = try await makeProcessPool()
+        let proxy = try startProxy()
+        let worker = try startDefaultWorker(pool: pool, proxy: proxy)
+        try await waitForSubscription(worker)
+        try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect: the safety net is 29 s away
+        let flow = try await api.createFlow("e2e-command-flow")
+        let due = Date().addingTimeInterval(20)
+        let deployment = try await api.createDeployment(name: uniqueName(), flowID: flow, pool: pool, jobVariables: .object(["command": "sleep 1"]), extra: [
+            "schedules": .array([.object([
+                "schedule": .object(["interval": .int(3600), "anchor_date": .string(Timestamp.format(due)), "timezone": "UTC"]),
+                "active": .bool(true),
+            ])]),
+        ])
+        let created = Date()
+        let sincePoll = proxy.requestTimes.last.map { created.timeIntervalSince($0) } ?? -1
+        let run = try await E2E.eventually(timeout: 18, "the scheduler to insert the first run of deployment \(deployment)") { () -> JSON? in
+            try checkWorkersAlive()
+            return try await api.send("POST", "/flow_runs/filter", .object([
+                "flow_runs": .object(["deployment_id": .object(["any_": .array([.string(deployment)])])]),
+            ])).asArray?.first
+        }
+        let inserted = Date().timeIntervalSince(created)
+        let id = try XCTUnwrap(run["id"]?.asString)
+        track(id)
+        let scheduled = run["next_scheduled_start_time"]?.asString.flatMap(Timestamp.parse)
+        XCTAssertEqual(scheduled?.timeIntervalSince1970 ?? 0, due.timeIntervalSince1970, accuracy: 1,
+                       "the first run is at the anchor (the scheduler ran in time): \(run)")
+        let lateness = try await jobStart(id, timeout: 50).timeIntervalSince(due)
+        let polls = proxy.requestTimes.filter { $0 > created }.map { String(format: "%.1f", $0.timeIntervalSince(created)) }
+        print(String(format: "RestingPollTests: schedule created %.1f s after the last poll; first run seen in the API after %.1f s; polls at +[%@] s; job started %.3f s after its scheduled time",
+                     sincePoll, inserted, polls.joined(separator: ", "), lateness))
+        XCTAssertLessThan(lateness, 5, "the first run of a new schedule starts at its time, not at the next safety-net poll")
+        XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
+        try await assertCompletedOnce(id, "the schedule's first run")
+    }
+}
