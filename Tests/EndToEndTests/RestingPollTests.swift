@@ -165,6 +165,7 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
             try checkWorkersAlive()
             return try await api.send("POST", "/flow_runs/filter", .object([
                 "flow_runs": .object(["deployment_id": .object(["any_": .array([.string(deployment)])])]),
+                "sort": "EXPECTED_START_TIME_ASC",  // it inserts a few: the first is at the anchor
             ])).asArray?.first
         }
         let inserted = Date().timeIntervalSince(created)
