@@ -171,9 +171,11 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         let inserted = Date().timeIntervalSince(created)
         let id = try XCTUnwrap(run["id"]?.asString)
         track(id)
-        let scheduled = run["next_scheduled_start_time"]?.asString.flatMap(Timestamp.parse)
-        XCTAssertEqual(scheduled?.timeIntervalSince1970 ?? 0, due.timeIntervalSince1970, accuracy: 1,
-                       "the first run is at the anchor (the scheduler ran in time): \(run)")
+        let scheduled = run["next_scheduled_start_time"]?.asString.flatMap(Timestamp.parse) ?? .distantPast
+        guard abs(scheduled.timeIntervalSince(due)) < 1 else {
+            // The scheduler ran after the anchor (a busy SQLite server): nothing to measure.
+            return XCTFail("the server's scheduler inserted the first run of \(deployment) \(String(format: "%.1f", inserted)) s after the deployment's creation, for \(Timestamp.format(scheduled)) instead of the anchor \(Timestamp.format(due))")
+        }
         let lateness = try await jobStart(id, timeout: 50).timeIntervalSince(due)
         let polls = proxy.requestTimes.filter { $0 > created }.map { String(format: "%.1f", $0.timeIntervalSince(created)) }
         print(String(format: "RestingPollTests: schedule created %.1f s after the last poll; first run seen in the API after %.1f s; polls at +[%@] s; job started %.3f s after its scheduled time",
