@@ -215,11 +215,14 @@ struct WorkPool: Sendable, Decodable {
     /// Where runs submitted with `flow.submit_to_work_pool()` keep their bundles: `bundle_upload_step`,
     /// `bundle_execution_step`, `default_result_storage_block_id`.
     var storageConfiguration: JSON?
+    /// The pool's limit on runs in flight: the server then holds due runs back, without an event when a slot frees.
+    var concurrencyLimit: Int?
 
     enum CodingKeys: String, CodingKey {
         case id, name, type, status
         case baseJobTemplate = "base_job_template"
         case isPaused = "is_paused"
+        case concurrencyLimit = "concurrency_limit"
         case storageConfiguration = "storage_configuration"
     }
 

@@ -58,8 +58,13 @@ enum SettingTable {
               --heartbeat-seconds S    heartbeat interval [PREFECT_WORKER_HEARTBEAT_SECONDS=30]
         """)) { $0.settings.heartbeatSeconds = $1 },
         .seconds("PREFECT_WORKER_QUERY_SECONDS", flags: ["--query-seconds"], toml: "worker.query_seconds", minimum: 0.1, default: "10", help: .option("""
-              --query-seconds S        poll interval [PREFECT_WORKER_QUERY_SECONDS=10]
-        """)) { $0.settings.querySeconds = $1 },
+              --query-seconds S        poll interval (unset: 30 s while the events stream pushes
+                                       new runs) [PREFECT_WORKER_QUERY_SECONDS=10]
+        """)) { draft, seconds in
+            // Set: it holds also while the events stream is up (the poll rests to every 30 s then, unless set).
+            draft.settings.querySeconds = seconds
+            draft.settings.querySecondsIsSet = true
+        },
         .seconds("PREFECT_WORKER_KILL_GRACE_SECONDS", flags: ["--kill-grace-seconds"], toml: "worker.kill_grace_seconds", minimum: 0, default: "30", help: .option("""
               --kill-grace-seconds S   SIGTERM-to-SIGKILL grace for jobs [PREFECT_WORKER_KILL_GRACE_SECONDS=30]
         """)) { $0.settings.killGraceSeconds = $1 },

@@ -10,6 +10,9 @@ public struct Settings: Sendable, Equatable {
     var workQueues: [String] = []
     var heartbeatSeconds: Double = 30
     var querySeconds: Double = 10
+    /// Whether `querySeconds` was set (flag, environment, profile): the poll then keeps it while the events
+    /// stream is up too, instead of resting (`PollCadence`).
+    var querySecondsIsSet = false
     var prefetchSeconds: Double = 10
     /// At most this many runs in flight; nil = no limit.
     var limit: Int?

@@ -3,7 +3,8 @@ import Synchronization
 
 /// The pool's flow-run events, pushed over Prefect's events WebSocket (`/api/events/out`), so the worker need
 /// not poll to learn of them: a run of ours CANCELLING (or CANCELLED) is stopped at once, and a run of the
-/// pool becoming due is polled for at once. Prefetch, `--limit` and claiming stay with `PollService`.
+/// pool becoming due, or a change of the pool or one of its deployments, is polled for at once (`PollCadence`).
+/// Prefetch, `--limit` and claiming stay with `PollService`.
 ///
 /// Nothing is missed while the socket is down: it reconnects with backoff and jitter, every (re)connect rings
 /// a catch-up poll of cancellations and due runs, and meanwhile `CancellationWatch` polls at its fallback
@@ -23,7 +24,13 @@ struct EventWatch: Service {
     /// The state-change events the worker acts on: cancellation, and the SCHEDULED-type names that make a
     /// run due (new, retried, late, resumed, released by a concurrency limit).
     static let eventNames = ["Cancelling", "Cancelled", "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming"]
-        .map { "prefect.flow-run." + $0 }
+        .map { "prefect.flow-run." + $0 } + poolChangeNames
+
+    /// Changes after which the server may hold runs the worker has no event for: a new or changed deployment's
+    /// schedule (the server's scheduler inserts its runs without events), a pool or queue paused, resumed or
+    /// given another limit.
+    static let poolChangeNames = ["prefect.deployment.created", "prefect.deployment.updated",
+                                  "prefect.work-pool.updated", "prefect.work-queue.updated"]
 
     func run() async {
         let seen = EventIDs()
@@ -60,7 +67,12 @@ struct EventWatch: Service {
     static func messages(settings: Settings) -> SocketLoop.Messages {
         let pool = settings.pool
         return SocketLoop.Messages(
-            opened: { "subscribed to work pool '\(pool)' events at \($0): cancellations and new runs arrive by push" },
+            opened: { url in
+                let rest = settings.querySecondsIsSet
+                    ? "polling for runs every \(String(format: "%g", settings.querySeconds)) s (--query-seconds)"
+                    : "polling for runs every \(String(format: "%g", PollCadence.restSeconds)) s as a safety net, and when a known run is due"
+                return "subscribed to work pool '\(pool)' events at \(url): cancellations and new runs arrive by push; \(rest)"
+            },
             reconnected: { String(format: "events stream reconnected after %.0f s; catching up on cancellations and due runs", $0) },
             name: "events stream",
             closedByServer: "the server closed the stream",
@@ -106,6 +118,12 @@ struct EventWatch: Service {
         let type = event.stateType ?? Self.stateType(ofName: event.name)
         let lag = event.occurred.map { String(format: ", %.3f s after it occurred", Date().timeIntervalSince($0)) } ?? ""
         self.log.debug("event \(event.name) for \(event.resourceID)\(lag)")
+        if Self.poolChangeNames.contains(event.name) {
+            if event.name.hasPrefix("prefect.deployment."), !settings.workQueues.isEmpty,
+               let queue = event.relatedNames["work-queue"], !settings.workQueues.contains(queue) { return }
+            self.push.poolChanged()
+            return
+        }
         switch type {
         case "CANCELLING", "CANCELLED":
             guard let id = event.flowRunID else { return }

@@ -2,7 +2,8 @@ import Foundation
 
 /// Polls the pool for scheduled runs and offers each to `runs`, the owner of their lifecycle, which takes
 /// those it can (a free slot, not handled or claimed before). Polls every `--query-seconds`, and at once when the events
-/// stream reports a run of the pool becoming due (`EventWatch`).
+/// stream reports a run of the pool becoming due (`EventWatch`); while the stream is up, the poll rests
+/// (`PollCadence`).
 struct PollService: Service {
     let settings: Settings
     let client: PrefectClient
@@ -12,22 +13,26 @@ struct PollService: Service {
     let lookups: RunLookups
     let status: WorkerStatus
     let metrics: Metrics
-    /// Rung when the events stream reports a run of the pool becoming due.
-    let pollNow: Doorbell
+    /// The events stream's state and doorbell: a run of the pool becoming due, or the pool changing.
+    let push: PushSignals
     let log: Logger
 
     /// Polls for scheduled runs and offers each new one, within `--limit`.
     func run() async {
         var lastCount: Date?
+        var cadence = PollCadence(settings: settings)
         while !Task.isCancelled {
             status.pollLoopTicked()
+            let resting = cadence.rests(socket: push.socketState, poolHasLimit: lookups.pool?.concurrencyLimit != nil,
+                                        lastChange: push.lastPoolChange, now: Date())
             let free = await runs.registry.freeSlots
             if free == 0 {
                 // No poll while every slot is busy: the backlog is counted instead (the autoscaling signal).
-                await countDueRuns(&lastCount)
+                await countDueRuns(&lastCount, every: cadence.wait(resting: resting, now: Date()))
                 let registry = runs.registry
+                let wait = cadence.wait(resting: resting, now: Date())
                 await firstOf({ await registry.waitForRelease() },
-                              { try? await Task.sleep(seconds: self.settings.querySeconds) })
+                              { try? await Task.sleep(seconds: wait) })
                 continue
             }
             let batchLimit = min(free ?? 200, 200)
@@ -36,7 +41,7 @@ struct PollService: Service {
             let limit = settings.limit == nil ? nil : batchLimit
             if lookups.pool != nil {
                 do {
-                    let horizon = settings.runOnce ? 0 : settings.prefetchSeconds
+                    let horizon = settings.runOnce ? 0 : cadence.lookahead(resting: resting)
                     runs = try await client.scheduledFlowRuns(pool: settings.pool, queues: settings.workQueues,
                                                               before: Date().addingTimeInterval(horizon),
                                                               limit: limit)
@@ -50,7 +55,8 @@ struct PollService: Service {
             }
             var taken = 0, takenDue = 0
             let now = Date()
-            for run in runs.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
+            let offered = cadence.polled(runs, at: now)
+            for run in offered.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
                 if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
                 guard await self.runs.offer(run) else { continue }
                 taken += 1
@@ -60,20 +66,20 @@ struct PollService: Service {
                 if let due = DueRuns.fromPoll(runs, limit: limit, takenDue: takenDue, now: now) {
                     metrics.setRunsDue(due)
                 } else {
-                    await countDueRuns(&lastCount)
+                    await countDueRuns(&lastCount, every: settings.querySeconds)
                 }
             }
             if settings.runOnce { return }
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
             // Until the next poll, or sooner when the events stream says a run of the pool became due.
-            await pollNow.wait(timeout: settings.querySeconds)
+            await push.pollNow.wait(timeout: cadence.wait(resting: resting, now: Date()))
         }
     }
 
-    /// One `POST /flow_runs/count` for the gauge of due runs, unless one was sent within the poll interval.
-    private func countDueRuns(_ lastCount: inout Date?) async {
-        guard lookups.pool != nil, DueRuns.mayCount(lastCount: lastCount, interval: settings.querySeconds, now: Date()) else { return }
+    /// One `POST /flow_runs/count` for the gauge of due runs, unless one was sent within `interval`.
+    private func countDueRuns(_ lastCount: inout Date?, every interval: Double) async {
+        guard lookups.pool != nil, DueRuns.mayCount(lastCount: lastCount, interval: interval, now: Date()) else { return }
         lastCount = Date()
         do {
             let due = try await client.countDueFlowRuns(pool: settings.pool, queues: settings.workQueues, before: Date())

@@ -39,7 +39,9 @@ struct PoolService: Service {
         try await ensureQueues()
         await sendHeartbeat()
         log.info("serving work pool '\(settings.pool)'" + (settings.workQueues.isEmpty ? "" : " queues \(settings.workQueues)")
-                 + "; polling every \(settings.querySeconds) s, heartbeat every \(settings.heartbeatSeconds) s")
+                 + "; polling every \(settings.querySeconds) s"
+                 + (settings.querySecondsIsSet ? "" : " (every \(PollCadence.restSeconds) s while the events stream pushes new runs)")
+                 + ", heartbeat every \(settings.heartbeatSeconds) s")
     }
 
     /// Reads the pool into the shared snapshot, creating it (type `process`, Prefect's default template) when

@@ -2,10 +2,12 @@ import Foundation
 import Synchronization
 
 /// What the events subscription tells the loops that would otherwise poll: whether the socket is up (the
-/// cancellation poll then rests) or down (lost or refused: the poll's cadence differs), and two doorbells,
-/// "poll for runs now" and "check cancellations now".
+/// cancellation poll and the poll for runs then rest) or down (lost or refused: the poll's cadence differs),
+/// when the pool or a deployment of it last changed, and two doorbells, "poll for runs now" and "check
+/// cancellations now".
 final class PushSignals: Sendable {
-    /// Rung when a run of the pool becomes due, and after every (re)connect (the catch-up poll).
+    /// Rung when a run of the pool becomes due, when the pool or a deployment of it changes, and after every
+    /// change of the socket's state (after a connect: the catch-up poll; after a loss: the poll's cadence changes).
     let pollNow = Doorbell()
     /// Rung after every (re)connect and every change of the socket's state, so the cancellation watch
     /// catches up and changes its cadence.
@@ -20,21 +22,27 @@ final class PushSignals: Sendable {
 
     func channelChanged(up isUp: Bool) { channel.store(isUp, ordering: .relaxed) }
 
-    /// Whether the events socket is subscribed now.
-    var isSocketUp: Bool { socketState == .up }
-
     /// The events socket's state after its loop's last attempt (`.lost` before the first).
     var socketState: SocketLoop.State { Self.state(socket.load(ordering: .relaxed)) }
 
-    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
-
     /// After every connect: catch up on cancellations and due runs. After a loss, or a loss found to be a
-    /// refusal: the cancellation watch changes its cadence (a failed reconnect that changes nothing rings nothing).
+    /// refusal: both polls change their cadence (a failed reconnect that changes nothing rings nothing).
     func socketChanged(_ state: SocketLoop.State) {
         let was = Self.state(socket.exchange(Self.code(state), ordering: .relaxed))
         guard state == .up || was != state else { return }
         checkCancellations.ring()
-        if state == .up { pollNow.ring() }
+        pollNow.ring()
+    }
+
+    /// When a deployment of the pool, the pool or one of its queues last changed (nil: not since the start).
+    var lastPoolChange: Date? { poolChange.withLock { $0 } }
+    private let poolChange = Mutex<Date?>(nil)
+
+    /// A deployment of the pool, the pool or one of its queues changed: poll now, and at `--query-seconds` for a
+    /// while (`PollCadence.settleSeconds`), since the server schedules a new schedule's runs without events.
+    func poolChanged(at date: Date = Date()) {
+        poolChange.withLock { $0 = date }
+        pollNow.ring()
     }
 
     private static func code(_ state: SocketLoop.State) -> UInt8 {

@@ -128,7 +128,7 @@ public final class Worker: Sendable {
             loops.start(WorkerChannel(settings: settings, client: context.client, lookups: context.lookups, status: context.status,
                                       push: context.push, log: log), in: &group)
             claiming.start(PollService(settings: settings, client: context.client, runs: runs, lookups: context.lookups,
-                                       status: context.status, metrics: context.metrics, pollNow: context.push.pollNow, log: log),
+                                       status: context.status, metrics: context.metrics, push: context.push, log: log),
                            in: &group)
             if settings.runOnce {
                 // One poll, then the runs it claimed run to the end (a signal still drains or stops them).

@@ -234,7 +234,7 @@ final class SettingTableTests: XCTestCase {
     func testDefaultsAreTheSettingsDefaults() throws {
         let base = fields(try parse(baseline.args, baseline.env))
         // Records that a value was given, whatever it is: giving the default sets it, by design.
-        let givenMarks: Set<String> = ["cancellationPollIsSet"]
+        let givenMarks: Set<String> = ["cancellationPollIsSet", "querySecondsIsSet"]
         for setting in table {
             guard let value = setting.defaultValue, let variable = setting.variable else { continue }
             let settings = try parse(baseline.args, baseline.env.merging([variable: value]) { $1 })

@@ -125,6 +125,35 @@ final class PushSignalTests: XCTestCase {
         XCTAssertLessThan(polled, 0.5, "a run becoming due rings for a poll (the type taken from the name when absent)")
     }
 
+    func testAChangeOfThePoolOrADeploymentOfItRingsForAPollAndIsRemembered() async throws {
+        let context = context { $0.workQueues = ["default"] }
+        let watch = EventWatch(context: context)
+        func event(_ name: String, queue: String?) -> EventSubscription.Event {
+            EventSubscription.Event(id: UUID().uuidString, name: name, occurred: Date(), resourceID: "prefect.deployment.d-1",
+                                    stateType: nil, relatedNames: queue.map { ["work-queue": $0, "work-pool": "pool"] } ?? ["work-pool": "pool"])
+        }
+        XCTAssertTrue(EventWatch.eventNames.contains("prefect.deployment.created"), "subscribed to")
+        await watch.handle(event("prefect.deployment.updated", queue: "elsewhere"))
+        let ignored = await Self.elapsed { await context.push.pollNow.wait(timeout: 0.3) }
+        XCTAssertGreaterThanOrEqual(ignored, 0.25, "a deployment of a queue this worker does not serve changes nothing")
+        XCTAssertNil(context.push.lastPoolChange)
+        for name in EventWatch.poolChangeNames {
+            await watch.handle(event(name, queue: "default"))
+            let polled = await Self.elapsed { await context.push.pollNow.wait(timeout: 5) }
+            XCTAssertLessThan(polled, 0.5, "\(name) rings for a poll")
+            XCTAssertEqual(context.push.lastPoolChange?.timeIntervalSinceNow ?? -99, 0, accuracy: 2, "\(name) is remembered for the cadence")
+        }
+    }
+
+    func testALossRingsThePollToo() async {
+        let push = PushSignals()
+        push.socketChanged(.up)
+        await push.pollNow.wait(timeout: 1)
+        push.socketChanged(.refused)
+        let rung = await Self.elapsed { await push.pollNow.wait(timeout: 5) }
+        XCTAssertLessThan(rung, 0.5, "a resting poll goes back to --query-seconds at once")
+    }
+
     func testEventMessagesParseAsTheServerSendsThem() throws {
         let text = #"""
         {"type":"event","event":{"id":"e-1","occurred":"2026-12-01T22:00:00.123456Z","event":"prefect.flow-run.Cancelling",

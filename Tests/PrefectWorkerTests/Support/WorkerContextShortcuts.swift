@@ -39,7 +39,7 @@ extension Recovery {
 extension PollService {
     init(context: WorkerContext, runs: RunLifecycle) {
         self.init(settings: context.settings, client: context.client, runs: runs, lookups: context.lookups, status: context.status,
-                  metrics: context.metrics, pollNow: context.push.pollNow, log: context.log)
+                  metrics: context.metrics, push: context.push, log: context.log)
     }
 }
 
@@ -74,4 +74,11 @@ extension WorkerChannel {
         self.init(settings: context.settings, client: context.client, lookups: context.lookups, status: context.status,
                   push: context.push, log: context.log)
     }
+}
+
+extension PushSignals {
+    /// Whether the events socket is subscribed now.
+    var isSocketUp: Bool { socketState == .up }
+
+    func socketChanged(up isUp: Bool) { socketChanged(isUp ? .up : .lost) }
 }
