@@ -43,7 +43,8 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
     }
 
     private func waitForLog(_ worker: WorkerProcess, _ text: String, what: String) async throws {
-        _ = try await E2E.eventually(timeout: 30, "\(what): \(worker.log.suffix(1500))") {
+        // A minute: on a busy SQLite server the first pool read alone has taken 32 s.
+        _ = try await E2E.eventually(timeout: 60, "\(what): \(worker.log.suffix(1500))") {
             try checkWorkersAlive()
             return worker.log.contains(text) ? true : nil
         }
