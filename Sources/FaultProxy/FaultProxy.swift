@@ -71,6 +71,7 @@ public final class FaultProxy: @unchecked Sendable {
     private var _targetedFailures: [String: Int] = [:]
     private var _stopped = false
     private var _blockWebSockets = false
+    private var _resetWebSockets = false
     private var _maintenance = false
     /// Client and server sockets of the open WebSocket tunnels.
     private var _tunnels: [Int32: Int32] = [:]
@@ -130,6 +131,13 @@ public final class FaultProxy: @unchecked Sendable {
     public var blockWebSockets: Bool {
         get { locked { _blockWebSockets } }
         set { locked { _blockWebSockets = newValue } }
+    }
+
+    /// While true, WebSocket upgrades are reset without an answer (counted in `webSocketsRefused`): the socket
+    /// is lost rather than refused, while other requests are unaffected. Open tunnels stay.
+    public var resetWebSockets: Bool {
+        get { locked { _resetWebSockets } }
+        set { locked { _resetWebSockets = newValue } }
     }
 
     /// While true, every request is answered 503 with `Prefect-Maintenance: true` and `Retry-After: 1`, as
@@ -346,11 +354,15 @@ public final class FaultProxy: @unchecked Sendable {
     /// A WebSocket upgrade: counted as a request, then (unless blocked) both directions are relayed until
     /// either side closes or the tunnel is cut.
     private func tunnel(_ client: Int32, _ request: Request) {
-        let blocked: Bool = locked {
+        let (blocked, reset): (Bool, Bool) = locked {
             _counters.requests += 1
             _counters.byEndpoint[request.summary, default: 0] += 1
-            if _blockWebSockets { _counters.webSocketsRefused += 1 }
-            return _blockWebSockets
+            if _blockWebSockets || _resetWebSockets { _counters.webSocketsRefused += 1 }
+            return (_blockWebSockets, _resetWebSockets)
+        }
+        if reset {
+            Self.reset(client)
+            return
         }
         if blocked {
             let body = #"{"exception_message":"WebSockets are blocked by the fault proxy"}"#

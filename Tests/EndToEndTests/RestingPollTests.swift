@@ -74,12 +74,13 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
     }
 
     /// Fails if the worker never rests (more than 3 polls in 65 s, with push up), if the safety net is gone (fewer
-    /// than 2), or if it rests where push cannot tell it enough: WebSockets refused, a pool with a concurrency
-    /// limit (a freed slot sends no event), `--query-seconds` set by the user (fewer than 5 polls in 65 s each).
+    /// than 2), or if it rests where push cannot tell it enough: WebSockets refused, the stream lost, a pool with
+    /// a concurrency limit (a freed slot sends no event), `--query-seconds` set by the user (fewer than 5 polls in
+    /// 65 s each); or if a worker that loses its stream just after a resting poll waits out the rest of its 30 s.
     func testIdleWorkerRestsWhilePushIsUpAndPollsEveryQuerySecondsOtherwise() async throws {
         struct Case { var label: String; var proxy: FaultProxy; var worker: WorkerProcess; var ready: String }
         var cases: [Case] = []
-        for label in ["resting", "socket refused", "pool limit", "interval set"] {
+        for label in ["resting", "socket refused", "socket lost", "pool limit", "interval set"] {
             let pool = try await makeProcessPool("-" + String(label.split(separator: " ").last!))
             if label == "pool limit" {
                 _ = try await api.send("PATCH", "/work_pools/\(TestAPI.path(pool))", .object(["concurrency_limit": .int(5)]))
@@ -92,6 +93,10 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         }
         for c in cases { try await waitForLog(c.worker, c.ready, what: "the \(c.label) worker's events stream to settle") }
         try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect
+        // The stream lost (its reconnects reset, not refused): resting, the next poll would be up to 30 s away.
+        let lost = cases.first { $0.label == "socket lost" }!
+        lost.proxy.resetWebSockets = true
+        lost.proxy.cutWebSockets()
         let start = Date()
         let window = 65.0
         try await Task.sleep(seconds: window)
@@ -104,6 +109,12 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertLessThanOrEqual(counts["resting"]!, 3, "with push up and --query-seconds unset the poll rests to every 30 s")
         XCTAssertGreaterThanOrEqual(counts["resting"]!, 2, "resting, the poll still comes every 30 s (the safety net)")
         XCTAssertGreaterThanOrEqual(counts["socket refused"]!, 5, "without push the poll keeps every 10 s")
+        XCTAssertGreaterThanOrEqual(counts["socket lost"]!, 5, "with the stream lost the poll keeps every 10 s")
+        let afterLoss = lost.proxy.requestTimes.first { $0 > start }.map { $0.timeIntervalSince(start) }
+        print("RestingPollTests: socket lost: first poll \(afterLoss.map { String(format: "%.1f", $0) } ?? "none") s after the cut")
+        XCTAssertLessThanOrEqual(afterLoss ?? .infinity, Self.querySeconds + 0.5, "a lost stream ends the rest at once")
+        XCTAssertTrue(lost.worker.log.contains("events stream lost") && !lost.worker.log.contains("WebSockets are refused"),
+                      "the stream was lost, not refused: \(lost.worker.log.suffix(1500))")
         XCTAssertGreaterThanOrEqual(counts["pool limit"]!, 5, "with a pool concurrency limit the poll keeps every 10 s")
         XCTAssertGreaterThanOrEqual(counts["interval set"]!, 5, "--query-seconds set by the user holds with push up")
     }
