@@ -197,4 +197,51 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
         try await assertCompletedOnce(id, "the schedule's first run")
     }
+
+    /// Runs that wait in a paused queue or pool, already Late, get no event when it is resumed: the server emits
+    /// `prefect.work-queue.ready|not-ready` or `prefect.work-pool.ready|not-ready` (a status change; `is_paused` is
+    /// not among the fields of a `…updated` event). With a 10 s poll they started within 10 s of the resume. Fails
+    /// if, resting, they wait for the safety net instead (resumed just after a poll: ~29 s).
+    func testDueRunsStartWithinQuerySecondsOfTheirQueueOrPoolBeingResumed() async throws {
+        struct Case { var label: String; var pause: (String, String); var proxy: FaultProxy; var run: String }
+        var cases: [Case] = []
+        for label in ["queue", "pool"] {
+            let pool = try await makeProcessPool("-" + label)
+            let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 1"]))
+            let proxy = try startProxy()
+            let worker = try startDefaultWorker(pool: pool, proxy: proxy)
+            try await waitForSubscription(worker)
+            let path = label == "queue" ? "/work_pools/\(TestAPI.path(pool))/queues/default" : "/work_pools/\(TestAPI.path(pool))"
+            _ = try await api.send("PATCH", path, .object(["is_paused": .bool(true)]))
+            let run = try await api.createFlowRun(deployment: deployment)
+            track(run)
+            cases.append(Case(label: label, pause: ("PATCH", path), proxy: proxy, run: run))
+        }
+        for c in cases {
+            // Late (15 s after its time): its event rings a poll, which finds nothing while paused.
+            let late = try await E2E.eventually(timeout: 60, "run \(c.run) to be marked Late") { () -> Date? in
+                try checkWorkersAlive()
+                let run = try await api.readFlowRun(c.run)
+                guard run["state_name"]?.asString == "Late" else { return nil }
+                return run["state"]?["timestamp"]?.asString.flatMap(Timestamp.parse)
+            }
+            _ = try await E2E.eventually(timeout: 35, interval: 0.05, "a poll after run \(c.run) became Late") {
+                c.proxy.requestTimes.last.flatMap { $0 > late ? true : nil }
+            }
+            XCTAssertTrue(ProcScan.processes(ofRun: c.run).isEmpty, "run \(c.run) did not start while its \(c.label) was paused")
+        }
+        var resumed: [String: Date] = [:]
+        for c in cases {
+            _ = try await api.send(c.pause.0, c.pause.1, .object(["is_paused": .bool(false)]))
+            resumed[c.run] = Date()
+            let sincePoll = c.proxy.requestTimes.last.map { resumed[c.run]!.timeIntervalSince($0) } ?? -1
+            print(String(format: "RestingPollTests: %@ resumed %.1f s after the last poll", c.label, sincePoll))
+        }
+        for c in cases {
+            let latency = try await jobStart(c.run, timeout: 45).timeIntervalSince(resumed[c.run]!)
+            print(String(format: "RestingPollTests: %@ resumed → its Late run's job started in %.3f s", c.label, latency))
+            XCTAssertLessThan(latency, Self.querySeconds + 2, "a due run starts within --query-seconds of its \(c.label) being resumed, as with a 10 s poll")
+            try await assertCompletedOnce(c.run, "the run of the resumed \(c.label)")
+        }
+    }
 }
