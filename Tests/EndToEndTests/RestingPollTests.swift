@@ -62,6 +62,16 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         }
     }
 
+    /// When each run's first job process was seen, watched together (a short job ends while another is awaited).
+    private func jobStarts(_ ids: [String], timeout: Double) async throws -> [String: Date] {
+        var seen: [String: Date] = [:]
+        return try await E2E.eventually(timeout: timeout, interval: 0.02, "the jobs of \(ids.filter { seen[$0] == nil }) to start") {
+            try checkWorkersAlive()
+            for id in ids where seen[id] == nil && !ProcScan.processes(ofRun: id).isEmpty { seen[id] = Date() }
+            return seen.count == ids.count ? seen : nil
+        }
+    }
+
     /// The run ended COMPLETED and ran once (`run_count` 1: not handed back and claimed again).
     private func assertCompletedOnce(_ id: String, _ what: String) async throws {
         let run = try await waitForFinalState(id, timeout: 30)
@@ -232,13 +242,15 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         }
         var resumed: [String: Date] = [:]
         for c in cases {
+            let lastPoll = c.proxy.requestTimes.last  // before the resume's own event rings one
             _ = try await api.send(c.pause.0, c.pause.1, .object(["is_paused": .bool(false)]))
             resumed[c.run] = Date()
-            let sincePoll = c.proxy.requestTimes.last.map { resumed[c.run]!.timeIntervalSince($0) } ?? -1
+            let sincePoll = lastPoll.map { resumed[c.run]!.timeIntervalSince($0) } ?? -1
             print(String(format: "RestingPollTests: %@ resumed %.1f s after the last poll", c.label, sincePoll))
         }
+        let started = try await jobStarts(cases.map(\.run), timeout: 45)
         for c in cases {
-            let latency = try await jobStart(c.run, timeout: 45).timeIntervalSince(resumed[c.run]!)
+            let latency = started[c.run]!.timeIntervalSince(resumed[c.run]!)
             print(String(format: "RestingPollTests: %@ resumed → its Late run's job started in %.3f s", c.label, latency))
             XCTAssertLessThan(latency, Self.querySeconds + 2, "a due run starts within --query-seconds of its \(c.label) being resumed, as with a 10 s poll")
             try await assertCompletedOnce(c.run, "the run of the resumed \(c.label)")
