@@ -72,6 +72,15 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         }
     }
 
+    /// The time of the proxy's last poll once it is under 3 s old (waiting for the next one if need be): an action
+    /// taken then is 27 s or more ahead of the next safety-net poll.
+    private func freshPoll(_ proxy: FaultProxy) async throws -> Date {
+        try await E2E.eventually(timeout: 35, interval: 0.05, "a poll for scheduled runs through proxy :\(proxy.port)") {
+            try checkWorkersAlive()
+            return proxy.requestTimes.last.flatMap { Date().timeIntervalSince($0) < 3 ? $0 : nil }
+        }
+    }
+
     /// The run ended COMPLETED and ran once (`run_count` 1: not handed back and claimed again).
     private func assertCompletedOnce(_ id: String, _ what: String) async throws {
         let run = try await waitForFinalState(id, timeout: 30)
@@ -162,50 +171,75 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
     }
 
     /// The server's scheduler inserts a new schedule's first runs without an event, within ~5 s of the deployment's
-    /// creation (its recent-deployments loop), starting from its own "now": the first run is anchored 20 s after the
-    /// creation, so any insertion within 20 s schedules it there. With the deployment event handled, the polls at
-    /// +0, +10 and +20 s (prefetch 10 s) claim it by +20 s, and its job starts at its time (+1 s on a loaded machine).
-    /// Without, the next poll is the safety net, 30 s after the one just before the creation, so the job starts
-    /// ~9 s late (or at its Late event, 15 s late): the bound of 5 s fails that.
+    /// creation or update (its recent-deployments loop), starting from its own "now": the first run is anchored 20 s
+    /// after, so any insertion within 20 s schedules it there. With the deployment's `created` or `updated` event
+    /// handled, the polls at +0, +10 and +20 s (prefetch 10 s) claim it by +20 s, and its job starts at its time.
+    /// Without, the next poll is the safety net, 30 s after the one just before (at most 3 s before), so the job
+    /// starts 7-10 s late (or at its Late event, 15 s late): the bound of 5 s fails that.
     func testTheFirstRunOfANewScheduleStartsOnTimeWhileThePollRests() async throws {
-        let pool = try await makeProcessPool()
-        let proxy = try startProxy()
-        let worker = try startDefaultWorker(pool: pool, proxy: proxy)
-        try await waitForSubscription(worker)
-        try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect: the safety net is 29 s away
+        struct Case { var label: String; var pool: String; var proxy: FaultProxy; var paused: String? }
         let flow = try await api.createFlow("e2e-command-flow")
-        let lastPoll = proxy.requestTimes.last  // before the deployment's own event rings a poll
-        let due = Date().addingTimeInterval(20)
-        let deployment = try await api.createDeployment(name: uniqueName(), flowID: flow, pool: pool, jobVariables: .object(["command": "sleep 1"]), extra: [
-            "schedules": .array([.object([
+        var cases: [Case] = []
+        for label in ["created", "resumed"] {
+            let pool = try await makeProcessPool("-" + label)
+            // Resumed: a paused deployment without a schedule, resumed with one (a `prefect.deployment.updated`).
+            let paused = label == "created" ? nil : try await api.createDeployment(
+                name: uniqueName(), flowID: flow, pool: pool, jobVariables: .object(["command": "sleep 1"]), extra: ["paused": .bool(true)])
+            let proxy = try startProxy()
+            let worker = try startDefaultWorker(pool: pool, proxy: proxy)
+            try await waitForSubscription(worker)
+            cases.append(Case(label: label, pool: pool, proxy: proxy, paused: paused))
+        }
+        struct Scheduled { var label: String; var deployment: String; var due: Date; var acted: Date; var sincePoll: Double; var proxy: FaultProxy }
+        var scheduled: [Scheduled] = []
+        for c in cases {
+            let lastPoll = try await freshPoll(c.proxy)
+            let due = Date().addingTimeInterval(20)
+            let schedules = JSON.array([.object([
                 "schedule": .object(["interval": .int(3600), "anchor_date": .string(Timestamp.format(due)), "timezone": "UTC"]),
                 "active": .bool(true),
-            ])]),
-        ])
-        let created = Date()
-        let sincePoll = lastPoll.map { created.timeIntervalSince($0) } ?? -1
-        let run = try await E2E.eventually(timeout: 18, "the scheduler to insert the first run of deployment \(deployment)") { () -> JSON? in
-            try checkWorkersAlive()
-            return try await api.send("POST", "/flow_runs/filter", .object([
-                "flow_runs": .object(["deployment_id": .object(["any_": .array([.string(deployment)])])]),
-                "sort": "EXPECTED_START_TIME_ASC",  // it inserts a few: the first is at the anchor
-            ])).asArray?.first
+            ])])
+            let deployment: String
+            if let paused = c.paused {
+                _ = try await api.send("PATCH", "/deployments/\(TestAPI.path(paused))", .object(["paused": .bool(false), "schedules": schedules]))
+                deployment = paused
+            } else {
+                deployment = try await api.createDeployment(name: uniqueName(), flowID: flow, pool: c.pool, jobVariables: .object(["command": "sleep 1"]),
+                                                            extra: ["schedules": schedules])
+            }
+            let acted = Date()
+            scheduled.append(Scheduled(label: c.label, deployment: deployment, due: due, acted: acted,
+                                       sincePoll: acted.timeIntervalSince(lastPoll), proxy: c.proxy))
         }
-        let inserted = Date().timeIntervalSince(created)
-        let id = try XCTUnwrap(run["id"]?.asString)
-        track(id)
-        let scheduled = run["next_scheduled_start_time"]?.asString.flatMap(Timestamp.parse) ?? .distantPast
-        guard abs(scheduled.timeIntervalSince(due)) < 1 else {
-            // The scheduler ran after the anchor (a busy SQLite server): nothing to measure.
-            return XCTFail("the server's scheduler inserted the first run of \(deployment) \(String(format: "%.1f", inserted)) s after the deployment's creation, for \(Timestamp.format(scheduled)) instead of the anchor \(Timestamp.format(due))")
+        var runs: [String: String] = [:]
+        for s in scheduled {
+            let run = try await E2E.eventually(timeout: 18, "the scheduler to insert the first run of deployment \(s.deployment)") { () -> JSON? in
+                try checkWorkersAlive()
+                return try await api.send("POST", "/flow_runs/filter", .object([
+                    "flow_runs": .object(["deployment_id": .object(["any_": .array([.string(s.deployment)])])]),
+                    "sort": "EXPECTED_START_TIME_ASC",  // it inserts a few: the first is at the anchor
+                ])).asArray?.first
+            }
+            let id = try XCTUnwrap(run["id"]?.asString)
+            track(id)
+            runs[s.label] = id
+            let start = run["next_scheduled_start_time"]?.asString.flatMap(Timestamp.parse) ?? .distantPast
+            guard abs(start.timeIntervalSince(s.due)) < 1 else {
+                // The scheduler ran after the anchor (a busy SQLite server): nothing to measure.
+                return XCTFail("the server's scheduler put the first run of the \(s.label) deployment \(s.deployment) at \(Timestamp.format(start)) instead of the anchor \(Timestamp.format(s.due))")
+            }
         }
-        let lateness = try await jobStart(id, timeout: 50).timeIntervalSince(due)
-        let polls = proxy.requestTimes.filter { $0 > lastPoll ?? .distantPast }.map { String(format: "%.1f", $0.timeIntervalSince(created)) }
-        print(String(format: "RestingPollTests: schedule created %.1f s after the last poll; first run seen in the API after %.1f s; polls at +[%@] s; job started %.3f s after its scheduled time",
-                     sincePoll, inserted, polls.joined(separator: ", "), lateness))
-        XCTAssertLessThan(lateness, 5, "the first run of a new schedule starts at its time, not at the next safety-net poll")
-        XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
-        try await assertCompletedOnce(id, "the schedule's first run")
+        let started = try await jobStarts(scheduled.map { runs[$0.label]! }, timeout: 50)
+        for s in scheduled {
+            let id = runs[s.label]!
+            let lateness = started[id]!.timeIntervalSince(s.due)
+            let polls = s.proxy.requestTimes.filter { $0 > s.acted.addingTimeInterval(-s.sincePoll) }.map { String(format: "%.1f", $0.timeIntervalSince(s.acted)) }
+            print(String(format: "RestingPollTests: schedule of a deployment %@ %.1f s after the last poll; polls at +[%@] s; first run's job started %.3f s after its scheduled time",
+                         s.label, s.sincePoll, polls.joined(separator: ", "), lateness))
+            XCTAssertLessThan(lateness, 5, "the first run of the schedule of a deployment \(s.label) starts at its time, not at the next safety-net poll")
+            XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
+            try await assertCompletedOnce(id, "the first run of the schedule of a deployment \(s.label)")
+        }
     }
 
     /// Runs that wait in a paused queue or pool, already Late, get no event when it is resumed: the server emits
