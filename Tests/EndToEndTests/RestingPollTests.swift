@@ -7,8 +7,9 @@ import XCTest
 /// stream is up the poll rests (a safety net every 30 s), and yet runs start on time: a run created now by push,
 /// a run scheduled ahead at its start (the rest poll looks 30 + prefetch s ahead and wakes for it), a new
 /// schedule's first run (inserted by the server's scheduler without an event) by the polls every 10 s that follow
-/// the deployment's creation. Where push cannot say enough (socket refused, pool concurrency limit, interval set
-/// by the user) the poll keeps every `--query-seconds`.
+/// the deployment's creation or update, and the due runs of a resumed queue or pool. Where push cannot say enough
+/// (socket refused or lost, pool concurrency limit, interval set by the user) the poll keeps every `--query-seconds`.
+/// Each worker has a proxy in front of it that times its polls.
 final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
     private var proxies: [FaultProxy] = []
 
