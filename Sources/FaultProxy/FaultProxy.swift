@@ -4,7 +4,8 @@ import Glibc
 #endif
 
 /// A fault-injecting HTTP/1.1 proxy in front of the real Prefect server, for the resilience tests
-/// (Tests/EndToEndTests) and the fault soak (`prefect-worker-bench soak`).
+/// (Tests/EndToEndTests), the fault soak (`prefect-worker-bench soak`) and, without faults, the request counts
+/// of the push bench (`prefect-worker-bench push`).
 ///
 /// Listens on 127.0.0.1 (port chosen by the OS). Each connection carries one request: the request line, headers
 /// and `Content-Length` (or chunked) body are read, forwarded to the upstream server with `Connection: close`,
@@ -15,7 +16,8 @@ import Glibc
 ///   *after* forwarding but before relaying the answer (the request took effect, the answer is lost);
 /// - `down`: every connection is reset as soon as it is accepted.
 ///
-/// Sockets and threads only (Glibc); every counter and setting is behind one lock.
+/// Sockets and threads only (Glibc); every counter and setting is behind one lock. Every socket is close-on-exec,
+/// so the workers a bench or test spawns after `start` do not hold the proxy's sockets open.
 public final class FaultProxy: @unchecked Sendable {
     /// What the proxy did so far.
     public struct Counters: Sendable, CustomStringConvertible {
@@ -42,6 +44,8 @@ public final class FaultProxy: @unchecked Sendable {
         public var webSocketsRefused = 0
         /// Requests by "METHOD /path" (no query), WebSocket upgrades included: where the requests go.
         public var byEndpoint: [String: Int] = [:]
+        /// The WebSocket upgrades among `byEndpoint` (tunnelled or refused), by "METHOD /path".
+        public var webSocketsByEndpoint: [String: Int] = [:]
 
         /// Resets before and after forwarding.
         public var resets: Int { resetsBeforeForward + resetsAfterForward }
@@ -189,7 +193,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// Binds, listens and starts the accept thread.
     public func start() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ProxyError(description: "socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -237,6 +241,7 @@ public final class FaultProxy: @unchecked Sendable {
                 usleep(10_000)
                 continue
             }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             if locked({ _stopped }) {
                 Self.reset(client)
                 return
@@ -357,6 +362,7 @@ public final class FaultProxy: @unchecked Sendable {
         let (blocked, reset): (Bool, Bool) = locked {
             _counters.requests += 1
             _counters.byEndpoint[request.summary, default: 0] += 1
+            _counters.webSocketsByEndpoint[request.summary, default: 0] += 1
             if _blockWebSockets || _resetWebSockets { _counters.webSocketsRefused += 1 }
             return (_blockWebSockets, _resetWebSockets)
         }
@@ -370,7 +376,7 @@ public final class FaultProxy: @unchecked Sendable {
             Self.finish(client)
             return
         }
-        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr(upstreamHost == "localhost" ? "127.0.0.1" : upstreamHost)
@@ -461,7 +467,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// Sends the request upstream and reads the whole answer (until the server closes). Nil on any error.
     private func forward(_ request: Request) -> [UInt8]? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         Self.setTimeouts(fd, seconds: 60)

@@ -2,10 +2,12 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import FaultProxy
 import PrefectWorker
 
 /// One worker measured by `push`: ours (this build, and optionally with WebSocket upgrades refused by its proxy, and an
-/// older binary as "before") or Prefect's own, each with its defaults and behind its own counting proxy.
+/// older binary as "before") or Prefect's own, each with its defaults and behind its own `FaultProxy` (no faults), which
+/// counts its requests.
 struct PushVariant: Sendable {
     var name: String
     var title: String
@@ -35,7 +37,7 @@ struct Push {
     /// A started worker and what belongs to it.
     final class Subject: @unchecked Sendable {
         let variant: PushVariant
-        let proxy: CountingProxy
+        let proxy: FaultProxy
         let pool: String
         let name: String
         var pid: pid_t = 0
@@ -45,7 +47,7 @@ struct Push {
         var childDeployment = ""
         var result: PushVariantResult
 
-        init(_ variant: PushVariant, proxy: CountingProxy, pool: String, name: String, command: String) {
+        init(_ variant: PushVariant, proxy: FaultProxy, pool: String, name: String, command: String) {
             self.variant = variant
             self.proxy = proxy
             self.pool = pool
@@ -67,9 +69,14 @@ struct Push {
         let flow = try await api.createFlow("bench-push")
         let tag = UUID().uuidString.prefix(6).lowercased()
         var subjects: [Subject] = []
-        defer { for subject in subjects { subject.proxy.stop() } }
+        defer {
+            for subject in subjects {
+                subject.proxy.stop()
+                subject.proxy.cutWebSockets()
+            }
+        }
         for variant in variants {
-            let proxy = CountingProxy(upstream: apiURL)
+            let proxy = FaultProxy(upstream: apiURL)
             try proxy.start()
             proxy.blockWebSockets = variant.blockSocket
             let subject = Subject(variant, proxy: proxy, pool: "push-\(variant.name)-\(tag)", name: "push-\(variant.name)-\(tag)",
@@ -181,12 +188,12 @@ struct Push {
 
     /// Counts every worker's requests over the same `seconds`.
     func window(_ subjects: [Subject], seconds: Double) async -> [RequestWindow] {
-        let before = subjects.map(\.proxy.snapshot)
+        let before = subjects.map { RequestCounts($0.proxy.counters) }
         let start = Clock.now
         await Clock.sleep(seconds)
         let elapsed = Clock.now - start
         return zip(subjects, before).map { subject, earlier in
-            let delta = subject.proxy.snapshot.since(earlier)
+            let delta = RequestCounts(subject.proxy.counters).since(earlier)
             return RequestWindow(seconds: elapsed, requests: delta.requests, perMinute: Double(delta.requests) * 60 / elapsed,
                                  webSockets: delta.webSockets, refusedWebSockets: delta.refused,
                                  byEndpoint: delta.byEndpoint.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }

@@ -73,10 +73,11 @@ struct PushReport {
         md += """
         Every worker runs at once against one Prefect server (SQLite), with its defaults (10 s poll, 10 s prefetch, \
         30 s heartbeat; Prefect's worker: `prefect worker start --type process`), each through its own counting \
-        proxy (a byte-for-byte relay in the bench that counts HTTP requests by method and path; a WebSocket \
-        upgrade counts as one request, its frames as none). "Socket refused": the proxy answers WebSocket upgrades \
-        503 (as a proxy or load balancer that does not pass WebSockets), so the worker falls back to polling: \
-        cancellations every 0.5 s once two upgrades in a row were refused, runs every 10 s.
+        proxy (the end-to-end tests' fault proxy with no faults: it counts HTTP requests by method and path and \
+        carries one request per connection; a WebSocket upgrade counts as one request, its frames as none). \
+        "Socket refused": the proxy answers WebSocket upgrades 503 (as a proxy or load balancer that does not pass \
+        WebSockets), so the worker falls back to polling: cancellations every 0.5 s once two upgrades in a row were \
+        refused, runs every 10 s.
         - **Requests per minute**: the requests counted in a window ÷ its minutes; idle for \(Int(s.idleSeconds)) s \
         (10 s after all were ONLINE); then with \(s.busyRuns) runs of `\(s.busyJob)` in flight, \(Int(s.busySeconds)) s \
         once every job had started. Windows of minutes, since one poll more or less in a 60 s window is 1/min.

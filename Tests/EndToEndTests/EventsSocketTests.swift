@@ -83,6 +83,10 @@ final class EventsSocketTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertNil(all["POST /api/events"], "no event went by REST (the worker.started event included): \(all)")
         XCTAssertEqual(measured.perRun["POST /api/events"], nil)
         XCTAssertEqual(all["GET /api/events/in"], 1, "one socket carried every event: \(all)")
+        // The proxy tells upgrades from plain requests (the push bench marks them so).
+        let upgrades = proxy.counters.webSocketsByEndpoint
+        XCTAssertEqual(upgrades["GET /api/events/in"], 1, "\(upgrades)")
+        XCTAssertTrue(upgrades.keys.allSatisfy { $0.hasPrefix("GET ") }, "only GETs upgrade: \(upgrades)")
     }
 
     func testWithWebSocketsBlockedEventsGoByPOST() async throws {
@@ -101,6 +105,12 @@ final class EventsSocketTests: RunControlTestCase, @unchecked Sendable {
         let all = proxy.counters.byEndpoint
         XCTAssertGreaterThan(all["POST /api/events"] ?? 0, 0, "the events went by REST: \(all)")
         XCTAssertEqual(all["GET /api/events/in"], 1, "one refused upgrade, then REST until the socket's backoff has passed: \(all)")
+        // A refused upgrade is still an upgrade; the events' POSTs are not.
+        let counters = proxy.counters
+        let upgrades = counters.webSocketsByEndpoint
+        XCTAssertEqual(upgrades["GET /api/events/in"], 1, "\(upgrades)")
+        XCTAssertNil(upgrades["POST /api/events"], "\(upgrades)")
+        XCTAssertEqual(upgrades.values.reduce(0, +), counters.webSocketsRefused, "every upgrade was refused: \(upgrades)")
     }
 }
 

@@ -26,11 +26,13 @@ struct EventWatch: Service {
     static let eventNames = ["Cancelling", "Cancelled", "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming"]
         .map { "prefect.flow-run." + $0 } + poolChangeNames
 
-    /// Changes after which the server may hold runs the worker has no event for: a new or changed deployment's
-    /// schedule (the server's scheduler inserts its runs without events), a pool or queue paused, resumed or
-    /// given another limit.
+    /// Changes after which the server may hold runs the worker has no event for: a new or changed deployment
+    /// (the server's scheduler inserts a schedule's runs without events; a resumed deployment's too), a pool
+    /// or queue given another limit (`updated`), or resumed (its status event: `ready`, or `not-ready` while
+    /// no worker is online or the queue was not polled lately). Status events come only on a transition.
     static let poolChangeNames = ["prefect.deployment.created", "prefect.deployment.updated",
-                                  "prefect.work-pool.updated", "prefect.work-queue.updated"]
+                                  "prefect.work-pool.updated", "prefect.work-pool.ready", "prefect.work-pool.not-ready",
+                                  "prefect.work-queue.updated", "prefect.work-queue.ready", "prefect.work-queue.not-ready"]
 
     func run() async {
         let seen = EventIDs()

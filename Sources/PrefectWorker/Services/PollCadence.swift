@@ -72,12 +72,20 @@ struct PollCadence: Sendable {
         return offered
     }
 
+    /// The interval between polls when no known run is due sooner.
+    func interval(resting: Bool) -> Double {
+        resting ? Self.restSeconds : querySeconds
+    }
+
     /// Seconds until the next poll: `--query-seconds` unless resting; resting, until the next known run is to
-    /// be claimed, or the safety net.
-    func wait(resting: Bool, now: Date) -> Double {
-        guard resting else { return querySeconds }
-        guard let start = nextKnownStart else { return Self.restSeconds }
-        let untilClaim = start.timeIntervalSince(now) - prefetchSeconds
-        return min(Self.restSeconds, max(Self.shortestWait, untilClaim))
+    /// be claimed, or the safety net. After a failed poll, `--query-seconds` at most.
+    func wait(resting: Bool, polled: Bool = true, now: Date) -> Double {
+        let wait: Double
+        if resting, let start = nextKnownStart {
+            wait = min(Self.restSeconds, max(Self.shortestWait, start.timeIntervalSince(now) - prefetchSeconds))
+        } else {
+            wait = interval(resting: resting)
+        }
+        return polled ? wait : min(wait, querySeconds)
     }
 }

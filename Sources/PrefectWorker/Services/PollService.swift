@@ -28,11 +28,11 @@ struct PollService: Service {
             let free = await runs.registry.freeSlots
             if free == 0 {
                 // No poll while every slot is busy: the backlog is counted instead (the autoscaling signal).
-                await countDueRuns(&lastCount, every: cadence.wait(resting: resting, now: Date()))
+                let interval = cadence.interval(resting: resting)
+                await countDueRuns(&lastCount, every: interval)
                 let registry = runs.registry
-                let wait = cadence.wait(resting: resting, now: Date())
                 await firstOf({ await registry.waitForRelease() },
-                              { try? await Task.sleep(seconds: wait) })
+                              { try? await Task.sleep(seconds: interval) })
                 continue
             }
             let batchLimit = min(free ?? 200, 200)
@@ -50,12 +50,13 @@ struct PollService: Service {
                 } catch is CancellationError {
                     return
                 } catch {
-                    log.warning("polling for flow runs failed: \(error); next poll in \(settings.querySeconds) s")
+                    log.warning("polling for flow runs failed: \(error); next poll in \(String(format: "%g", cadence.wait(resting: resting, polled: false, now: Date()))) s")
                 }
             }
             var taken = 0, takenDue = 0
             let now = Date()
-            let offered = cadence.polled(runs, at: now)
+            // A failed poll forgets no run it knew of.
+            let offered = polled ? cadence.polled(runs, at: now) : []
             for run in offered.sorted(by: { ($0.scheduledStart ?? .distantPast) < ($1.scheduledStart ?? .distantPast) }) {
                 if Task.isCancelled { return }  // claiming stopped: the rest are left for other workers
                 guard await self.runs.offer(run) else { continue }
@@ -73,7 +74,7 @@ struct PollService: Service {
             // A full batch means more may be waiting: poll again as soon as there is room.
             if runs.count >= batchLimit, taken > 0 { continue }
             // Until the next poll, or sooner when the events stream says a run of the pool became due.
-            await push.pollNow.wait(timeout: cadence.wait(resting: resting, now: Date()))
+            await push.pollNow.wait(timeout: cadence.wait(resting: resting, polled: polled, now: Date()))
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import PrefectWorker
 
@@ -50,6 +51,13 @@ final class PollCadenceTests: XCTestCase {
         _ = cadence.polled([try run("later", startsIn: 9)], at: now.addingTimeInterval(16))
         XCTAssertEqual(cadence.wait(resting: true, now: now.addingTimeInterval(16)), PollCadence.restSeconds,
                        "once offered, a run is no longer waited for")
+        _ = cadence.polled([try run("later", startsIn: 25)], at: now)
+        XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now), 10, accuracy: 0.001,
+                       "after a failed poll, again within --query-seconds")
+        XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now.addingTimeInterval(12)), 3, accuracy: 0.001,
+                       "or at the known run's claim, if sooner")
+        XCTAssertEqual(cadence.interval(resting: true), PollCadence.restSeconds,
+                       "the interval of a busy worker's backlog count ignores known runs (it could not take them)")
         _ = cadence.polled([try run("far", startsIn: 3600)], at: now)
         XCTAssertEqual(cadence.wait(resting: true, now: now), PollCadence.restSeconds, "the safety net comes first")
     }
@@ -87,6 +95,13 @@ final class PollCadenceTests: XCTestCase {
         return Task { await service.run() }
     }
 
+    /// The poll on its own, the events stream up, every poll answered with no runs.
+    private func startWithStreamUp(_ context: WorkerContext) -> Task<Void, Never> {
+        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
+        context.push.socketChanged(.up)
+        return start(context)
+    }
+
     private func stop(_ task: Task<Void, Never>) async {
         task.cancel()
         let stopped = await finishes(within: 5) { await task.value }
@@ -95,9 +110,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testWhileTheStreamIsUpThePollRestsAndLooksFurtherAhead() async throws {
         let context = try context()
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 0.4)
         let first = polls()
         XCTAssertGreaterThan(first, 0)
@@ -115,9 +128,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testASetQuerySecondsHoldsWhileTheStreamIsUp() async throws {
         let context = try context { $0.querySecondsIsSet = true }
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 1.1)
         await stop(task)
         XCTAssertGreaterThanOrEqual(polls(), 4)
@@ -128,9 +139,7 @@ final class PollCadenceTests: XCTestCase {
     func testAPoolWithAConcurrencyLimitIsPolledAtTheQueryInterval() async throws {
         let context = try context()
         context.pool = try JSONDecoder().decode(WorkPool.self, from: Data(#"{"id": "p-1", "name": "pool", "type": "process", "concurrency_limit": 3}"#.utf8))
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 1.1)
         await stop(task)
         XCTAssertGreaterThanOrEqual(polls(), 4, "the server may hold due runs back and pushes nothing when a slot frees")
@@ -138,9 +147,7 @@ final class PollCadenceTests: XCTestCase {
 
     func testAChangeOfThePoolPollsAtOnceAndThenAtTheQueryIntervalForAWhile() async throws {
         let context = try context()
-        fake.route("POST", pollPath) { _, _, _ in .json(200, "[]") }
-        context.push.socketChanged(.up)
-        let task = start(context)
+        let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 0.6)
         let resting = polls()
         context.push.poolChanged()
@@ -152,6 +159,32 @@ final class PollCadenceTests: XCTestCase {
         let settled = polls()
         try await Task.sleep(seconds: 1)
         XCTAssertEqual(polls(), settled, "settled: resting again")
+        await stop(task)
+    }
+
+    func testAFailedPollForgetsNoKnownRun() async throws {
+        let context = try context { $0.querySeconds = 3 }
+        let startsAt = Date().addingTimeInterval(1.8)
+        let answer = JSON.array([.object(["flow_run": .object([
+            "id": "r-later", "state_id": "s-later", "run_count": .int(0), "next_scheduled_start_time": .string(Timestamp.format(startsAt)),
+            "state": .object(["id": "s-later", "type": "SCHEDULED", "name": "Scheduled"]),
+        ])])]).encoded()
+        let calls = Mutex(0)
+        fake.route("POST", pollPath) { _, _, _ in
+            let call = calls.withLock { $0 += 1; return $0 }
+            return call == 2 ? .json(422, #"{"detail": "refused, once"}"#) : .json(200, answer)
+        }
+        context.push.socketChanged(.up)
+        _ = await context.push.pollNow.wait(timeout: 0)
+        let task = start(context)
+        try await Task.sleep(seconds: 0.3)
+        XCTAssertEqual(polls(), 1)
+        context.push.pollNow.ring()  // a poll that fails
+        try await Task.sleep(seconds: 0.3)
+        XCTAssertEqual(polls(), 2)
+        try await Task.sleep(seconds: 1.6)
+        let taken = await context.registry.runIDs
+        XCTAssertEqual(taken, ["r-later"], "polled for at its claim (1.8 s), not at --query-seconds after the failure (3.3 s)")
         await stop(task)
     }
 
