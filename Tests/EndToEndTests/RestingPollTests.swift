@@ -145,8 +145,10 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
     func testRunsCreatedNowAndAheadStartOnTimeWhileThePollRests() async throws {
         let pool = try await makeProcessPool()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 1"]))
-        let worker = try startDefaultWorker(pool: pool)
+        let proxy = try startProxy()
+        let worker = try startDefaultWorker(pool: pool, proxy: proxy)
         try await waitForSubscription(worker)
+        let subscribed = Date()
         try await Task.sleep(seconds: 1)  // past the catch-up poll of the connect
 
         let created = Date()
@@ -166,7 +168,10 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertLessThan(lateness, 2, "a run scheduled ahead starts at its time, not at the next safety-net poll")
         XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
         let claimed = try XCTUnwrap(claimedAhead, "no PENDING state in the history of \(ahead)")
-        XCTAssertTrue((5...(Self.prefetchSeconds + 2)).contains(claimed), "claimed about --prefetch-seconds ahead, not \(claimed) s")
+        // Resting, the poll that saw it wakes for it at its start minus the prefetch; a 10 s poll claims it 0-10 s ahead.
+        let polls = proxy.requestTimes.map { String(format: "%.1f", $0.timeIntervalSince(subscribed)) }.joined(separator: ", ")
+        XCTAssertTrue((5...(Self.prefetchSeconds + 2)).contains(claimed),
+                      "claimed about --prefetch-seconds ahead, not \(claimed) s (scheduled at +\(String(format: "%.1f", due.timeIntervalSince(subscribed))) s; polls at +[\(polls)] s after the subscription)")
         try await assertCompletedOnce(now, "the run created now")
         try await assertCompletedOnce(ahead, "the run scheduled ahead")
     }
