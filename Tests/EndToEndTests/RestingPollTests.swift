@@ -139,9 +139,12 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         XCTAssertGreaterThanOrEqual(counts["interval set"]!, 5, "--query-seconds set by the user holds with push up")
     }
 
-    /// Fails if a run created now waits for a poll (push broken), if a run scheduled 25 s ahead, seen by a resting
-    /// poll, is not woken for (it would start at the next safety net, 5 s late, or at its Late event, 15 s late),
-    /// or if it is started before its time or run twice.
+    /// Fails if a run created now waits for a poll (push broken), if a run scheduled 50 s ahead is not woken for
+    /// (it would start at the next safety net, ~11 s late), or if either is started before its time or run twice.
+    /// 50 s: beyond the 40 s a resting poll looks ahead, so the poll its event rings does not see it, and past the
+    /// 30 s of 10 s polls a worker's start may bring (its deployment's `created` event, made just before, comes
+    /// back in the stream's replay when the server has stored it by then): either way the first resting poll sees
+    /// it and the worker wakes for it 10 s (the prefetch) before its start.
     func testRunsCreatedNowAndAheadStartOnTimeWhileThePollRests() async throws {
         let pool = try await makeProcessPool()
         let deployment = try await api.createCommandDeployment(pool: pool, name: uniqueName(), jobVariables: .object(["command": "sleep 1"]))
@@ -156,19 +159,19 @@ final class RestingPollTests: RunControlTestCase, @unchecked Sendable {
         track(now)
         let latency = try await jobStart(now, timeout: 15).timeIntervalSince(created)
 
-        let due = Date().addingTimeInterval(25)
+        let due = Date().addingTimeInterval(50)
         let ahead = try await createScheduledRun(deployment: deployment, at: due)
         track(ahead)
-        let lateness = try await jobStart(ahead, timeout: 50).timeIntervalSince(due)
+        let lateness = try await jobStart(ahead, timeout: 75).timeIntervalSince(due)
         let pending = try await api.states(ahead).first { $0["type"]?.asString == "PENDING" }?["timestamp"]?.asString.flatMap(Timestamp.parse)
         let claimedAhead = pending.map { due.timeIntervalSince($0) }
-        print(String(format: "RestingPollTests: run created now → job started in %.3f s; run scheduled 25 s ahead → claimed %@ s ahead, job started %.3f s after its scheduled time",
+        print(String(format: "RestingPollTests: run created now → job started in %.3f s; run scheduled 50 s ahead → claimed %@ s ahead, job started %.3f s after its scheduled time",
                      latency, claimedAhead.map { String(format: "%.1f", $0) } ?? "?", lateness))
         XCTAssertLessThan(latency, 1.5, "a run created now starts by push, not at the next poll")
         XCTAssertLessThan(lateness, 2, "a run scheduled ahead starts at its time, not at the next safety-net poll")
         XCTAssertGreaterThan(lateness, -0.3, "the job does not start before the run's scheduled time")
         let claimed = try XCTUnwrap(claimedAhead, "no PENDING state in the history of \(ahead)")
-        // Resting, the poll that saw it wakes for it at its start minus the prefetch; a 10 s poll claims it 0-10 s ahead.
+        // The rest poll that saw it wakes for it at its start minus the prefetch; a 10 s poll claims it 0-10 s ahead.
         let polls = proxy.requestTimes.map { String(format: "%.1f", $0.timeIntervalSince(subscribed)) }.joined(separator: ", ")
         XCTAssertTrue((5...(Self.prefetchSeconds + 2)).contains(claimed),
                       "claimed about --prefetch-seconds ahead, not \(claimed) s (scheduled at +\(String(format: "%.1f", due.timeIntervalSince(subscribed))) s; polls at +[\(polls)] s after the subscription)")
