@@ -75,10 +75,13 @@ public final class FaultProxy: @unchecked Sendable {
     private var _targetedFailures: [String: Int] = [:]
     private var _stopped = false
     private var _blockWebSockets = false
+    private var _resetWebSockets = false
     private var _maintenance = false
     /// Client and server sockets of the open WebSocket tunnels.
     private var _tunnels: [Int32: Int32] = [:]
     private var _counters = Counters()
+    private var _timedPath = ""
+    private var _requestTimes: [Date] = []
 
     /// `upstream` is the real API URL (`http://host:port/api`); only host and port are used.
     public init(upstream: URL) {
@@ -134,6 +137,13 @@ public final class FaultProxy: @unchecked Sendable {
         set { locked { _blockWebSockets = newValue } }
     }
 
+    /// While true, WebSocket upgrades are reset without an answer (counted in `webSocketsRefused`): the socket
+    /// is lost rather than refused, while other requests are unaffected. Open tunnels stay.
+    public var resetWebSockets: Bool {
+        get { locked { _resetWebSockets } }
+        set { locked { _resetWebSockets = newValue } }
+    }
+
     /// While true, every request is answered 503 with `Prefect-Maintenance: true` and `Retry-After: 1`, as
     /// Prefect Cloud answers during maintenance (counted in `injected503`).
     public var maintenance: Bool {
@@ -149,6 +159,16 @@ public final class FaultProxy: @unchecked Sendable {
             shutdown(server, Int32(SHUT_RDWR))
         }
     }
+
+    /// Requests whose "METHOD /path" contains this (none when empty) have their arrival times kept in
+    /// `requestTimes`: when a worker's loop sent them, not only how many.
+    public var timedPath: String {
+        get { locked { _timedPath } }
+        set { locked { _timedPath = newValue } }
+    }
+
+    /// Arrival times of the requests matching `timedPath`, oldest first.
+    public var requestTimes: [Date] { locked { _requestTimes } }
 
     /// A snapshot of the counters.
     public var counters: Counters { locked { _counters } }
@@ -242,6 +262,7 @@ public final class FaultProxy: @unchecked Sendable {
         locked {
             _counters.requests += 1
             _counters.byEndpoint[summary, default: 0] += 1
+            if !_timedPath.isEmpty, summary.contains(_timedPath) { _requestTimes.append(Date()) }
             if let left = _targetedFailures[summary], left > 0 {
                 _targetedFailures[summary] = left - 1
                 _counters.injected503 += 1
@@ -338,12 +359,16 @@ public final class FaultProxy: @unchecked Sendable {
     /// A WebSocket upgrade: counted as a request, then (unless blocked) both directions are relayed until
     /// either side closes or the tunnel is cut.
     private func tunnel(_ client: Int32, _ request: Request) {
-        let blocked: Bool = locked {
+        let (blocked, reset): (Bool, Bool) = locked {
             _counters.requests += 1
             _counters.byEndpoint[request.summary, default: 0] += 1
             _counters.webSocketsByEndpoint[request.summary, default: 0] += 1
-            if _blockWebSockets { _counters.webSocketsRefused += 1 }
-            return _blockWebSockets
+            if _blockWebSockets || _resetWebSockets { _counters.webSocketsRefused += 1 }
+            return (_blockWebSockets, _resetWebSockets)
+        }
+        if reset {
+            Self.reset(client)
+            return
         }
         if blocked {
             let body = #"{"exception_message":"WebSockets are blocked by the fault proxy"}"#

@@ -170,18 +170,19 @@ class E2ETestCase: XCTestCase, @unchecked Sendable {
     }
 
     /// Starts `prefect-worker start --pool POOL --name NAME ARGS...`; stopped in tearDown. With
-    /// `setAPIURL: false` the worker gets no PREFECT_API_URL in its environment (a profile must give it).
+    /// `setAPIURL: false` the worker gets no PREFECT_API_URL in its environment (a profile must give it);
+    /// `unsetting` drops some of the harness's fast defaults (`WorkerProcess.start`), so the worker's own apply.
     @discardableResult
     func startWorker(pool: String, name: String? = nil, arguments: [String] = [],
-                     environment: [String: String] = [:], apiURL: String? = nil, setAPIURL: Bool = true,
-                     launcher: [String] = []) throws -> WorkerProcess {
+                     environment: [String: String] = [:], unsetting: Set<String> = [], apiURL: String? = nil,
+                     setAPIURL: Bool = true, launcher: [String] = []) throws -> WorkerProcess {
         var args = ["start", "--pool", pool]
         let workerName = name ?? uniqueName("-worker")
         args += ["--name", workerName]
         args += arguments
         let worker = try WorkerProcess.start(env: env, arguments: args, label: workerName,
                                              apiURL: setAPIURL ? apiURL ?? env.apiURL.absoluteString : nil,
-                                             extraEnvironment: environment, launcher: launcher)
+                                             extraEnvironment: environment, unsetting: unsetting, launcher: launcher)
         worker.isServing = true
         workers.append(worker)
         return worker

@@ -26,11 +26,12 @@ final class WorkerProcess: @unchecked Sendable {
 
     /// Starts the binary. The environment is the test's own without any PREFECT_* variable, plus:
     /// PREFECT_API_URL (unless nil), the virtualenv's bin/ first on PATH, a private PREFECT_HOME and TMPDIR,
-    /// PREFECT_WORKER_QUERY_SECONDS=0.5, PREFECT_WORKER_HEARTBEAT_SECONDS=2, then `extraEnvironment`.
+    /// PREFECT_WORKER_QUERY_SECONDS=0.5, PREFECT_WORKER_HEARTBEAT_SECONDS=2 (less the names in `unsetting`, for a
+    /// worker at its own defaults), then `extraEnvironment`.
     /// `launcher`, when given, is a command that ends by exec'ing the worker binary and `arguments` appended to it.
     /// `executable` replaces the worker binary (Prefect's own `prefect` CLI, the reference in the parity tests).
     static func start(env: E2EEnvironment, arguments: [String], label: String, apiURL: String?,
-                      extraEnvironment: [String: String], launcher: [String] = [],
+                      extraEnvironment: [String: String], unsetting: Set<String> = [], launcher: [String] = [],
                       executable: String? = nil) throws -> WorkerProcess {
         let directory = try E2E.makeTemporaryDirectory("worker")
         let home = directory + "/prefect-home"
@@ -50,6 +51,7 @@ final class WorkerProcess: @unchecked Sendable {
         environment["TMPDIR"] = tmp
         environment["PREFECT_WORKER_QUERY_SECONDS"] = "0.5"
         environment["PREFECT_WORKER_HEARTBEAT_SECONDS"] = "2"
+        for name in unsetting { environment[name] = nil }
         if let apiURL { environment["PREFECT_API_URL"] = apiURL }
         environment.merge(extraEnvironment) { $1 }
 
