@@ -222,6 +222,13 @@ struct Push {
         for (subject, counted) in zip(subjects, counted) {
             subject.result.busy = counted
             log("\(subject.variant.title): \(settings.busyRuns) runs in flight: \(String(format: "%.1f", counted.perMinute)) requests/min")
+            // A run that ended inside the window put its final report, logs and events into the count.
+            if let runs = try? await api.readRuns(deployment: subject.busyDeployment, expected: settings.busyRuns) {
+                let ended = runs.filter(\.isTerminal).count
+                if ended > 0 {
+                    subject.result.errors.append("busy: \(ended) of the \(settings.busyRuns) runs ended before the window did; their ends are in its count")
+                }
+            }
         }
         _ = ids
     }

@@ -176,7 +176,7 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
         let settings = PushSettings(
             idleSeconds: arguments.double("--idle-seconds", 180), busySeconds: busySeconds,
             // Outlasts the wait for every job to start (≤ 60 s), the settling 10 s and the window.
-            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep \(Int(busySeconds) + 90)", samples: arguments.int("--samples", 5),
+            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep \(Int(busySeconds) + 300)", samples: arguments.int("--samples", 5),
             sampleSpreadSeconds: arguments.double("--sample-spread", 10),
             sampleJob: #"sh -c 'echo "$(date +%s.%N) $$" > MARKS/"$PREFECT__FLOW_RUN_ID"; exec sleep 120'"#,
             fanoutChildren: arguments.int("--fanout-children", 3), fanoutChildSeconds: 1, fanoutPollSeconds: 1,
