@@ -78,14 +78,15 @@ struct PollCadence: Sendable {
     }
 
     /// Seconds until the next poll: `--query-seconds` unless resting; resting, until the next known run is to
-    /// be claimed, or the safety net. After a failed poll, `--query-seconds` at most.
+    /// be claimed, or the safety net. After a failed poll, `--query-seconds`, or the known run's claim if that
+    /// is still ahead (a claim already past is what just failed: no faster retries than the interval).
     func wait(resting: Bool, polled: Bool = true, now: Date) -> Double {
-        let wait: Double
-        if resting, let start = nextKnownStart {
-            wait = min(Self.restSeconds, max(Self.shortestWait, start.timeIntervalSince(now) - prefetchSeconds))
-        } else {
-            wait = interval(resting: resting)
+        let untilClaim = nextKnownStart.map { $0.timeIntervalSince(now) - prefetchSeconds }
+        guard polled else {
+            guard resting, let untilClaim, untilClaim > Self.shortestWait else { return querySeconds }
+            return min(untilClaim, querySeconds)
         }
-        return polled ? wait : min(wait, querySeconds)
+        guard resting, let untilClaim else { return interval(resting: resting) }
+        return min(Self.restSeconds, max(Self.shortestWait, untilClaim))
     }
 }

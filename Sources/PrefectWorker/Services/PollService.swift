@@ -38,7 +38,10 @@ struct PollService: Service {
             let batchLimit = min(free ?? 200, 200)
             var runs: [FlowRun] = []
             var polled = false
-            let limit = settings.limit == nil ? nil : batchLimit
+            // Resting, the poll looks past the prefetch: a limit could fill with runs not yet due (the server
+            // orders by queue priority first) and hide a due one, so it asks for all (the server caps at 200)
+            // and the registry takes what its free slots allow.
+            let limit = settings.limit == nil || resting ? nil : batchLimit
             if lookups.pool != nil {
                 do {
                     let horizon = settings.runOnce ? 0 : cadence.lookahead(resting: resting)

@@ -56,6 +56,8 @@ final class PollCadenceTests: XCTestCase {
                        "after a failed poll, again within --query-seconds")
         XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now.addingTimeInterval(12)), 3, accuracy: 0.001,
                        "or at the known run's claim, if sooner")
+        XCTAssertEqual(cadence.wait(resting: true, polled: false, now: now.addingTimeInterval(15.2)), 10,
+                       "a failed poll for a claim already due is retried at --query-seconds, not every half second")
         XCTAssertEqual(cadence.interval(resting: true), PollCadence.restSeconds,
                        "the interval of a busy worker's backlog count ignores known runs (it could not take them)")
         _ = cadence.polled([try run("far", startsIn: 3600)], at: now)
@@ -109,7 +111,7 @@ final class PollCadenceTests: XCTestCase {
     }
 
     func testWhileTheStreamIsUpThePollRestsAndLooksFurtherAhead() async throws {
-        let context = try context()
+        let context = try context { $0.limit = 2 }
         let task = startWithStreamUp(context)
         try await Task.sleep(seconds: 0.4)
         let first = polls()
@@ -119,6 +121,7 @@ final class PollCadenceTests: XCTestCase {
         let body = fake.requests("POST", pollPath).first?.json
         let before = try XCTUnwrap(body?["scheduled_before"]?.stringValue.flatMap(Timestamp.parse))
         XCTAssertEqual(before.timeIntervalSinceNow, PollCadence.restSeconds, accuracy: 3, "it looks a whole rest ahead")
+        XCTAssertNil(body?["limit"], "and asks for every run, so runs not yet due cannot fill a --limit batch and hide a due one")
 
         context.push.socketChanged(.lost)
         try await Task.sleep(seconds: 1.1)

@@ -138,6 +138,8 @@ final class PushSignalTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(ignored, 0.25, "a deployment of a queue this worker does not serve changes nothing")
         XCTAssertNil(context.push.lastPoolChange)
         for name in EventWatch.poolChangeNames {
+            context.push.poolChanged(at: .distantPast)
+            _ = await Self.elapsed { await context.push.pollNow.wait(timeout: 0) }
             await watch.handle(event(name, queue: "default"))
             let polled = await Self.elapsed { await context.push.pollNow.wait(timeout: 5) }
             XCTAssertLessThan(polled, 0.5, "\(name) rings for a poll")
