@@ -139,8 +139,7 @@ struct EventWatch: Service {
             return
         }
         if Self.poolChangeNames.contains(event.name) {
-            if event.name.hasPrefix("prefect.deployment."), !settings.workQueues.isEmpty,
-               let queue = event.relatedNames["work-queue"], !settings.workQueues.contains(queue) { return }
+            if event.name.hasPrefix("prefect.deployment."), isOfAnotherQueue(event) { return }
             self.push.poolChanged()
             return
         }
@@ -152,11 +151,18 @@ struct EventWatch: Service {
             }
         case "SCHEDULED":
             // A worker serving some queues of the pool ignores runs of the others.
-            if !settings.workQueues.isEmpty, let queue = event.relatedNames["work-queue"], !settings.workQueues.contains(queue) { return }
+            if isOfAnotherQueue(event) { return }
             self.push.pollNow.ring()
         default:
             return
         }
+    }
+
+    /// Whether the event names a work queue this worker does not serve (a worker serving some queues of the
+    /// pool ignores runs and deployments of the others).
+    private func isOfAnotherQueue(_ event: EventSubscription.Event) -> Bool {
+        guard !settings.workQueues.isEmpty, let queue = event.relatedNames["work-queue"] else { return false }
+        return !settings.workQueues.contains(queue)
     }
 
     static func stateType(ofName name: String) -> String? {
