@@ -150,7 +150,7 @@ actor EventsSocket {
         guard idleCloser == nil else { return }
         idleCloser = Task { [idleSeconds] in
             while !Task.isCancelled {
-                let wait = await self.idleRemaining(idleSeconds)
+                let wait = self.idleRemaining(idleSeconds)
                 if wait <= 0 { break }
                 do { try await Task.sleep(seconds: wait) } catch { return }
             }
