@@ -4,8 +4,8 @@ import Glibc
 #endif
 
 /// A fault-injecting HTTP/1.1 proxy in front of the real Prefect server, for the resilience tests
-/// (Tests/EndToEndTests), the fault soak (`prefect-worker-bench soak`) and, without faults, the request counts
-/// of the push bench (`prefect-worker-bench push`).
+/// (Tests/EndToEndTests) and the fault soak (`prefect-worker-bench soak`). (The push bench counts requests with
+/// its own `CountingProxy`, which keeps connections alive as the server would.)
 ///
 /// Listens on 127.0.0.1 (port chosen by the OS). Each connection carries one request: the request line, headers
 /// and `Content-Length` (or chunked) body are read, forwarded to the upstream server with `Connection: close`,
@@ -193,27 +193,8 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// Binds, listens and starts the accept thread.
     public func start() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ProxyError(description: "socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard bound == 0, listen(fd, 256) == 0 else {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw ProxyError(description: "bind/listen: \(why)")
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        port = UInt16(bigEndian: address.sin_port)
+        let (fd, port) = try LoopbackSockets.listen(backlog: 256)
+        self.port = port
         listenFD = fd
         let thread = Thread { [self] in acceptLoop(fd) }
         thread.name = "FaultProxy.accept"
@@ -376,15 +357,8 @@ public final class FaultProxy: @unchecked Sendable {
             Self.finish(client)
             return
         }
-        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr(upstreamHost == "localhost" ? "127.0.0.1" : upstreamHost)
-        address.sin_port = upstreamPort.bigEndian
-        let connected = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard server >= 0, connected == 0, Self.sendAll(server, request.head + request.body) else {
+        let server = LoopbackSockets.connect(host: upstreamHost, port: upstreamPort)
+        guard server >= 0, Self.sendAll(server, request.head + request.body) else {
             locked { _counters.upstreamErrors += 1 }
             if server >= 0 { close(server) }
             Self.reset(client)
@@ -467,18 +441,9 @@ public final class FaultProxy: @unchecked Sendable {
 
     /// Sends the request upstream and reads the whole answer (until the server closes). Nil on any error.
     private func forward(_ request: Request) -> [UInt8]? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = LoopbackSockets.connect(host: upstreamHost, port: upstreamPort, timeoutSeconds: 60)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        Self.setTimeouts(fd, seconds: 60)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr(upstreamHost == "localhost" ? "127.0.0.1" : upstreamHost)
-        address.sin_port = upstreamPort.bigEndian
-        let connected = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { return nil }
         guard Self.sendAll(fd, request.head + request.body) else { return nil }
         var answer: [UInt8] = []
         while true {

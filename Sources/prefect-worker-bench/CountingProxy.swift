@@ -1,4 +1,5 @@
 import Foundation
+import FaultProxy
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -59,27 +60,15 @@ final class CountingProxy: @unchecked Sendable {
     var snapshot: Snapshot { lock.withLock { Snapshot(byEndpoint: counts, webSockets: upgrades, refused: refused) } }
 
     func start() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw BenchError("counting proxy: socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        let listening: (fd: Int32, port: UInt16)
+        do {
+            listening = try LoopbackSockets.listen(backlog: 128)
+        } catch {
+            throw BenchError("counting proxy: \(error)")
         }
-        guard bound == 0, listen(fd, 128) == 0 else {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw BenchError("counting proxy: bind/listen on 127.0.0.1: \(why)")
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        port = UInt16(bigEndian: address.sin_port)
-        listenFD = fd
+        port = listening.port
+        listenFD = listening.fd
+        let fd = listening.fd
         let thread = Thread { [self] in acceptLoop(fd) }
         thread.name = "CountingProxy.accept"
         thread.start()
@@ -146,20 +135,7 @@ final class CountingProxy: @unchecked Sendable {
     }
 
     private func connectUpstream() -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr(upstreamHost)
-        address.sin_port = upstreamPort.bigEndian
-        let connected = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else {
-            close(fd)
-            return -1
-        }
-        return fd
+        LoopbackSockets.connect(host: upstreamHost, port: upstreamPort)
     }
 
     /// server → client, byte for byte, until either side ends.

@@ -21,7 +21,7 @@ Usage:
                                [--outage 30] [--outage-after SECONDS] [--bound 1200] [--grace 10]
                                [--query-seconds 1] [--database NAME]
   prefect-worker-bench push    --api URL --worker BIN --venv DIR --flows DIR --work DIR --out FILE [--before BIN]
-                               [--idle-seconds 60] [--busy-seconds 60] [--busy-runs 10] [--samples 5]
+                               [--idle-seconds 60] [--busy-seconds 60] [--busy-runs 10] [--samples 9]
                                [--sample-spread 10] [--fanout-children 3] [--fanout-samples 1]
                                [--before-label TEXT] [--no-python] [--no-blocked]
                                [--worker-env KEY=VALUE]... (our workers only, for diagnosis)
@@ -176,7 +176,7 @@ func run(_ command: String, _ arguments: Arguments) async -> Int32 {
         let settings = PushSettings(
             idleSeconds: arguments.double("--idle-seconds", 180), busySeconds: busySeconds,
             // Outlasts the wait for every job to start (≤ 60 s), the settling 10 s and the window.
-            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep \(Int(busySeconds) + 300)", samples: arguments.int("--samples", 5),
+            busyRuns: arguments.int("--busy-runs", 10), busyJob: "sleep \(Int(busySeconds) + 300)", samples: arguments.int("--samples", 9),
             sampleSpreadSeconds: arguments.double("--sample-spread", 10),
             sampleJob: #"sh -c 'echo "$(date +%s.%N) $$" > MARKS/"$PREFECT__FLOW_RUN_ID"; exec sleep 120'"#,
             fanoutChildren: arguments.int("--fanout-children", 3), fanoutChildSeconds: 1, fanoutPollSeconds: 1,

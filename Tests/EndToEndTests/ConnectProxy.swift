@@ -1,4 +1,5 @@
 import Foundation
+import FaultProxy
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,23 +22,12 @@ final class ConnectProxy: @unchecked Sendable {
     var tunnels: [Tunnel] { lock.withLock { _tunnels } }
 
     func start() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        let fd: Int32
+        do {
+            (fd, port) = try LoopbackSockets.listen(backlog: 64)
+        } catch {
+            throw E2E.Timeout(description: "ConnectProxy: \(error)")
         }
-        guard fd >= 0, bound == 0, listen(fd, 64) == 0 else {
-            throw E2E.Timeout(description: "ConnectProxy: bind/listen: \(String(cString: strerror(errno)))")
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        port = UInt16(bigEndian: address.sin_port)
         listenFD = fd
         let thread = Thread { [self] in
             while true {
@@ -84,18 +74,11 @@ final class ConnectProxy: @unchecked Sendable {
         lock.withLock { _tunnels.append(Tunnel(target: target, proxyAuthorization: auth)) }
 
         guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]) else { return }
-        let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(upstream) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr(String(target[..<colon]) == "localhost" ? "127.0.0.1" : String(target[..<colon]))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        let answer = connected == 0 ? "HTTP/1.1 200 Connection established\r\n\r\n" : "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
+        let upstream = LoopbackSockets.connect(host: String(target[..<colon]), port: port)
+        defer { if upstream >= 0 { close(upstream) } }
+        let answer = upstream >= 0 ? "HTTP/1.1 200 Connection established\r\n\r\n" : "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
         _ = answer.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-        guard connected == 0 else { return }
+        guard upstream >= 0 else { return }
 
         var fds = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: upstream, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 65_536)
